@@ -1,0 +1,129 @@
+"""Per-layer densities from a global sparsity: uniform, Erdős–Rényi (ER) and ER-Kernel (ERK).
+
+Pure functions on shapes (SPEC §2). A layer's shape follows PyTorch's layout: a conv kernel is
+``(c_out, c_in, k_h, k_w)``, a linear weight ``(out, in)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float, or raise ``ValueError`` unless ``0 <= sparsity < 1``."""
+    value = float(sparsity)
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(
+            f"{name}={sparsity!r} is out of range: allowed values are 0 <= {name} < 1 "
+            f"(the fraction of weights that are zero; 0.9 keeps 10% of the weights)."
+        )
+    return value
+
+
+def check_distribution(distribution: str) -> str:
+    """Return ``distribution`` lower-cased, or raise ``ValueError`` naming the allowed values."""
+    key = str(distribution).lower()
+    if key not in DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution={distribution!r} is unknown: allowed values are "
+            f"{', '.join(repr(d) for d in DISTRIBUTIONS)}."
+        )
+    return key
+
+
+def raw_score(shape: Sequence[int], distribution: str, power: float = 1.0) -> float:
+    """The un-normalised density of a layer: ``d_l = ε · raw_score`` (SPEC §2).
+
+    ERK scores every dimension, ``(Σ dims / Π dims) ** power``. ER scores the two neuron dimensions
+    only, ``(n_in + n_out) / (n_in · n_out)``: those are the last two dims of the paper's TensorFlow
+    kernels ``(k_h, k_w, c_in, c_out)``, i.e. the first two of PyTorch's ``(c_out, c_in, k_h, k_w)``,
+    so the kernel size does not enter. Uniform scores every layer 1.
+    """
+    distribution = check_distribution(distribution)
+    if distribution == "uniform":
+        return 1.0
+    if len(shape) < 2:
+        raise ValueError(
+            f"a sparse tensor needs at least 2 dimensions for {distribution!r}, got shape {tuple(shape)}"
+        )
+    if distribution == "er":
+        n_out, n_in = shape[0], shape[1]
+        return (n_in + n_out) / (n_in * n_out)
+    return (sum(shape) / math.prod(shape)) ** power
+
+
+def layer_densities(
+    shapes: Mapping[str, Sequence[int]],
+    sparsity: float,
+    distribution: str = "erk",
+    power: float = 1.0,
+    custom: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Density of each layer so that the layers together keep ``(1 - sparsity)`` of their weights.
+
+    ``shapes`` maps a name to a weight shape. Layers named in ``custom`` keep that density and are
+    outside the budget. For the others, ``d_l = ε · raw_l`` with ``ε`` solved so that
+    ``Σ d_l N_l = (1 - sparsity) Σ N_l`` (the non-zeros uniform density would give). A layer whose
+    density would exceed 1 is made dense, its extra weights are paid for by the other layers, and ε
+    is solved again (Evci et al. 2020, Appendix; SPEC §2). ``power=0`` makes ERK uniform.
+
+    Raises ``ValueError`` for a sparsity outside [0, 1), an unknown distribution, a custom density
+    outside [0, 1] or a custom name not in ``shapes``.
+    """
+    sparsity = check_sparsity(sparsity)
+    distribution = check_distribution(distribution)
+    custom = dict(custom or {})
+    unknown = sorted(set(custom) - set(shapes))
+    if unknown:
+        raise ValueError(
+            f"custom densities name {unknown}, which are not among the layers: {sorted(shapes)}."
+        )
+    for name, density in custom.items():
+        if not 0.0 <= float(density) <= 1.0:
+            raise ValueError(
+                f"custom density for {name!r} is {density!r}: allowed values are in [0, 1]."
+            )
+
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    free = [name for name in shapes if name not in custom]
+    raw = {name: raw_score(shapes[name], distribution, power) for name in free}
+    budget = (1.0 - sparsity) * sum(sizes[name] for name in free)
+
+    dense: set[str] = set()
+    while True:
+        rest = [name for name in free if name not in dense]
+        if not rest:
+            break
+        remaining = budget - sum(sizes[name] for name in dense)
+        epsilon = remaining / sum(raw[name] * sizes[name] for name in rest)
+        top = max(raw[name] for name in rest)
+        if epsilon * top <= 1.0:
+            break
+        # Every layer at the maximum score would exceed density 1 first: make them dense.
+        dense.update(name for name in rest if math.isclose(raw[name], top, rel_tol=1e-12))
+
+    densities: dict[str, float] = {}
+    for name in shapes:
+        if name in custom:
+            densities[name] = float(custom[name])
+        elif name in dense:
+            densities[name] = 1.0
+        else:
+            densities[name] = min(1.0, epsilon * raw[name])
+    return densities
+
+
+def active_counts(
+    shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]
+) -> dict[str, int]:
+    """Active weights per layer: ``round_down(d_l · N_l)`` (SPEC §2).
+
+    A tiny tolerance keeps a density computed as ``k / N`` from rounding down to ``k - 1``.
+    """
+    return {
+        name: min(math.prod(shape), math.floor(densities[name] * math.prod(shape) + 1e-6))
+        for name, shape in shapes.items()
+    }
