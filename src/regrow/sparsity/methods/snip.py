@@ -1,0 +1,28 @@
+"""SNIP: one-shot pruning at the first batch by connection sensitivity (Lee et al. 2019; SPEC §5)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..base import Sparsifier, register, seeded_generator, topk_mask
+
+
+@register
+class SNIP(Sparsifier):
+    """Masks start full; the first batch keeps, per layer, the largest ``|g ⊙ w|`` (layer budgets
+    from the distribution) and takes no optimizer step. Then training is static."""
+
+    name = "snip"
+    starts_dense = True
+    updates_before_step = True
+
+    def update_due(self, step: int) -> bool:
+        return step == 0
+
+    def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        new = []
+        for name, p, g in zip(self.names, self.params, grads, strict=True):
+            scores = torch.zeros_like(p) if g is None else (g.float() * p.float()).abs()
+            generator = seeded_generator(self.seed, step, "snip/" + name, p.device)
+            new.append(topk_mask(scores, self.target_counts[name], generator))
+        return new
