@@ -1,0 +1,66 @@
+"""FLOP accounting exactly as the RigL paper counts it (SPEC §7).
+
+- :func:`count_flops` / :func:`profile_model`: per-layer and total inference FLOPs of any model at
+  any per-layer densities (a dict, or a sparsifier's live masks), MicroNet conventions, measured
+  from the model's real layer shapes.
+- :func:`train_flops_per_sample` / :func:`train_flops_ratio`: the paper's training cost per method;
+  :func:`pruning_mean_flops` for gradual pruning over its actual schedule.
+- :class:`TrainingFlopsCounter`: the same, accumulated step by step inside a training loop.
+- :func:`small_dense_width`, :func:`matching_sparsity`: Small-Dense widths and equal-FLOP sparsities.
+"""
+
+from .counter import (
+    COUNTED_MODULES,
+    FlopProfile,
+    FlopReport,
+    HasDensities,
+    LayerFlops,
+    LayerGeometry,
+    count_flops,
+    profile_model,
+    resolve_densities,
+)
+from .matching import (
+    flops_at_sparsity,
+    kept_parameter_count,
+    matching_sparsity,
+    parameter_count,
+    small_dense_width,
+)
+from .training import (
+    TRAIN_METHODS,
+    PruningSchedule,
+    RunningFlops,
+    TrainingFlopsCounter,
+    check_method,
+    pruning_mean_flops,
+    pruning_segments,
+    train_flops_per_sample,
+    train_flops_ratio,
+)
+
+__all__ = [
+    "COUNTED_MODULES",
+    "TRAIN_METHODS",
+    "FlopProfile",
+    "FlopReport",
+    "HasDensities",
+    "LayerFlops",
+    "LayerGeometry",
+    "PruningSchedule",
+    "RunningFlops",
+    "TrainingFlopsCounter",
+    "check_method",
+    "count_flops",
+    "flops_at_sparsity",
+    "kept_parameter_count",
+    "matching_sparsity",
+    "parameter_count",
+    "profile_model",
+    "pruning_mean_flops",
+    "pruning_segments",
+    "resolve_densities",
+    "small_dense_width",
+    "train_flops_per_sample",
+    "train_flops_ratio",
+]

@@ -1,0 +1,279 @@
+"""Training FLOPs per method (SPEC §7; Evci et al. 2020, Section 4 and Appendix H).
+
+With ``f_S`` the sparse and ``f_D`` the dense forward FLOPs of one sample, and the backward pass
+costing twice the forward (once for the gradient w.r.t. the activations, once w.r.t. the weights),
+the training FLOPs per sample are:
+
+====================================  =============================================
+Dense                                 ``3 f_D``
+Static, SET, SNIP, Small-Dense        ``3 f_S``  (Small-Dense: ``f_S`` of the narrow dense model)
+SNFS                                  ``2 f_S + f_D``  (dense weight gradient every step)
+RigL                                  ``(3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)``
+Pruning                               ``3 · mean_t f_S(s_t)`` over its schedule
+====================================  =============================================
+
+A run ×M (RigL_5×) trains M times as many steps, so its ratio to (1×) dense training is M times the
+per-sample ratio. RigL's ΔT counts the update iteration separately: ΔT ordinary sparse steps and one
+step whose backward pass computes the dense weight gradient (SPEC §4: that batch makes no optimizer
+step but its FLOPs are spent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from ..sparsity.schedules import PAPER_CIFAR_STEPS, PAPER_PRUNE_BEGIN, PAPER_PRUNE_END, gmp_sparsity
+from .counter import Densities, FlopProfile, profile_model, resolve_densities
+
+__all__ = [
+    "TRAIN_METHODS",
+    "PruningSchedule",
+    "RunningFlops",
+    "TrainingFlopsCounter",
+    "check_method",
+    "pruning_mean_flops",
+    "pruning_segments",
+    "train_flops_per_sample",
+    "train_flops_ratio",
+]
+
+#: Methods whose training FLOPs :func:`train_flops_per_sample` knows (lower case).
+TRAIN_METHODS = ("dense", "static", "set", "snip", "small_dense", "snfs", "rigl", "pruning")
+
+
+def check_method(method: str) -> str:
+    """``method`` lower-cased (``-`` read as ``_``), or ``ValueError`` naming the allowed values."""
+    key = str(method).lower().replace("-", "_")
+    if key not in TRAIN_METHODS:
+        raise ValueError(
+            f"method={method!r} is unknown: allowed values are {', '.join(TRAIN_METHODS)}."
+        )
+    return key
+
+
+def _check_delta_t(delta_t: int) -> int:
+    if isinstance(delta_t, bool) or int(delta_t) != delta_t or delta_t < 1:
+        raise ValueError(f"delta_t={delta_t!r}: allowed values are integers >= 1.")
+    return int(delta_t)
+
+
+def train_flops_per_sample(
+    method: str, sparse_flops: float, dense_flops: float, delta_t: int = 100
+) -> float:
+    """Training FLOPs per sample of ``method`` (SPEC §7; Evci et al. 2020, Appendix H).
+
+    ``sparse_flops`` is ``f_S``, the forward FLOPs of the trained model (for Small-Dense, of the
+    narrow dense model; for Pruning, the schedule's mean ``mean_t f_S(s_t)`` from
+    :func:`pruning_mean_flops`), ``dense_flops`` is ``f_D``. ``delta_t`` is RigL's update interval.
+    """
+    method = check_method(method)
+    f_s, f_d = float(sparse_flops), float(dense_flops)
+    if method == "dense":
+        return 3.0 * f_d
+    if method in ("static", "set", "snip", "small_dense", "pruning"):
+        return 3.0 * f_s
+    if method == "snfs":
+        return 2.0 * f_s + f_d
+    delta_t = _check_delta_t(delta_t)
+    return (3.0 * f_s * delta_t + 2.0 * f_s + f_d) / (delta_t + 1)
+
+
+def train_flops_ratio(
+    method: str,
+    sparse_flops: float,
+    dense_flops: float,
+    delta_t: int = 100,
+    multiplier: float = 1.0,
+) -> float:
+    """Training FLOPs of a run ×``multiplier`` as a multiple of 1× dense training (``3 f_D``)."""
+    if not multiplier > 0:
+        raise ValueError(f"multiplier={multiplier!r}: allowed values are > 0 (1 is the paper's 1x).")
+    per_sample = train_flops_per_sample(method, sparse_flops, dense_flops, delta_t)
+    return multiplier * per_sample / (3.0 * float(dense_flops))
+
+
+@dataclass(frozen=True)
+class PruningSchedule:
+    """Zhu & Gupta gradual magnitude pruning (SPEC §5): dense until ``begin``; after the optimizer
+    step at ``begin + k · every`` (``≤ end``) and at ``end``, each layer is pruned to sparsity
+    ``s_l · (1 − (1 − p)^3)``, ``p = (t − begin)/(end − begin)``, ``s_l`` its final sparsity.
+
+    The defaults are the paper's CIFAR run (97,656 steps, pruning from 20,000 to 75,000 every
+    1,000); :meth:`scaled` gives a ×M run (every length but ``every`` multiplied).
+    """
+
+    total_steps: int = PAPER_CIFAR_STEPS
+    begin: int = PAPER_PRUNE_BEGIN
+    end: int = PAPER_PRUNE_END
+    every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.every < 1 or not 0 <= self.begin <= self.end:
+            raise ValueError(
+                f"pruning schedule total_steps={self.total_steps}, begin={self.begin}, "
+                f"end={self.end}, every={self.every}: allowed values are total_steps >= 1, "
+                "every >= 1 and 0 <= begin <= end."
+            )
+
+    def scaled(self, multiplier: float) -> PruningSchedule:
+        """The schedule of a run ``multiplier`` times longer (SPEC §3, §5: t0, t1 × M)."""
+        return PruningSchedule(
+            total_steps=round(self.total_steps * multiplier),
+            begin=round(self.begin * multiplier),
+            end=round(self.end * multiplier),
+            every=self.every,
+        )
+
+    def pruning_steps(self) -> list[int]:
+        """The steps after whose optimizer step the masks are pruned."""
+        steps = list(range(self.begin, self.end + 1, self.every))
+        if steps[-1] != self.end:
+            steps.append(self.end)
+        return steps
+
+    def progress(self, step: int) -> float:
+        """Fraction ``1 − (1 − p)^3`` of the final pruning reached by a pruning at ``step``."""
+        return gmp_sparsity(step, 1.0, self.begin, self.end)
+
+
+def pruning_segments(schedule: PruningSchedule) -> list[tuple[int, float]]:
+    """The run as ``(number of steps, pruning progress)`` pieces, in order, summing to
+    ``total_steps``. Steps ``0 … t_0`` run dense; after a pruning at ``t_k`` the progress it set
+    holds for steps ``t_k + 1 … t_{k+1}`` (a pruning happens after that step's optimizer step)."""
+    segments: list[tuple[int, float]] = []
+    last_step, progress = -1, 0.0
+    for step in schedule.pruning_steps():
+        if step >= schedule.total_steps - 1:
+            break
+        segments.append((step - last_step, progress))
+        last_step, progress = step, schedule.progress(step)
+    segments.append((schedule.total_steps - 1 - last_step, progress))
+    return [(count, value) for count, value in segments if count > 0]
+
+
+def pruning_mean_flops(
+    profile: FlopProfile, final_densities: Densities, schedule: PruningSchedule | None = None
+) -> float:
+    """``mean_t f_S(s_t)``: forward FLOPs per sample averaged over every step of the run (SPEC §7).
+
+    At progress ``g`` each layer has density ``1 − (1 − d_l) · g``, ``d_l`` its final density from
+    the distribution; the FLOPs are counted at those densities for each piece of
+    :func:`pruning_segments` and weighted by its number of steps.
+    """
+    schedule = schedule or PruningSchedule()
+    final = resolve_densities(final_densities)
+    total = 0.0
+    for count, progress in pruning_segments(schedule):
+        densities = {name: 1.0 - (1.0 - d) * progress for name, d in final.items()}
+        total += count * profile.inference_flops(densities)
+    return total / schedule.total_steps
+
+
+class RunningFlops(NamedTuple):
+    """What :meth:`TrainingFlopsCounter.step` returns."""
+
+    train_flops: float
+    ratio: float
+
+
+class TrainingFlopsCounter:
+    """Training FLOPs as they happen: call :meth:`step` once per batch (SPEC §7).
+
+    Each step costs, per sample, ``3 f_S`` at the current densities, or ``2 f_S + f_D`` when its
+    backward pass computes the dense weight gradient (``dense_backward=True``: RigL's mask-update
+    steps, every step of SNFS). Densities that change (redistribution, pruning, a sparsifier's
+    live masks) are counted as they were at each step. :attr:`ratio` is the total over dense
+    training of the same number of samples, ``3 f_D`` each; for a constant density it equals the
+    closed forms of :func:`train_flops_per_sample`.
+
+    ::
+
+        counter = TrainingFlopsCounter.from_model(model, (3, 32, 32), sparsifier)
+        for x, y in loader:
+            ...
+            stepped = sparsifier.step()
+            counter.step(sparsifier, dense_backward=not stepped, samples=len(x))
+    """
+
+    def __init__(
+        self,
+        profile: FlopProfile,
+        densities: Densities = None,
+        reference_dense_flops: float | None = None,
+    ) -> None:
+        """``densities``: the initial ones (``None``: dense). ``reference_dense_flops``: ``f_D``
+        of the model the ratio compares with, if not this one (a Small-Dense run)."""
+        self.profile = profile
+        self.dense_flops = float(
+            profile.dense_flops if reference_dense_flops is None else reference_dense_flops
+        )
+        self._sparse_flops = profile.inference_flops(densities)
+        self.train_flops = 0.0
+        self.samples = 0
+        self.steps = 0
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        densities: Densities = None,
+        reference_dense_flops: float | None = None,
+    ) -> TrainingFlopsCounter:
+        """Profile ``model`` (on the meta device) and start counting."""
+        return cls(profile_model(model, input_shape), densities, reference_dense_flops)
+
+    @property
+    def sparse_flops(self) -> float:
+        """``f_S`` at the latest densities."""
+        return self._sparse_flops
+
+    @property
+    def dense_train_flops(self) -> float:
+        """Dense training FLOPs over the samples counted so far (``3 f_D`` each)."""
+        return 3.0 * self.dense_flops * self.samples
+
+    @property
+    def ratio(self) -> float:
+        """Training FLOPs so far over dense training of as many samples (0 before any step)."""
+        return self.train_flops / self.dense_train_flops if self.samples else 0.0
+
+    def step(
+        self, densities: Densities = None, dense_backward: bool = False, samples: int = 1
+    ) -> RunningFlops:
+        """Count one step of ``samples`` samples; ``densities=None`` keeps the previous ones.
+
+        ``dense_backward``: this step's backward computed the dense weight gradient (a RigL
+        mask-update step, or any SNFS step). Returns the running training FLOPs and ratio.
+        """
+        if int(samples) != samples or samples < 1:
+            raise ValueError(f"samples={samples!r}: allowed values are integers >= 1.")
+        if densities is not None:
+            self._sparse_flops = self.profile.inference_flops(densities)
+        f_s = self._sparse_flops
+        per_sample = 2.0 * f_s + self.dense_flops if dense_backward else 3.0 * f_s
+        self.train_flops += per_sample * samples
+        self.samples += int(samples)
+        self.steps += 1
+        return RunningFlops(self.train_flops, self.ratio)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running totals, for a checkpoint."""
+        return {
+            "train_flops": self.train_flops,
+            "samples": self.samples,
+            "steps": self.steps,
+            "sparse_flops": self._sparse_flops,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s totals (the profile is rebuilt from the model)."""
+        self.train_flops = float(state["train_flops"])
+        self.samples = int(state["samples"])
+        self.steps = int(state["steps"])
+        self._sparse_flops = float(state["sparse_flops"])
+

@@ -1,0 +1,83 @@
+"""Shared test helpers: tiny models, optimizers, replayable batches, the paper's layer shapes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5)
+    )
+
+
+MODELS = {"conv": (conv_net, (3, 8, 8), 10), "mlp": (mlp, (20,), 5)}
+
+
+def batch(model_name: str, index: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic batch depending only on its index (so runs can be replayed)."""
+    _, shape, classes = MODELS[model_name]
+    generator = torch.Generator().manual_seed(1000 + index)
+    x = torch.randn((size, *shape), generator=generator)
+    y = torch.randint(0, classes, (size,), generator=generator)
+    return x, y
+
+
+OPTIMIZERS = {
+    "sgd_nesterov": lambda p: torch.optim.SGD(
+        p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=5e-4),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=5e-2),
+}
+
+
+def wrn22_2_shapes() -> dict[str, tuple[int, ...]]:
+    """The sparse layers of WideResNet-22-2 (stem excluded; SPEC §8)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    c_in = 16
+    for g, width in enumerate((32, 64, 128)):
+        for b in range(3):
+            source = c_in if b == 0 else width
+            shapes[f"g{g}.b{b}.conv1"] = (width, source, 3, 3)
+            shapes[f"g{g}.b{b}.conv2"] = (width, width, 3, 3)
+            if b == 0:
+                shapes[f"g{g}.b{b}.shortcut"] = (width, source, 1, 1)
+        c_in = width
+    shapes["fc"] = (10, 128)
+    return shapes
+
+
+def resnet50_shapes(classes: int = 100) -> dict[str, tuple[int, ...]]:
+    """The sparse layers of the bottleneck ResNet-50 [3, 4, 6, 3] (stem excluded)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    c_in = 64
+    for s, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512), strict=True)):
+        for b in range(blocks):
+            source = c_in if b == 0 else 4 * width
+            shapes[f"s{s}.b{b}.conv1"] = (width, source, 1, 1)
+            shapes[f"s{s}.b{b}.conv2"] = (width, width, 3, 3)
+            shapes[f"s{s}.b{b}.conv3"] = (4 * width, width, 1, 1)
+            if b == 0:
+                shapes[f"s{s}.b{b}.shortcut"] = (4 * width, source, 1, 1)
+        c_in = 4 * width
+    shapes["fc"] = (classes, 2048)
+    return shapes

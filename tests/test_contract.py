@@ -1,0 +1,168 @@
+"""The contract every registered method must keep (SPEC §1, §4, §5), checked at every step.
+
+For each method × model × optimizer, hundreds of steps with weight decay, checking:
+- per-layer active counts never change (Pruning: they follow its schedule exactly; SNIP: its
+  one-shot budgets from the first batch on);
+- inactive weights, their gradients at optimizer time and their optimizer state are exactly zero;
+- at every mask update, new connections start at zero with zero state, connections active before
+  and after (including any dropped and regrown in the same update) keep value and state exactly,
+  and the removed and added sets are disjoint and (without redistribution) of equal size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import regrow
+from helpers import MODELS, OPTIMIZERS, batch
+from regrow.sparsity.optim_state import state_tensors
+
+STEPS = 240
+
+
+def make(method: str, model_name: str, optimizer_name: str, **kwargs):
+    model = MODELS[model_name][0]()
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    return model, optimizer, kwargs
+
+
+def snapshot(sp: regrow.Sparsifier) -> dict:
+    return {
+        name: (
+            sp.masks[name].clone(),
+            p.detach().clone(),
+            [s.clone() for s in state_tensors(sp.optimizer, p, name)],
+        )
+        for name, p in zip(sp.names, sp.params, strict=True)
+    }
+
+
+def check_transition(before: dict, after: dict, exchange_equal: bool) -> int:
+    """Check one mask update; return how many connections changed."""
+    changed = 0
+    for name, (old, w_old, s_old) in before.items():
+        new, w_new, s_new = after[name]
+        added, removed, kept = new & ~old, old & ~new, old & new
+        assert not (added & removed).any()
+        if exchange_equal:
+            assert int(added.sum()) == int(removed.sum()), name
+        assert torch.all(w_new[added] == 0), f"{name}: new connections must start at zero"
+        assert torch.equal(w_new[kept], w_old[kept]), f"{name}: kept weights must keep their value"
+        assert torch.all(w_new[~new] == 0)
+        if s_old and s_new:
+            for a, b in zip(s_old, s_new, strict=True):
+                assert torch.all(b[added] == 0), (
+                    f"{name}: new connections must start with zero state"
+                )
+                assert torch.equal(b[kept], a[kept]), f"{name}: kept connections keep their state"
+                assert torch.all(b[~new] == 0)
+        changed += int(added.sum()) + int(removed.sum())
+    return changed
+
+
+@pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("method", sorted(regrow.METHODS))
+def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
+    model = MODELS[model_name][0]()
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    before: dict = {}
+    # Registered before the sparsifier's own hook, so it sees the weights right after the
+    # optimizer step and before any after-step mask update.
+    optimizer.register_step_post_hook(lambda *_: before.update(snapshot(sp)))
+    sp = regrow.get_method(method)(
+        model,
+        optimizer,
+        sparsity=0.8,
+        distribution="erk",
+        total_steps=STEPS,
+        delta_t=15,
+        seed=3,
+        **({"prune_begin": 30, "prune_end": 150} if method == "pruning" else {}),
+    )
+    initial_counts = sp.active_counts()
+    updates, changed_total = [], 0
+
+    def check_gradients(*_):
+        for name, p in zip(sp.names, sp.params, strict=True):
+            if p.grad is not None:
+                assert torch.all(p.grad[~sp.masks[name]] == 0), f"{name}: inactive gradient"
+
+    def check_after_step(*_):
+        nonlocal changed_total
+        after = snapshot(sp)
+        if not sp.updates_before_step and sp.last_update_step == sp.step_count - 1:
+            # an update ran in the sparsifier's hook, just before this one
+            updates.append(sp.last_update_step)
+            changed_total += check_transition(before, after, method not in ("pruning", "snip"))
+        for name, (mask, weight, states) in after.items():
+            assert torch.all(weight[~mask] == 0), f"{name}: inactive weight is not zero"
+            for state in states:
+                assert torch.all(state[~mask] == 0), f"{name}: inactive optimizer state"
+
+    optimizer.register_step_pre_hook(check_gradients)
+    optimizer.register_step_post_hook(check_after_step)
+
+    batches = 0
+    while sp.step_count < STEPS:
+        x, y = batch(model_name, batches)
+        batches += 1
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        pre = snapshot(sp)
+        step_before = sp.step_count
+        if sp.step():
+            optimizer.step()
+        else:
+            assert sp.updates_before_step
+            assert sp.step_count == step_before, "no optimizer step on an update iteration"
+            updates.append(step_before)
+            changed_total += check_transition(pre, snapshot(sp), method not in ("pruning", "snip"))
+        counts = sp.active_counts()
+        if method == "pruning":
+            if sp.last_update_step is None:
+                assert counts == {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}
+            else:
+                assert counts == sp.scheduled_counts(sp.last_update_step)
+        elif method == "snip":
+            assert counts == sp.target_counts
+        else:
+            assert counts == initial_counts, "active counts must never change"
+
+    if method in ("rigl", "set", "snfs"):
+        assert updates == list(range(0, int(0.75 * STEPS) + 1, 15))
+        assert changed_total > 0, "dynamic methods must actually move connections"
+    elif method == "pruning":
+        assert updates == [*range(30, 150, 15), 150]
+        assert sp.active_counts() == sp.target_counts
+    elif method == "snip":
+        assert updates == [0]
+    else:
+        assert updates == []
+    if method != "dense":
+        assert math.isclose(sp.global_density(), 0.2, abs_tol=0.01)
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "snfs"])
+def test_kaiming_reinit_gives_new_connections_nonzero_values(method: str) -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.get_method(method)(
+        model, optimizer, sparsity=0.8, total_steps=100, delta_t=5, reinit="kaiming"
+    )
+    old = {n: m.clone() for n, m in sp.masks.items()}
+    for i in range(3):
+        x, y = batch("mlp", i)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if sp.step():
+            optimizer.step()
+        if sp.last_update_step == 0:
+            break
+    grown = [(p.detach()[sp.masks[n] & ~old[n]]) for n, p in zip(sp.names, sp.params, strict=True)]
+    values = torch.cat(grown)
+    assert values.numel() > 0 and torch.all(values != 0)
