@@ -175,7 +175,9 @@ class FlopReport:
             for row in rows
         ]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"inference FLOPs: {self.inference_flops:.4e} ({self.inference_ratio:.4f}x dense)")
+        lines.append(
+            f"inference FLOPs: {self.inference_flops:.4e} ({self.inference_ratio:.4f}x dense)"
+        )
         lines.append(f"dense inference FLOPs: {self.dense_inference_flops:.4e}")
         return "\n".join(lines)
 
@@ -300,7 +302,9 @@ def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str,
     return records
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int], device: str = "meta") -> FlopProfile:
+def profile_model(
+    model: nn.Module, input_shape: Sequence[int], device: str = "meta"
+) -> FlopProfile:
     """Measure the geometry of every conv/linear layer ``model`` runs on one ``input_shape`` sample.
 
     ``device="meta"`` (default) traces with meta tensors swapped in for the parameters and buffers:

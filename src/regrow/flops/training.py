@@ -91,7 +91,9 @@ def train_flops_ratio(
 ) -> float:
     """Training FLOPs of a run ×``multiplier`` as a multiple of 1× dense training (``3 f_D``)."""
     if not multiplier > 0:
-        raise ValueError(f"multiplier={multiplier!r}: allowed values are > 0 (1 is the paper's 1x).")
+        raise ValueError(
+            f"multiplier={multiplier!r}: allowed values are > 0 (1 is the paper's 1x)."
+        )
     per_sample = train_flops_per_sample(method, sparse_flops, dense_flops, delta_t)
     return multiplier * per_sample / (3.0 * float(dense_flops))
 
@@ -276,4 +278,3 @@ class TrainingFlopsCounter:
         self.samples = int(state["samples"])
         self.steps = int(state["steps"])
         self._sparse_flops = float(state["sparse_flops"])
-

@@ -89,6 +89,11 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(channels, num_classes)
+        if not self.fc.weight.is_meta:  # nothing to initialise on the meta device
+            self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        """He-normal convs (fan-out), BN γ=1 β=0, zero fc bias; the last BN of every block γ=0."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

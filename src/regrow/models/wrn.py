@@ -91,7 +91,10 @@ def _group(
 
 
 def _init_weights(model: nn.Module) -> None:
-    """He-normal convs (fan-out), BN γ=1 β=0, zero linear biases."""
+    """He-normal convs (fan-out), BN γ=1 β=0, zero linear biases (skipped on the meta device,
+    where there are no values to set and random init would only cost time)."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -104,4 +107,6 @@ def _init_weights(model: nn.Module) -> None:
 
 def wrn22_2(num_classes: int = 10, width: float = 1.0, dropout: float = 0.3) -> WideResNet:
     """WideResNet-22-2 of the RigL paper's CIFAR-10 experiments (SPEC §8)."""
-    return WideResNet(depth=22, widen_factor=2, num_classes=num_classes, dropout=dropout, width=width)
+    return WideResNet(
+        depth=22, widen_factor=2, num_classes=num_classes, dropout=dropout, width=width
+    )

@@ -1,0 +1,470 @@
+"""Method-specific behaviour: RigL (SPEC §3, §4), SNIP and Pruning (§5), SNFS, redistribution (§6),
+mixed precision and determinism (§9), and errors for bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import regrow
+from helpers import MODELS, OPTIMIZERS, batch
+from regrow.sparsity.schedules import drop_fraction
+
+
+class Layer(nn.Module):
+    """One linear weight with a chosen loss gradient: ``loss = Σ W ⊙ C`` gives ``∂loss/∂W = C``."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.fc = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+
+    def loss(self, gradient: torch.Tensor) -> torch.Tensor:
+        return (self.fc.weight * gradient).sum()
+
+
+def one_layer(method: str, weight: torch.Tensor, **kwargs):
+    model = Layer(weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sp = regrow.get_method(method)(model, optimizer, dense_layers=[], **kwargs)
+    return model, optimizer, sp
+
+
+def train(model_name: str, sp: regrow.Sparsifier, optimizer, steps: int, first_batch: int = 0):
+    """Run until ``steps`` optimizer steps were taken; return the next batch index."""
+    index = first_batch
+    while sp.step_count < steps:
+        x, y = batch(model_name, index)
+        index += 1
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(sp.model(x), y).backward()
+        if sp.step():
+            optimizer.step()
+    return index
+
+
+# ------------------------------------------------------------------------------------ RigL
+def test_rigl_grows_exactly_the_top_k_gradients_with_ties() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 16, generator=generator)
+    model, optimizer, sp = one_layer(
+        "rigl", weight, sparsity=0.75, distribution="uniform", total_steps=100, alpha=0.5
+    )
+    old = sp.masks["fc.weight"].clone()
+    w_before = model.fc.weight.detach().clone()
+    # Gradient values from a small set, so many ties straddle the top-k boundary.
+    gradient = torch.randint(0, 4, (16, 16), generator=generator).float() * (-1) ** torch.randint(
+        0, 2, (16, 16), generator=generator
+    )
+    model.loss(gradient).backward()
+    reference = torch.autograd.grad(model.loss(gradient), model.fc.weight)[0]
+    assert torch.equal(reference, gradient)
+
+    assert sp.step() is False
+    new = sp.masks["fc.weight"]
+    active = int(old.sum())
+    k = math.floor(0.5 * active)  # the drop fraction at step 0 is alpha
+    assert int(new.sum()) == active
+    # Drop, computed independently: keep the (n - k) largest |w| of the active weights.
+    magnitudes = torch.where(old, w_before.abs(), -1.0).flatten()
+    kept = torch.zeros(256, dtype=torch.bool)
+    kept[magnitudes.argsort(descending=True)[: active - k]] = True
+    kept = kept.view(16, 16)
+    assert torch.all(new[kept])
+    # Grow: exactly k positions outside the kept set, none with a smaller |g| than any position
+    # left out (ties at the boundary may go either way).
+    grown = new & ~kept
+    assert int(grown.sum()) == k
+    assert reference.abs()[grown].min() >= reference.abs()[~kept & ~new].max()
+    assert int((reference.abs()[~kept] == reference.abs()[grown].min()).sum()) > int(
+        (reference.abs()[grown] == reference.abs()[grown].min()).sum()
+    ), "the test must exercise a tie at the top-k boundary"
+    # Kept weights keep their value; connections that were inactive start at zero.
+    assert torch.equal(model.fc.weight.detach()[kept], w_before[kept])
+    assert torch.all(model.fc.weight.detach()[new & ~old] == 0)
+
+
+def test_rigl_drop_removes_smallest_magnitudes_and_grow_count_matches() -> None:
+    """With zero gradient on active weights and positive gradient elsewhere, dropped weights are
+    never regrown: exactly floor(f·n) of the smallest |w| leave and as many new ones arrive."""
+    weight = torch.arange(1, 401, dtype=torch.float32).reshape(20, 20) / 400
+    model, optimizer, sp = one_layer(
+        "rigl", weight, sparsity=0.5, distribution="uniform", total_steps=400, delta_t=10
+    )
+    for step in range(0, 300, 10):
+        old = sp.masks["fc.weight"].clone()
+        w = model.fc.weight.detach().clone()
+        gradient = torch.where(old, 0.0, 1.0 + torch.rand(20, 20))
+        optimizer.zero_grad()
+        model.loss(gradient).backward()
+        assert sp.step_count == step
+        assert sp.step() is False
+        new = sp.masks["fc.weight"]
+        removed = old & ~new
+        k = math.floor(drop_fraction(step, 0.3, 300) * 200)
+        assert int(removed.sum()) == k
+        assert int((new & ~old).sum()) == k
+        if k:
+            assert w[removed].abs().max() <= w[old & new].abs().min()
+        # Nine ordinary steps to the next update.
+        for _ in range(10 if step < 290 else 0):
+            optimizer.zero_grad()
+            model.loss(torch.zeros(20, 20)).backward()
+            assert sp.step() is True
+            optimizer.step()
+
+
+def test_rigl_keeps_value_and_state_of_a_weight_dropped_and_regrown() -> None:
+    """A position dropped (small |w|) but with the largest gradient is grown back in the same
+    update; it keeps its value and its momentum (SPEC §4.3)."""
+    weight = torch.tensor([[0.01, 0.5, 0.6, 0.7]])
+    model = Layer(weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = regrow.RigL(
+        model,
+        optimizer,
+        sparsity=0.0,
+        distribution="uniform",
+        total_steps=100,
+        delta_t=1,
+        alpha=0.5,
+        dense_layers=[],
+    )
+    optimizer.zero_grad()
+    model.loss(torch.tensor([[1.0, 0.0, 0.0, 0.0]])).backward()
+    assert sp.step() is False  # update at step 0: with density 1 every position stays
+    optimizer.zero_grad()
+    model.loss(torch.tensor([[1.0, 1.0, 1.0, 1.0]])).backward()
+    assert sp.step()
+    optimizer.step()
+    momentum = optimizer.state[model.fc.weight]["momentum_buffer"].clone()
+    value = model.fc.weight.detach().clone()
+    # Make position 0 the smallest |w| (dropped) and the largest |g| (regrown).
+    optimizer.zero_grad()
+    model.loss(torch.tensor([[100.0, 0.0, 0.0, 0.0]])).backward()
+    assert sp.step() is False and sp.last_update_step == 1
+    assert torch.equal(model.fc.weight.detach(), value)
+    assert torch.equal(optimizer.state[model.fc.weight]["momentum_buffer"], momentum)
+
+
+def test_rigl_update_steps_and_no_optimizer_step_on_them() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.RigL(model, optimizer, sparsity=0.9, total_steps=100, delta_t=10)
+    taken, updates, index = 0, [], 0
+    while sp.step_count < 100:
+        x, y = batch("mlp", index)
+        index += 1
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        before = sp.step_count
+        weights = [p.detach().clone() for p in model.parameters()]
+        if sp.step():
+            optimizer.step()
+            taken += 1
+        else:
+            updates.append(before)
+            assert sp.step_count == before
+            # Only the topology changed: dense parameters (biases) did not move.
+            assert torch.equal(model[0].bias, weights[1])
+    assert updates == [0, 10, 20, 30, 40, 50, 60, 70]  # t_end = 75
+    assert taken == 100 and index == 108
+
+
+# ------------------------------------------------------------------------- SNIP, Pruning
+def test_snip_keeps_the_largest_g_times_w_per_layer() -> None:
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(10, 30, generator=generator)
+    model, optimizer, sp = one_layer("snip", weight, sparsity=0.8, distribution="uniform")
+    assert all(m.all() for m in sp.masks.values())  # starts dense
+    gradient = torch.randn(10, 30, generator=generator)
+    model.loss(gradient).backward()
+    assert sp.step() is False and sp.step_count == 0
+    mask = sp.masks["fc.weight"]
+    scores = (gradient * weight).abs()
+    assert int(mask.sum()) == 60
+    assert scores[mask].min() >= scores[~mask].max()
+    assert torch.all(model.fc.weight.detach()[~mask] == 0)
+    optimizer.zero_grad()
+    model.loss(gradient).backward()
+    assert sp.step() is True  # static from now on
+
+
+def test_pruning_follows_the_cubic_schedule_exactly() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.Pruning(
+        model,
+        optimizer,
+        sparsity=0.9,
+        distribution="uniform",
+        total_steps=400,
+        prune_begin=100,
+        prune_end=300,
+        delta_t=25,
+    )
+    sizes = {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}
+    index = 0
+    for step in range(400):
+        index = train("mlp", sp, optimizer, step + 1, index)
+        last = max(
+            (t for t in range(100, step + 1) if (t - 100) % 25 == 0 and t <= 300), default=None
+        )
+        for name, active in sp.active_counts().items():
+            if last is None:
+                assert active == sizes[name]
+            else:
+                final = math.floor(0.1 * sizes[name] + 1e-6)
+                sparsity = 0.9 * (1 - (1 - (last - 100) / 200) ** 3)
+                # s_t of this layer, as a count: N − round_down((N − K) · s_t / s_f)
+                assert active == sizes[name] - math.floor(
+                    (sizes[name] - final) * sparsity / 0.9 + 1e-9
+                )
+    assert sp.global_density() == pytest.approx(0.1, abs=1e-3)
+
+
+def test_pruning_defaults_scale_the_paper_window() -> None:
+    model = MODELS["mlp"][0]()
+    sp = regrow.Pruning(model, OPTIMIZERS["adam"](model.parameters()), total_steps=5 * 97_656)
+    assert (sp.prune_begin, sp.prune_end, sp.delta_t) == (100_000, 375_000, 1000)
+
+
+# --------------------------------------------------------------------- SNFS, redistribution
+def test_snfs_average_is_an_ema_of_dense_gradients_and_ignores_non_finite() -> None:
+    weight = torch.randn(4, 5)
+    model, optimizer, sp = one_layer("snfs", weight, sparsity=0.5, total_steps=100, delta_t=50)
+    g1, g2 = torch.randn(4, 5), torch.randn(4, 5)
+    for g in (g1, g2):
+        optimizer.zero_grad()
+        model.loss(g).backward()
+        assert sp.step()
+        optimizer.step()
+    expected = 0.9 * (0.1 * g1) + 0.1 * g2  # decay 0.9, starting from zero
+    assert torch.allclose(sp.gradient_average.view(4, 5), expected, atol=1e-6)
+    bad = g1.clone()
+    bad[0, 0] = float("inf")
+    saved = sp.gradient_average.clone()
+    optimizer.zero_grad()
+    model.loss(bad).backward()
+    sp.step()
+    assert torch.equal(sp.gradient_average, saved)
+
+
+@pytest.mark.parametrize("statistic", ["momentum", "gradient"])
+def test_redistribution_moves_weights_between_layers_but_keeps_the_total(statistic: str) -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.SET(
+        model,
+        optimizer,
+        sparsity=0.8,
+        distribution="uniform",
+        total_steps=200,
+        delta_t=10,
+        redistribution=statistic,
+        dense_layers=[],
+    )
+    start = sp.active_counts()
+    train("mlp", sp, optimizer, 150)
+    end = sp.active_counts()
+    assert sum(end.values()) == sum(start.values())
+    assert end != start
+    assert all(end[n] <= p.numel() for n, p in zip(sp.names, sp.params, strict=True))
+
+
+def test_redistribution_by_momentum_needs_momentum() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = regrow.SET(
+        model, optimizer, sparsity=0.8, total_steps=50, delta_t=10, redistribution="momentum"
+    )
+    with pytest.raises(ValueError, match="momentum"):
+        train("mlp", sp, optimizer, 5)
+
+
+# ------------------------------------------------------------- non-finite, determinism, bf16
+def test_non_finite_gradient_postpones_the_update_to_the_next_step() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.RigL(model, optimizer, sparsity=0.9, total_steps=100, delta_t=10)
+    before = {n: m.clone() for n, m in sp.masks.items()}
+    x, y = batch("mlp", 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    model[2].weight.grad[0, 0] = float("inf")
+    assert sp.step() is False
+    assert sp.last_update_step is None and sp.step_count == 0
+    assert all(torch.equal(before[n], m) for n, m in sp.masks.items())
+    optimizer.zero_grad()
+    x, y = batch("mlp", 1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert sp.step() is False and sp.last_update_step == 0
+    assert any(not torch.equal(before[n], m) for n, m in sp.masks.items())
+
+
+class Frozen(torch.optim.Optimizer):
+    """An optimizer that leaves the weights alone, as GradScaler would on a skipped step."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+
+    def step(self, closure=None) -> None:
+        return None
+
+
+def test_non_finite_gradient_postpones_an_after_step_update() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = Frozen(model.parameters())
+    sp = regrow.SET(
+        model, optimizer, sparsity=0.9, total_steps=100, delta_t=10, elementwise_optimizer=True
+    )
+    before = {n: m.clone() for n, m in sp.masks.items()}
+    x, y = batch("mlp", 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    model[2].weight.grad[0, 0] = float("nan")
+    assert sp.step()
+    optimizer.step()
+    assert sp.pending_update and sp.last_update_step is None
+    assert all(torch.equal(before[n], m) for n, m in sp.masks.items())
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert sp.step()
+    optimizer.step()
+    assert not sp.pending_update and sp.last_update_step == 1
+
+
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "snfs"])
+def test_same_seed_same_masks_different_seed_different_masks(method: str) -> None:
+    def run(seed: int) -> dict:
+        model = MODELS["conv"][0]()
+        optimizer = OPTIMIZERS["adam"](model.parameters())
+        sp = regrow.get_method(method)(
+            model, optimizer, sparsity=0.8, total_steps=60, delta_t=10, seed=seed
+        )
+        train("conv", sp, optimizer, 35)
+        return {n: m.clone() for n, m in sp.masks.items()}
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+def test_masks_do_not_depend_on_the_global_rng() -> None:
+    masks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        model = MODELS["mlp"][0]()
+        sp = regrow.SET(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9, total_steps=10)
+        masks.append(sp.masks)
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_bfloat16_model_keeps_the_contract() -> None:
+    model = MODELS["mlp"][0]().to(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = regrow.RigL(model, optimizer, sparsity=0.8, total_steps=60, delta_t=5)
+    counts = sp.active_counts()
+    index = 0
+    while sp.step_count < 40:
+        x, y = batch("mlp", index)
+        index += 1
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x.to(torch.bfloat16)), y).backward()
+        if sp.step():
+            optimizer.step()
+    assert sp.active_counts() == counts and sp.last_update_step == 35
+    for name, p in zip(sp.names, sp.params, strict=True):
+        assert torch.all(p[~sp.masks[name]] == 0)
+
+
+# ---------------------------------------------------------------------- interface, errors
+def test_masks_are_registered_buffers_and_printable() -> None:
+    model = MODELS["conv"][0]()
+    sp = regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9)
+    state = model.state_dict()
+    for name, mask in sp.masks.items():
+        assert state[name + "_mask"].data_ptr() == mask.data_ptr()
+    assert "0.weight" not in sp.masks  # the stem stays dense by default
+    table = str(sp)
+    assert "3.weight" in table and "total" in table and "active" in table
+    assert set(sp.densities()) == set(sp.masks)
+
+
+def test_optimizer_step_without_sparsifier_step_is_an_error() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["adam"](model.parameters())
+    regrow.Static(model, optimizer, sparsity=0.5)
+    x, y = batch("mlp", 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(RuntimeError, match=r"step\(\)"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("rigl", {"sparsity": 1.0, "total_steps": 10}, "0 <= sparsity < 1"),
+        ("static", {"sparsity": -0.5}, "0 <= sparsity < 1"),
+        ("static", {"sparsity": 0.5, "distribution": "normal"}, "'uniform', 'er', 'erk'"),
+        (
+            "static",
+            {"sparsity": 0.5, "dense_layers": ["encoder"]},
+            "'encoder' matches no sparse layer",
+        ),
+        ("rigl", {"sparsity": 0.5}, "total_steps"),
+        ("rigl", {"sparsity": 0.5, "total_steps": 10, "alpha": 2.0}, "0 < alpha <= 1"),
+        ("set", {"sparsity": 0.5, "total_steps": 10, "drop_schedule": "step"}, "cosine"),
+        ("set", {"sparsity": 0.5, "total_steps": 10, "reinit": "xavier"}, "'zero', 'kaiming'"),
+        ("set", {"sparsity": 0.5, "total_steps": 10, "redistribution": "x"}, "'momentum'"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_the_allowed_values(method, kwargs, message) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        regrow.get_method(method)(model, OPTIMIZERS["adam"](model.parameters()), **kwargs)
+
+
+def test_unknown_method_lists_the_registry() -> None:
+    with pytest.raises(ValueError, match="dense, pruning, rigl, set, snfs, snip, static"):
+        regrow.get_method("lottery")
+
+
+def test_parameter_not_in_the_optimizer() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"\['2.weight', '4.weight'\] are not in the optimizer"):
+        regrow.Static(model, optimizer, sparsity=0.5)
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Rprop, torch.optim.LBFGS])
+def test_optimizers_with_state_regrow_cannot_mask_are_refused(optimizer_class) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match="elementwise"):
+        regrow.RigL(model, optimizer_class(model.parameters()), sparsity=0.5, total_steps=10)
+
+
+def test_unknown_elementwise_optimizer_accepted_when_declared() -> None:
+    class MySGD(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"lr": 0.1})
+
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self.state[p]["trace"] = self.state[p].get("trace", 0) + p.grad
+                        p.data.add_(self.state[p]["trace"], alpha=-group["lr"])
+
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match="elementwise_optimizer=True"):
+        regrow.RigL(model, MySGD(model.parameters()), sparsity=0.5, total_steps=10)
+    optimizer = MySGD(model.parameters())
+    sp = regrow.RigL(
+        model, optimizer, sparsity=0.5, total_steps=40, delta_t=5, elementwise_optimizer=True
+    )
+    train("mlp", sp, optimizer, 12)
+    for name, p in zip(sp.names, sp.params, strict=True):
+        assert torch.all(optimizer.state[p]["trace"][~sp.masks[name]] == 0)
