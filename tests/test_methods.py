@@ -51,7 +51,7 @@ def train(model_name: str, sp: regrow.Sparsifier, optimizer, steps: int, first_b
 def test_rigl_grows_exactly_the_top_k_gradients_with_ties() -> None:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(16, 16, generator=generator)
-    model, optimizer, sp = one_layer(
+    model, _optimizer, sp = one_layer(
         "rigl", weight, sparsity=0.75, distribution="uniform", total_steps=100, alpha=0.5
     )
     old = sp.masks["fc.weight"].clone()
