@@ -140,6 +140,7 @@ def test_small_dense_form(capsys):
         ([*WRN, "--sparsity", "0.8", "--dense-layers", "stem"], ["'stem'", "conv1.weight"]),
         ([*WRN, "--method", "rigl"], ["--sparsity is required"]),
         ([*WRN, "--sparsity", "0.8", "--multiplier", "0"], ["--multiplier"]),
+        ([*WRN, "--sparsity", "0.8", "--input-shape", "1,28,28"], ["--input-shape", "(1, 28, 28)"]),
     ],
 )
 def test_bad_input_exits_2_naming_the_value(capsys, args, needles):
@@ -162,7 +163,7 @@ def test_python_dash_m_regrow_json():
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
     }
-    argv = ["flops", "--model", "lenet300_100", "--sparsity", "0.9", "--distribution", "erk", "--method", "rigl", "--json"]  # fmt: skip
+    argv = ["flops", "--model", "lenet300_100", "--sparsity", "0.9", "--method", "rigl", "--json"]
     done = subprocess.run(
         [sys.executable, "-m", "regrow", *argv],
         capture_output=True,

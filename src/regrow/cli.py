@@ -24,6 +24,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from .flops import (
+    TRAIN_METHODS,
+    PruningSchedule,
+    check_method,
+    flops_at_sparsity,
+    kept_parameter_count,
+    matching_sparsity,
+    parameter_count,
+    profile_model,
+    pruning_mean_flops,
+    small_dense_width,
+    train_flops_per_sample,
+)
+from .models import MODELS, get_model_spec
+from .sparsity.distributions import (
+    DISTRIBUTIONS,
+    check_distribution,
+    check_sparsity,
+    layer_densities,
+)
+from .sparsity.masks import sparse_parameter_names
+
 __all__ = ["UsageError", "add_flops_parser", "build_parser", "main", "run_flops"]
 
 #: Gradual-pruning schedules per dataset: (total steps, begin, end, every). CIFAR: the paper's run
@@ -67,9 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow flops``."""
-    from .flops import TRAIN_METHODS
-    from .models import MODELS
-    from .sparsity.distributions import DISTRIBUTIONS
 
     parser = subparsers.add_parser(
         "flops",
@@ -178,11 +197,6 @@ class _Setup:
     """Everything the flops modes share: model, profile, sparse tensors, densities."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from .flops import check_method, profile_model
-        from .models import get_model_spec
-        from .sparsity.distributions import check_distribution, check_sparsity
-        from .sparsity.masks import sparse_parameter_names
-
         self.spec = get_model_spec(args.model)
         self.method = check_method(args.method)
         self.distribution = check_distribution(args.distribution)
@@ -210,7 +224,10 @@ class _Setup:
             raise UsageError(f"--dense-layers {args.dense_layers!r}: {exc}") from exc
         params = dict(self.model.named_parameters())
         self.shapes = {name: tuple(params[name].shape) for name in self.sparse_names}
-        self.profile = profile_model(self.model, self.input_shape)
+        try:
+            self.profile = profile_model(self.model, self.input_shape)
+        except ValueError as exc:
+            raise UsageError(f"--input-shape: {exc}") from exc
         self.densities = self.densities_at(self.sparsity, self.distribution)
 
     def build(self, width: float) -> nn.Module:
@@ -218,13 +235,10 @@ class _Setup:
             return self.spec(num_classes=self.num_classes, width=width)
 
     def densities_at(self, sparsity: float, distribution: str) -> dict[str, float]:
-        from .sparsity.distributions import layer_densities
-
         return layer_densities(self.shapes, sparsity, distribution, self.power)
 
     def header(self) -> str:
-        dense = [layer.name for layer in self.profile.layers if layer.name not in self.shapes]
-        kept = ", ".join(dense) if dense else "none"
+        kept = ", ".join(self.dense_layer_names()) or "none"
         return (
             f"model {self.spec.name} (input {'x'.join(map(str, self.input_shape))}, "
             f"{self.num_classes} classes); {self.distribution} at sparsity {self.sparsity:g}; "
@@ -256,8 +270,6 @@ def _flops(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _small_dense_solution(setup: _Setup) -> tuple[float, int, int, nn.Module]:
-    from .flops import kept_parameter_count, parameter_count, small_dense_width
-
     target = kept_parameter_count(setup.model, setup.densities)
     width = small_dense_width(setup.build, target)
     small = setup.build(width)
@@ -265,8 +277,6 @@ def _small_dense_solution(setup: _Setup) -> tuple[float, int, int, nn.Module]:
 
 
 def _small_dense(setup: _Setup) -> tuple[dict[str, Any], str]:
-    from .flops import parameter_count, profile_model
-
     width, target, params, small = _small_dense_solution(setup)
     small_flops = profile_model(small, setup.input_shape).dense_flops
     dense_flops = setup.profile.dense_flops
@@ -287,16 +297,14 @@ def _small_dense(setup: _Setup) -> tuple[dict[str, Any], str]:
             f"dense parameter) of {result['dense_params']:,}",
             f"Small-Dense width multiplier: {width:.4f} -> {params:,} parameters "
             f"({params / target - 1:+.3%} vs target)",
-            f"Small-Dense inference FLOPs: {small_flops:.4e} ({small_flops / dense_flops:.4f}x dense)",
+            f"Small-Dense inference FLOPs: {small_flops:.4e} "
+            f"({small_flops / dense_flops:.4f}x dense)",
         ]
     )
     return result, text
 
 
 def _match_flops(setup: _Setup, other: str) -> tuple[dict[str, Any], str]:
-    from .flops import flops_at_sparsity, matching_sparsity
-    from .sparsity.distributions import DISTRIBUTIONS, check_distribution
-
     dense_flops = setup.profile.dense_flops
     try:
         ratio = float(other)
@@ -342,9 +350,7 @@ def _match_flops(setup: _Setup, other: str) -> tuple[dict[str, Any], str]:
     return result, text
 
 
-def _pruning_schedule(setup: _Setup, args: argparse.Namespace) -> Any:
-    from .flops import PruningSchedule
-
+def _pruning_schedule(setup: _Setup, args: argparse.Namespace) -> PruningSchedule:
     preset = PRUNING_PRESETS["imagenet" if setup.spec.dataset == "imagenet" else "cifar"]
     total, begin, end, every = (
         round(value * args.multiplier) if index < 3 else value for index, value in enumerate(preset)
@@ -361,8 +367,6 @@ def _pruning_schedule(setup: _Setup, args: argparse.Namespace) -> Any:
 
 
 def _train_flops(setup: _Setup, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from .flops import profile_model, pruning_mean_flops, train_flops_per_sample
-
     dense_flops = setup.profile.dense_flops
     extra: dict[str, Any] = {}
     if setup.method == "dense":
@@ -409,16 +413,18 @@ def _train_flops(setup: _Setup, args: argparse.Namespace) -> tuple[dict[str, Any
     lines = [f"{setup.header()}; method {method}, x{args.multiplier:g}"]
     if "width" in extra:
         lines.append(
-            f"Small-Dense width multiplier {extra['width']:.4f} ({extra['small_dense_params']:,} parameters)"
+            f"Small-Dense width multiplier {extra['width']:.4f} "
+            f"({extra['small_dense_params']:,} parameters)"
         )
     if "pruning_schedule" in extra:
         s = extra["pruning_schedule"]
         lines.append(
-            f"pruning every {s['every']} steps from {s['begin']} to {s['end']} of {s['total_steps']}; "
-            f"mean inference FLOPs over the run {mean_flops:.4e} ({mean_flops / dense_flops:.4f}x)"
+            f"pruning every {s['every']} steps from {s['begin']} to {s['end']} "
+            f"of {s['total_steps']}; mean inference FLOPs over the run "
+            f"{mean_flops:.4e} ({mean_flops / dense_flops:.4f}x)"
         )
     lines += [
-        report.table().rsplit("\ninference FLOPs:", 1)[0],
+        report.table(totals=False),
         f"dense inference FLOPs:      {dense_flops:.4e}",
         f"inference FLOPs:            {inference:.4e}  ({inference / dense_flops:.4f}x dense)",
         f"training FLOPs per sample:  {args.multiplier * per_sample:.4e}  "

@@ -6,7 +6,8 @@
 - :func:`train_flops_per_sample` / :func:`train_flops_ratio`: the paper's training cost per method;
   :func:`pruning_mean_flops` for gradual pruning over its actual schedule.
 - :class:`TrainingFlopsCounter`: the same, accumulated step by step inside a training loop.
-- :func:`small_dense_width`, :func:`matching_sparsity`: Small-Dense widths and equal-FLOP sparsities.
+- :func:`small_dense_width`, :func:`matching_sparsity`: Small-Dense widths and equal-FLOP
+  sparsities.
 """
 
 from .counter import (

@@ -153,8 +153,8 @@ class FlopReport:
             "layers": [layer.as_dict() for layer in self.layers],
         }
 
-    def table(self) -> str:
-        """A printable per-layer table with the totals."""
+    def table(self, totals: bool = True) -> str:
+        """A printable per-layer table, followed by the totals unless ``totals=False``."""
         rows = [("layer", "shape", "density", "FLOPs", "dense FLOPs")]
         for layer in self.layers:
             rows.append(
@@ -175,10 +175,11 @@ class FlopReport:
             for row in rows
         ]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(
-            f"inference FLOPs: {self.inference_flops:.4e} ({self.inference_ratio:.4f}x dense)"
-        )
-        lines.append(f"dense inference FLOPs: {self.dense_inference_flops:.4e}")
+        if totals:
+            lines.append(
+                f"inference FLOPs: {self.inference_flops:.4e} ({self.inference_ratio:.4f}x dense)"
+            )
+            lines.append(f"dense inference FLOPs: {self.dense_inference_flops:.4e}")
         return "\n".join(lines)
 
 
@@ -317,15 +318,20 @@ def profile_model(
     if device not in ("meta", "real"):
         raise ValueError(f"device={device!r}: allowed values are 'meta', 'real'.")
     on_meta_model = any(p.is_meta for p in model.parameters())
-    if device == "meta" or on_meta_model:
-        try:
-            records = _trace(model, shape, on_meta=True)
-        except (NotImplementedError, RuntimeError):
-            if on_meta_model:
-                raise
+    try:
+        if device == "meta" or on_meta_model:
+            try:
+                records = _trace(model, shape, on_meta=True)
+            except (NotImplementedError, RuntimeError):
+                if on_meta_model:
+                    raise
+                records = _trace(model, shape, on_meta=False)
+        else:
             records = _trace(model, shape, on_meta=False)
-    else:
-        records = _trace(model, shape, on_meta=False)
+    except (NotImplementedError, RuntimeError) as exc:
+        raise ValueError(
+            f"the model does not run on one sample of input_shape={shape}: {exc}"
+        ) from exc
 
     layers = []
     named = dict(model.named_modules())

@@ -55,7 +55,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Bottleneck ResNet. ``stem="imagenet"``: 7×7/2 conv + 3×3/2 max-pool; ``"cifar"``: 3×3/1 conv."""
+    """Bottleneck ResNet; ``stem="imagenet"``: 7×7/2 conv + 3×3/2 max-pool, ``"cifar"``: 3×3/1 conv."""
 
     def __init__(
         self,

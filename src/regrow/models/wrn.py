@@ -1,4 +1,4 @@
-"""Pre-activation Wide ResNet for CIFAR (Zagoruyko & Komodakis 2016), as in the RigL paper (SPEC §8).
+"""Pre-activation Wide ResNet for CIFAR (Zagoruyko & Komodakis 2016), as in RigL (SPEC §8).
 
 WRN-22-2: a 3×3 stem conv with 16 filters, three groups of 3 pre-activation blocks with 32, 64 and
 128 channels (strides 1, 2, 2), a 1×1 projection shortcut where the channel count changes, dropout
