@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .mlp import LeNet300100, lenet300_100
+from .mlp import LeNet300100, digits_mlp, lenet300_100
 from .resnet import Bottleneck, ResNet, resnet50_cifar, resnet50_imagenet
 from .wrn import PreActBlock, WideResNet, scaled_channels, wrn22_2
 
@@ -27,6 +27,7 @@ __all__ = [
     "PreActBlock",
     "ResNet",
     "WideResNet",
+    "digits_mlp",
     "get_model",
     "get_model_spec",
     "lenet300_100",
@@ -90,6 +91,14 @@ MODELS: dict[str, ModelSpec] = {
             10,
             "mnist",
             "LeNet-300-100 MLP (784-300-100-10)",
+        ),
+        ModelSpec(
+            "digits_mlp",
+            digits_mlp,
+            (64,),
+            10,
+            "digits",
+            "LeNet-300-100 on 8x8 digits (64-300-100-10), the quickstart model",
         ),
     )
 }

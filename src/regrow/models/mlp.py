@@ -7,7 +7,7 @@ from torch import nn
 
 from .wrn import scaled_channels
 
-__all__ = ["LeNet300100", "lenet300_100"]
+__all__ = ["LeNet300100", "digits_mlp", "lenet300_100"]
 
 
 class LeNet300100(nn.Module):
@@ -32,3 +32,8 @@ class LeNet300100(nn.Module):
 def lenet300_100(num_classes: int = 10, width: float = 1.0) -> LeNet300100:
     """LeNet-300-100 for 28×28 single-channel inputs (MNIST-sized)."""
     return LeNet300100(num_classes=num_classes, width=width)
+
+
+def digits_mlp(num_classes: int = 10, width: float = 1.0) -> LeNet300100:
+    """LeNet-300-100 on scikit-learn's 8×8 digits, flattened to 64 inputs (the quickstart model)."""
+    return LeNet300100(num_classes=num_classes, width=width, in_features=64)

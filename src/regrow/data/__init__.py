@@ -1,0 +1,214 @@
+"""The harness's datasets, by name, as tensors ready for :class:`~regrow.data.gpu.DeviceLoader`.
+
+``DATASETS`` maps a name to a loader ``(root, download) -> DatasetSplits``; :func:`load_dataset`
+adds the options every dataset shares (a held-out validation split, a training-set limit)::
+
+    data = load_dataset("cifar10", root="data", download=True, validation_size=5000)
+    train = data.train_loader(batch_size=128, seed=0, device="cuda")
+    for x, y in train: ...
+
+CIFAR images stay uint8 ``[N, 3, 32, 32]`` until a batch is normalised on the device; the digits
+are float ``[N, 64]`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from .augment import crop_flip, draw_crop_flip, normalize, random_crop_flip, reflect_indices
+from .cifar import (
+    ARCHIVES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    download_and_extract,
+    load_cifar10,
+    load_cifar100,
+    read_cifar_file,
+    split_train_validation,
+)
+from .digits import load_digits
+from .gpu import DeviceLoader, epoch_generator
+
+__all__ = [
+    "ARCHIVES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DATASETS",
+    "DatasetSplits",
+    "DeviceLoader",
+    "crop_flip",
+    "download_and_extract",
+    "draw_crop_flip",
+    "epoch_generator",
+    "load_cifar10",
+    "load_cifar100",
+    "load_dataset",
+    "load_digits",
+    "normalize",
+    "random_crop_flip",
+    "read_cifar_file",
+    "reflect_indices",
+    "split_train_validation",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset's splits as tensors, and what a loader needs to know about them.
+
+    ``input_shape`` is one sample's shape; ``mean``/``std`` are the per-channel normalisation
+    constants (``None``: none); ``augment`` says whether the paper's crop/flip applies to training
+    batches. ``val_x``/``val_y`` are ``None`` unless a validation split was held out.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: bool = False
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    def train_loader(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        *,
+        drop_last: bool = True,
+        augment: bool | None = None,
+    ) -> DeviceLoader:
+        """A shuffling loader over the training split, augmenting if the dataset does (or
+        ``augment``), normalising with the dataset's constants."""
+        return DeviceLoader(
+            self.train_x,
+            self.train_y,
+            batch_size,
+            shuffle=True,
+            augment=self.augment if augment is None else augment,
+            mean=self.mean,
+            std=self.std,
+            drop_last=drop_last,
+            seed=seed,
+            device=device,
+        )
+
+    def eval_loader(
+        self, split: str = "test", batch_size: int = 1000, device: torch.device | str | None = None
+    ) -> DeviceLoader:
+        """An in-order, un-augmented loader over ``"test"``, ``"validation"`` or ``"train"``."""
+        tensors = {
+            "test": (self.test_x, self.test_y),
+            "validation": (self.val_x, self.val_y),
+            "train": (self.train_x, self.train_y),
+        }
+        if split not in tensors:
+            raise ValueError(
+                f"split={split!r} is unknown: allowed values are 'test', 'validation', 'train'."
+            )
+        images, labels = tensors[split]
+        if images is None or labels is None:
+            raise ValueError(
+                f"{self.name} has no validation split: load it with validation_size > 0"
+            )
+        return DeviceLoader(
+            images, labels, batch_size, shuffle=False, mean=self.mean, std=self.std, device=device
+        )
+
+
+Root = str | os.PathLike[str] | None
+
+
+def _cifar10(root: Root, download: bool) -> DatasetSplits:
+    train_x, train_y, test_x, test_y = load_cifar10(root, download)
+    return DatasetSplits(
+        "cifar10",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        10,
+        (3, 32, 32),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        True,
+    )
+
+
+def _cifar100(root: Root, download: bool) -> DatasetSplits:
+    train_x, train_y, test_x, test_y = load_cifar100(root, download)
+    return DatasetSplits(
+        "cifar100",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        100,
+        (3, 32, 32),
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        True,
+    )
+
+
+def _digits(root: Root, download: bool) -> DatasetSplits:
+    del root, download  # bundled with scikit-learn: nothing to find or fetch
+    train_x, train_y, test_x, test_y = load_digits()
+    return DatasetSplits("digits", train_x, train_y, test_x, test_y, 10, (64,))
+
+
+#: Dataset name -> loader ``(root, download) -> DatasetSplits`` (whole splits, no options applied).
+DATASETS: dict[str, Callable[[Root, bool], DatasetSplits]] = {
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "digits": _digits,
+}
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    validation_size: int = 0,
+    limit_train: int | None = None,
+    seed: int = 0,
+) -> DatasetSplits:
+    """Load dataset ``name`` (a key of :data:`DATASETS`) from ``root`` (default ``./data``).
+
+    ``download`` fetches a missing CIFAR archive (checksum verified). ``validation_size`` holds out
+    that many training samples, drawn by :func:`split_train_validation` with ``seed`` (pass the
+    same ``seed`` to every run that should validate on the same samples; the reproducibility report
+    uses 5,000 of CIFAR-10's 50,000). ``limit_train`` then keeps only the first that-many remaining
+    training samples (at most all), for quick runs; the validation set does not depend on it.
+    """
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise ValueError(
+            f"dataset={name!r} is unknown: allowed values are {', '.join(sorted(DATASETS))}."
+        )
+    if limit_train is not None and limit_train < 1:
+        raise ValueError(
+            f"limit_train={limit_train} is out of range: allowed values are >= 1, or None for all."
+        )
+    data = DATASETS[key](root, download)
+    if validation_size:
+        train_x, train_y, val_x, val_y = split_train_validation(
+            data.train_x, data.train_y, validation_size, seed
+        )
+        data = replace(data, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
+    if limit_train is not None:
+        data = replace(data, train_x=data.train_x[:limit_train], train_y=data.train_y[:limit_train])
+    return data
