@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,17 @@ from .sparsity.distributions import (
 )
 from .sparsity.masks import sparse_parameter_names
 
-__all__ = ["UsageError", "add_flops_parser", "build_parser", "main", "run_flops"]
+__all__ = [
+    "UsageError",
+    "add_flops_parser",
+    "add_quickstart_parser",
+    "add_train_parser",
+    "build_parser",
+    "main",
+    "run_flops",
+    "run_quickstart",
+    "run_train",
+]
 
 #: Gradual-pruning schedules per dataset: (total steps, begin, end, every). CIFAR: the paper's run
 #: (SPEC §5). ImageNet: the schedule of the RigL authors' ResNet-50 FLOP count (32,000 steps at
@@ -70,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    add_train_parser(subparsers)
+    add_quickstart_parser(subparsers)
     add_flops_parser(subparsers)
     return parser
 
@@ -82,6 +95,127 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     return int(args.handler(args))
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``regrow train``."""
+    from .train import presets
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train one model (a preset plus key=value overrides), or resume a run",
+        description=(
+            "Train one run. Start from --preset, then apply dotted key=value overrides, e.g. "
+            "`regrow train --preset cifar10_wrn22_2 sparsity.method=set sparsity.sparsity=0.9 "
+            "seed=1 out_dir=runs/set_s1`. The run directory gets config.yaml, provenance.json, "
+            "metrics.jsonl, checkpoint.pt and summary.json. SIGINT/SIGTERM write a checkpoint; "
+            "`regrow train --resume RUN_DIR` continues it."
+        ),
+    )
+    parser.add_argument(
+        "--preset", default=None, help=f"one of: {', '.join(presets())}, or a .yaml path"
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue this run")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.set_defaults(handler=run_train)
+    return parser
+
+
+def _run_harness(command: str, work: Any) -> int:
+    """Run ``work()`` and map the harness's errors to exit statuses with one clear line."""
+    from .train import CheckpointError, ConfigError, NonFiniteLossError
+
+    try:
+        return int(work())
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"regrow {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"regrow {command}: error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as exc:
+        print(f"regrow {command}: interrupted {exc}", file=sys.stderr)
+        return 130
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handle ``regrow train``."""
+    from .train import load_config, train
+    from .train.config import from_yaml, to_yaml
+
+    def work() -> int:
+        if args.resume:
+            if args.preset or args.overrides:
+                raise UsageError(
+                    "--resume takes the run's own config.yaml: drop --preset and the overrides "
+                    "(start a new out_dir to change the configuration)."
+                )
+            path = Path(args.resume) / "config.yaml"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: {args.resume} is not a run directory.")
+            config = from_yaml(path.read_text())
+        else:
+            config = load_config(args.preset, args.overrides)
+        if args.print_config:
+            print(to_yaml(config), end="")
+            return 0
+        summary = train(config, resume=bool(args.resume))
+        if summary["status"] != "finished":
+            return 0 if config.train.stop_at_step == summary["step"] else 130
+        keys = (
+            "method",
+            "sparsity",
+            "test_accuracy",
+            "inference_flops_ratio",
+            "train_flops_ratio",
+            "wall_seconds",
+        )
+        print(json.dumps({key: summary.get(key) for key in keys}))
+        return 0
+
+    return _run_harness("train", work)
+
+
+# ----------------------------------------------------------------------------------- quickstart
+
+
+def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``regrow quickstart``."""
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="Dense, Static, SET and RigL on the bundled digits over 3 seeds (about a minute)",
+        description=(
+            "Train Dense, Static, SET and RigL (ERK, sparsity 0.97) on scikit-learn's bundled digits "
+            "over --seeds seeds, print a table (accuracy mean ± std, inference and training FLOPs "
+            "x dense) and write accuracy.png, results.md and results.json to --out-dir. Finished "
+            "runs are reused and interrupted ones resumed when the command is run again."
+        ),
+    )
+    parser.add_argument("--out-dir", default="runs/quickstart")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
+    )
+    parser.set_defaults(handler=run_quickstart)
+    return parser
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    """Handle ``regrow quickstart``."""
+    from .experiments.quickstart import run_quickstart as quickstart
+
+    def work() -> int:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds {args.seeds}: allowed values are integers >= 1.")
+        print(quickstart(args.out_dir, args.seeds, args.overrides), end="")
+        print(f"plot: {Path(args.out_dir) / 'accuracy.png'}")
+        return 0
+
+    return _run_harness("quickstart", work)
 
 
 # ---------------------------------------------------------------------------------------- flops

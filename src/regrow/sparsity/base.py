@@ -113,6 +113,9 @@ class Sparsifier:
     #: The update uses the batch instead of an optimizer step (RigL, SNIP).
     updates_before_step: ClassVar[bool] = False
     default_delta_t: ClassVar[int] = 100
+    #: The backward pass needs the dense weight gradient on every step (SNFS), not only on
+    #: update iterations: the FLOP counter charges 2 f_S + f_D for it (SPEC §7).
+    dense_gradients_every_step: ClassVar[bool] = False
     #: False for Dense: no tensor is made sparse.
     has_masks: ClassVar[bool] = True
     #: Needs ``total_steps`` for its schedule.

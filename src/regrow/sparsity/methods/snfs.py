@@ -20,6 +20,7 @@ class SNFS(DynamicSparsifier):
     """
 
     name = "snfs"
+    dense_gradients_every_step = True
 
     def __init__(self, *args: Any, momentum: float = 0.9, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,15 @@
+"""The harness: typed config, one flat training loop, checkpoints and run directories."""
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, RunConfig, load_config, presets
+from .loop import NonFiniteLossError, train
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "RunConfig",
+    "load_config",
+    "presets",
+    "train",
+]

@@ -1,0 +1,258 @@
+"""The run configuration: typed dataclasses, YAML presets, dotted command-line overrides.
+
+``load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=2"])`` starts from the dataclass
+defaults, merges the preset (``src/regrow/configs/<name>.yaml``, shipped inside the package so an
+installed ``regrow`` finds it) and then the overrides. OmegaConf checks keys and types against the
+dataclasses; :func:`validate` checks values (ranges, names) and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..sparsity.distributions import DISTRIBUTIONS
+from ..sparsity.redistribution import REDISTRIBUTIONS
+from ..sparsity.schedules import DROP_SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value: the message names it and the allowed values."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  #: cifar10 | cifar100 | digits
+    root: str = "data"  #: folder holding cifar-10-batches-py/ or cifar-100-python/
+    download: bool = False  #: fetch the official archive (checksum verified) if missing
+    validation_size: int = 0  #: training images held out for validation (report: 5,000)
+    limit_train: int | None = None  #: use only the first N training images
+    augment: bool = True  #: random crop (4-pixel reflect pad) + horizontal flip
+
+
+@dataclass
+class ModelConfig:
+    name: str = "wrn22_2"
+    width: float = 1.0  #: channel multiplier (Small-Dense variants)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 250
+    multiplier: float = 1.0  #: ×M: longer runs scale epochs (and so every step-based schedule)
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  #: on weights only (not biases, not normalisation)
+    #: learning-rate milestones as fractions of the optimizer steps (SPEC §8: 30k/60k/90k of 97,656)
+    lr_milestones: list[float] = field(default_factory=lambda: [0.3072, 0.6144, 0.9216])
+    lr_gamma: float = 0.2
+    warmup_epochs: float = 0.0  #: linear warm-up from 0
+    label_smoothing: float = 0.0
+    bf16: bool = False  #: bfloat16 autocast for forward/backward
+    channels_last: bool = False
+    device: str = "auto"  #: auto (cuda if available) | cpu | cuda | cuda:N
+    eval_every: int = 10  #: epochs between evaluations (and always at the end)
+    checkpoint_every: int = 1  #: epochs between checkpoints (and on SIGINT/SIGTERM)
+    stop_at_step: int | None = None  #: checkpoint and stop at this optimizer step (resume later)
+    progress: bool = True  #: tqdm bars (only when stderr is a terminal)
+    tensorboard: bool = False  #: log to out_dir/tensorboard when tensorboard is installed
+
+
+@dataclass
+class SparsityConfig:
+    method: str = "rigl"  #: dense | static | set | snfs | rigl | snip | pruning
+    sparsity: float = 0.8
+    distribution: str = "erk"
+    delta_t: int | None = None  #: None: the method's default (100; Pruning 1,000)
+    alpha: float = 0.3
+    t_end_fraction: float = 0.75  #: last mask update, as a fraction of the optimizer steps
+    drop_schedule: str = "cosine"
+    dense_layers: list[str] | None = None  #: None keeps the first layer dense; [] none
+    redistribution: str = "none"
+    reinit: str = "zero"
+    power: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    out_dir: str = MISSING  #: the run directory
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("regrow") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_text(preset: str) -> str:
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path.read_text()
+    folder = resources.files("regrow") / "configs"
+    candidate = folder / f"{preset}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"preset {preset!r} is unknown: allowed values are {', '.join(presets())} "
+            "(or the path of a .yaml file)."
+        )
+    return candidate.read_text()
+
+
+def _known_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _known_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the preset, then ``key=value`` overrides; validated."""
+    base = OmegaConf.structured(RunConfig)
+    try:
+        layers = [base]
+        if preset:
+            layers.append(OmegaConf.create(_preset_text(preset)))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(
+                    f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
+                )
+            layers.append(OmegaConf.from_dotlist([item]))
+        merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(
+            f"config key {key!r}: {str(error).splitlines()[0]}. Known keys: "
+            f"{', '.join(_known_keys(RunConfig(out_dir='')))}."
+        ) from None
+    if OmegaConf.is_missing(merged, "out_dir"):
+        raise ConfigError("out_dir is not set: give the run directory, e.g. out_dir=runs/rigl_s0.")
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, RunConfig)
+    validate(config)
+    return config
+
+
+def _allowed(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}={value!r} is not allowed: allowed values are {', '.join(map(str, allowed))}."
+        )
+
+
+def validate(config: RunConfig) -> None:
+    """Check values the types cannot: names against the registries, ranges."""
+    from ..data import DATASETS
+    from ..models import MODELS
+    from ..sparsity import METHODS
+
+    _allowed("data.name", config.data.name, sorted(DATASETS))
+    _allowed("model.name", config.model.name, sorted(MODELS))
+    _allowed("sparsity.method", config.sparsity.method, sorted(METHODS))
+    _allowed("sparsity.distribution", config.sparsity.distribution, DISTRIBUTIONS)
+    _allowed("sparsity.drop_schedule", config.sparsity.drop_schedule, DROP_SCHEDULES)
+    _allowed("sparsity.redistribution", config.sparsity.redistribution, REDISTRIBUTIONS)
+    _allowed("sparsity.reinit", config.sparsity.reinit, ("zero", "kaiming"))
+    checks = [
+        (
+            "sparsity.sparsity",
+            config.sparsity.sparsity,
+            0 <= config.sparsity.sparsity < 1,
+            "0 <= x < 1",
+        ),
+        ("sparsity.alpha", config.sparsity.alpha, 0 < config.sparsity.alpha <= 1, "0 < x <= 1"),
+        (
+            "sparsity.t_end_fraction",
+            config.sparsity.t_end_fraction,
+            0 <= config.sparsity.t_end_fraction <= 1,
+            "0 <= x <= 1",
+        ),
+        ("train.epochs", config.train.epochs, config.train.epochs >= 1, "an integer >= 1"),
+        ("train.multiplier", config.train.multiplier, config.train.multiplier > 0, "x > 0"),
+        (
+            "train.batch_size",
+            config.train.batch_size,
+            config.train.batch_size >= 1,
+            "an integer >= 1",
+        ),
+        ("train.lr", config.train.lr, config.train.lr > 0, "x > 0"),
+        (
+            "train.eval_every",
+            config.train.eval_every,
+            config.train.eval_every >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "train.checkpoint_every",
+            config.train.checkpoint_every,
+            config.train.checkpoint_every >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "train.label_smoothing",
+            config.train.label_smoothing,
+            0 <= config.train.label_smoothing < 1,
+            "0 <= x < 1",
+        ),
+        (
+            "data.validation_size",
+            config.data.validation_size,
+            config.data.validation_size >= 0,
+            "an integer >= 0",
+        ),
+    ]
+    if config.sparsity.delta_t is not None:
+        checks.append(
+            (
+                "sparsity.delta_t",
+                config.sparsity.delta_t,
+                config.sparsity.delta_t >= 1,
+                "an integer >= 1",
+            )
+        )
+    if config.data.limit_train is not None:
+        checks.append(
+            (
+                "data.limit_train",
+                config.data.limit_train,
+                config.data.limit_train >= 1,
+                "an integer >= 1",
+            )
+        )
+    for key, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
+    if any(not 0 < m < 1 for m in config.train.lr_milestones):
+        raise ConfigError(
+            f"train.lr_milestones={config.train.lr_milestones} must be fractions of the run in (0, 1)."
+        )
+
+
+def to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml(text: str) -> RunConfig:
+    """A saved ``config.yaml`` back into a validated :class:`RunConfig`."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, RunConfig)
+    validate(config)
+    return config

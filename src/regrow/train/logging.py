@@ -1,0 +1,96 @@
+"""What a run directory records besides checkpoints: provenance, metrics rows, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+
+METRICS = "metrics.jsonl"
+
+
+def git_revision() -> str | None:
+    """The commit of the regrow checkout in use (``+dirty`` if modified), or ``None``."""
+    here = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if revision.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return revision.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    return {
+        "regrow_version": __version__,
+        "git_revision": git_revision(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": sys.version.split()[0],
+        "device": str(device),
+        "device_name": device_name(device),
+        "hostname": platform.node(),
+    }
+
+
+class MetricsLog:
+    """``metrics.jsonl``, one JSON object per epoch; optional TensorBoard mirror."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / METRICS
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print(
+                    "regrow: tensorboard is not installed; logging to metrics.jsonl only",
+                    file=sys.stderr,
+                )
+            else:
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows past ``epoch`` (written after the checkpoint a resume starts from)."""
+        if not self.path.exists():
+            return
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = "".join(json.dumps(row) + "\n" for row in rows if row["epoch"] <= epoch)
+        self.path.write_text(kept)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "epoch":
+                    self.writer.add_scalar(key, value, row["step"])
+            self.writer.flush()
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
