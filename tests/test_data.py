@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import fake_rows, write_cifar10, write_cifar100, write_record
 from regrow.data import (
     DATASETS,
     DeviceLoader,
@@ -37,56 +38,6 @@ from regrow.data import cifar as cifar_module
 # ----------------------------------------------------------------------------------------------
 # Fixture helpers: CIFAR files in the official layout, written by the test itself.
 # ----------------------------------------------------------------------------------------------
-
-
-def fake_rows(count: int, seed: int) -> np.ndarray:
-    """``count`` flat uint8 rows of 3072 values (R plane, G plane, B plane, each row-major)."""
-    return np.random.default_rng(seed).integers(0, 256, size=(count, 3072), dtype=np.uint8)
-
-
-def write_record(path: Path, record: dict, bytes_keys: bool) -> None:
-    """Pickle ``record`` like the official Python 2 files (bytes keys, protocol 2) or like a
-    Python 3 re-write (str keys, the default protocol)."""
-    if bytes_keys:
-        record = {key.encode(): value for key, value in record.items()}
-    with path.open("wb") as handle:
-        pickle.dump(record, handle, protocol=2 if bytes_keys else pickle.DEFAULT_PROTOCOL)
-
-
-def write_cifar10(root: Path, per_batch: int = 3, test: int = 2, bytes_keys: bool = True) -> dict:
-    """Write ``root/cifar-10-batches-py`` and return the rows and labels written, in file order."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rows, labels = [], []
-    for index, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        count = test if name == "test_batch" else per_batch
-        data = fake_rows(count, seed=index)
-        targets = [(index * 7 + j) % 10 for j in range(count)]
-        write_record(
-            folder / name, {"batch_label": name, "data": data, "labels": targets}, bytes_keys
-        )
-        rows.append(data)
-        labels.append(targets)
-    return {
-        "train_rows": np.concatenate(rows[:5]),
-        "train_labels": [label for part in labels[:5] for label in part],
-        "test_rows": rows[5],
-        "test_labels": labels[5],
-    }
-
-
-def write_cifar100(root: Path, train: int = 6, test: int = 3, bytes_keys: bool = True) -> dict:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    written = {}
-    for name, count, seed in (("train", train, 10), ("test", test, 11)):
-        data = fake_rows(count, seed)
-        fine = [(seed * 13 + 17 * j) % 100 for j in range(count)]
-        coarse = [f // 5 for f in fine]
-        record = {"data": data, "fine_labels": fine, "coarse_labels": coarse}
-        write_record(folder / name, record, bytes_keys)
-        written[name] = (data, fine, coarse)
-    return written
 
 
 def make_archive(source_root: Path, folder: str, destination: Path) -> str:

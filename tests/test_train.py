@@ -1,0 +1,273 @@
+"""The harness: config, the training loop end to end, checkpoints, resume, failures, quickstart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import write_cifar10
+from regrow.cli import main
+from regrow.train import CheckpointError, ConfigError, NonFiniteLossError, load_config, train
+from regrow.train.loop import lr_factor
+
+QUICK = ["train.epochs=3", "train.eval_every=1", "sparsity.delta_t=10"]
+
+
+def digits_config(out_dir: Path, *overrides: str):
+    return load_config("quickstart", [f"out_dir={out_dir}", *QUICK, *overrides])
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, per_batch=16, test=16)  # 80 training images, 16 test images
+    return root
+
+
+def tiny_cifar_overrides(root: Path) -> list[str]:
+    return [f"data.root={root}", "model.width=0.25", "train.batch_size=16", "train.eval_every=1"]
+
+
+# ------------------------------------------------------------------------------------ config
+def test_presets_and_overrides() -> None:
+    config = load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=3", "out_dir=x"])
+    assert (config.sparsity.method, config.seed, config.model.name) == ("set", 3, "wrn22_2")
+    assert config.train.epochs == 250 and config.train.weight_decay == 5e-4
+    assert config.train.nesterov is True and config.data.name == "cifar10"
+    resnet = load_config("cifar100_resnet50", ["out_dir=x"])
+    assert resnet.train.label_smoothing == 0.1 and resnet.train.warmup_epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sparsity.methd=rigl"], "sparsity.methd"),
+        (["sparsity.method=lottery"], "allowed values are dense, pruning, rigl"),
+        (["sparsity.sparsity=1.5"], "0 <= x < 1"),
+        (["train.epochs=abc"], "train.epochs"),
+        (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
+        (["sparsity.distribution=normal"], "uniform, er, erk"),
+        (["seed"], "key=value"),
+    ],
+)
+def test_bad_config_names_the_key_and_allowed_values(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("quickstart", ["out_dir=x", *overrides])
+
+
+def test_unknown_preset_and_missing_out_dir() -> None:
+    with pytest.raises(
+        ConfigError, match="allowed values are cifar100_resnet50, cifar10_wrn22_2, quickstart"
+    ):
+        load_config("imagenet", [])
+    with pytest.raises(ConfigError, match="out_dir is not set"):
+        load_config(None, [])
+
+
+def test_print_config_and_cli_errors_exit_2(capsys) -> None:
+    assert main(["train", "--preset", "quickstart", "out_dir=x", "seed=4", "--print-config"]) == 0
+    assert "seed: 4" in capsys.readouterr().out
+    assert main(["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=nope"]) == 2
+    assert "sparsity.method='nope'" in capsys.readouterr().err
+
+
+def test_lr_schedule_warmup_and_milestones() -> None:
+    assert lr_factor(0, 1000, 10, [0.5], 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 1000, 10, [0.5], 0.1) == pytest.approx(1.0)
+    assert lr_factor(499, 1000, 0, [0.5, 0.75], 0.2) == 1.0
+    assert lr_factor(500, 1000, 0, [0.5, 0.75], 0.2) == pytest.approx(0.2)
+    assert lr_factor(750, 1000, 0, [0.5, 0.75], 0.2) == pytest.approx(0.04)
+
+
+# ------------------------------------------------------------------------------- end to end
+def test_two_epoch_cifar_run_through_the_cli_in_a_subprocess(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "regrow",
+        "train",
+        "--preset",
+        "cifar10_wrn22_2",
+        "train.epochs=2",
+        *tiny_cifar_overrides(cifar_root),
+        f"out_dir={out}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "test_accuracy",
+        "inference_flops_ratio",
+        "train_flops_ratio",
+        "sparsity",
+        "wall_seconds",
+        "seed",
+        "method",
+        "distribution",
+        "torch_version",
+        "device_name",
+    ):
+        assert key in summary
+    assert summary["method"] == "rigl" and summary["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert 0.0 < summary["inference_flops_ratio"] < 1.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # RigL's update batches spill into a 3rd pass
+    assert rows[-1]["step"] == 10 and "test_accuracy" in rows[-1]
+    assert (out / "config.yaml").is_file() and (out / "provenance.json").is_file()
+    assert json.loads(result.stdout)["method"] == "rigl"
+
+
+def stopped_then_resumed(config_overrides: list[str], tmp_path: Path, stop: int, make):
+    full = make(tmp_path / "full", *config_overrides)
+    assert train(full)["status"] == "finished"
+    part = make(tmp_path / f"part{stop}", *config_overrides, f"train.stop_at_step={stop}")
+    first = train(part)
+    assert first == {
+        "status": "stopped",
+        "step": stop,
+        "checkpoint": str(tmp_path / f"part{stop}" / "checkpoint.pt"),
+    }
+    second = train(part, resume=True)
+    assert second["status"] == "finished"
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / f"part{stop}" / "checkpoint.pt", weights_only=False)
+    return a, b
+
+
+@pytest.mark.parametrize("stop", [20, 21, 45])
+def test_resume_at_a_mask_update_boundary_is_bit_identical(tmp_path: Path, stop: int) -> None:
+    """RigL with ΔT=10: stopping at step 20 checkpoints right before the update at step 20, 21 right
+    after it; 45 stops mid-epoch (44 steps per epoch)."""
+    a, b = stopped_then_resumed([], tmp_path, stop, digits_config)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["sparsifier"]["step_count"] == b["sparsifier"]["step_count"]
+    assert a["flops"] == b["flops"]
+    full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    part_rows = (tmp_path / f"part{stop}" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(full_rows) == strip(part_rows)
+
+
+def test_resume_with_dropout_and_augmentation_is_bit_identical(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    """WRN's dropout draws from the global RNG and the crops from (seed, epoch): both restored."""
+
+    def make(out: Path, *extra: str):
+        return load_config(
+            "cifar10_wrn22_2",
+            [
+                *tiny_cifar_overrides(cifar_root),
+                "train.epochs=2",
+                "sparsity.delta_t=3",
+                f"out_dir={out}",
+                *extra,
+            ],
+        )
+
+    a, b = stopped_then_resumed([], tmp_path, 6, make)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "regrow",
+        "train",
+        "--preset",
+        "quickstart",
+        f"out_dir={out}",
+        "train.epochs=40",
+        "train.checkpoint_every=1000",
+        "train.eval_every=1000",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped (SIGINT)" in stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert 0 < state["sparsifier"]["step_count"] < 40 * 44
+    assert not list(out.glob(".checkpoint.pt.*")), "no temporary file is left behind"
+    assert main(["train", "--resume", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 40 * 44
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    config = digits_config(
+        tmp_path, "train.lr=1e12", "train.checkpoint_every=1", "sparsity.method=dense"
+    )
+    with pytest.raises(NonFiniteLossError, match="training loss became") as error:
+        train(config)
+    assert "no checkpoint was written yet" in str(error.value) or "is kept" in str(error.value)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_non_finite_after_a_good_epoch_keeps_that_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    import regrow.train.loop as loop
+
+    config = digits_config(tmp_path, "sparsity.method=static", "train.checkpoint_every=1")
+    original = loop.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = original(self, logits, target)
+        return loss * float("nan") if calls["n"] > 60 else loss  # epoch 0 is 44 batches
+
+    monkeypatch.setattr(loop.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="is kept"):
+        train(config)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["position"] == {**state["position"], "epoch": 1, "batch": 0}
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    config = digits_config(tmp_path, "train.epochs=1")
+    train(config)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(config)
+    other = digits_config(tmp_path, "train.epochs=1", "seed=9")
+    with pytest.raises(CheckpointError, match="different configuration"):
+        train(other, resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        train(config, resume=True)
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+
+
+def test_quickstart_table_and_plot(tmp_path: Path, capsys) -> None:
+    assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    for method in ("dense", "static", "set", "rigl"):
+        assert f"| {method} |" in out
+    assert "± " in out and "x |" in out
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in results] == ["dense", "static", "set", "rigl"]
+    assert all(len(r["accuracies"]) == 2 for r in results)
+    assert results[0]["train_flops_ratio"] == pytest.approx(1.0)
+    assert results[3]["inference_flops_ratio"] < 0.1
+    # A second call reuses the finished runs.
+    stamp = os.path.getmtime(tmp_path / "rigl_s0" / "summary.json")
+    assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
+    assert os.path.getmtime(tmp_path / "rigl_s0" / "summary.json") == stamp
