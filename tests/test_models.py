@@ -24,11 +24,13 @@ def test_registry_entries_say_their_input_shape():
     assert MODELS["resnet50_cifar"].input_shape == (3, 32, 32)
     assert MODELS["resnet50_imagenet"].input_shape == (3, 224, 224)
     assert MODELS["lenet300_100"].input_shape == (1, 28, 28)
+    assert MODELS["digits_mlp"].input_shape == (64,)
     assert {name: spec.num_classes for name, spec in MODELS.items()} == {
         "wrn22_2": 10,
         "resnet50_cifar": 100,
         "resnet50_imagenet": 1000,
         "lenet300_100": 10,
+        "digits_mlp": 10,
     }
 
 
