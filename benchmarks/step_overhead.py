@@ -83,11 +83,12 @@ def main() -> None:
         sparse_step()
 
     dense_times, sparse_times = [], []
-    for _ in range(args.rounds):
-        for _ in range(args.steps_per_round):
-            dense_times.append(timed(dense_step)[0])
-        for _ in range(args.steps_per_round):
-            sparse_times.append(timed(sparse_step)[0])
+    for round_index in range(args.rounds):
+        # Alternate which goes first, so drifts in machine speed hit both alike.
+        order = [(dense_step, dense_times), (sparse_step, sparse_times)]
+        for step_fn, times in order if round_index % 2 == 0 else order[::-1]:
+            for _ in range(args.steps_per_round):
+                times.append(timed(step_fn)[0])
         # One mask update per round, timed on its own: force the schedule to fire now.
         sp.step_count = (sp.step_count // args.delta_t + 1) * args.delta_t
         seconds, stepped = timed(sparse_step)

@@ -425,3 +425,29 @@ def test_digits_shapes_classes_and_fixed_split():
     assert data.input_shape == (64,) and data.num_classes == 10 and data.train_x.shape == (1338, 64)
     batch_x, _ = next(iter(data.train_loader(batch_size=32)))
     assert batch_x.shape == (32, 64)
+
+
+def test_ranks_split_each_global_batch_like_one_process_with_the_whole_batch():
+    images = torch.arange(40 * 3 * 4 * 4, dtype=torch.float32).view(40, 3, 4, 4)
+    labels = torch.arange(40)
+    kwargs = {"shuffle": True, "augment": True, "padding": 1, "seed": 7, "drop_last": True}
+    whole = DeviceLoader(images, labels, 8, **kwargs)
+    ranks = [DeviceLoader(images, labels, 4, rank=r, world_size=2, **kwargs) for r in range(2)]
+    assert len(whole) == len(ranks[0]) == 5
+    for epoch in (0, 3):
+        for (x, y), (x0, y0), (x1, y1) in zip(
+            whole.batches(epoch), ranks[0].batches(epoch), ranks[1].batches(epoch), strict=True
+        ):
+            assert torch.equal(torch.cat([y0, y1]), y)
+            assert torch.equal(torch.cat([x0, x1]), x)
+
+
+def test_evaluation_shards_cover_every_sample_once():
+    images, labels = torch.zeros(10, 2), torch.arange(10)
+    shards = [
+        torch.cat(
+            [y for _, y in DeviceLoader(images, labels, 3, shuffle=False, rank=r, world_size=2)]
+        )
+        for r in range(2)
+    ]
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))

@@ -145,19 +145,22 @@ def _run_harness(command: str, work: Any) -> int:
 def run_train(args: argparse.Namespace) -> int:
     """Handle ``regrow train``."""
     from .train import load_config, train
-    from .train.config import from_yaml, to_yaml
+    from .train.checkpoint import RESUME_OVERRIDABLE
+    from .train.config import to_yaml
 
     def work() -> int:
         if args.resume:
-            if args.preset or args.overrides:
+            allowed = [o for o in args.overrides if o.split("=")[0] in RESUME_OVERRIDABLE]
+            if args.preset or len(allowed) != len(args.overrides):
                 raise UsageError(
-                    "--resume takes the run's own config.yaml: drop --preset and the overrides "
-                    "(start a new out_dir to change the configuration)."
+                    "--resume takes the run's own config.yaml: drop --preset and every override "
+                    f"but {', '.join(RESUME_OVERRIDABLE)} (start a new out_dir to change the "
+                    "configuration)."
                 )
             path = Path(args.resume) / "config.yaml"
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: {args.resume} is not a run directory.")
-            config = from_yaml(path.read_text())
+            config = load_config(str(path), allowed)
         else:
             config = load_config(args.preset, args.overrides)
         if args.print_config:

@@ -90,9 +90,12 @@ class DatasetSplits:
         *,
         drop_last: bool = True,
         augment: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DeviceLoader:
         """A shuffling loader over the training split, augmenting if the dataset does (or
-        ``augment``), normalising with the dataset's constants."""
+        ``augment``), normalising with the dataset's constants; ``rank``/``world_size`` shard
+        each global batch of ``batch_size × world_size`` across data-parallel ranks."""
         return DeviceLoader(
             self.train_x,
             self.train_y,
@@ -104,12 +107,20 @@ class DatasetSplits:
             drop_last=drop_last,
             seed=seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )
 
     def eval_loader(
-        self, split: str = "test", batch_size: int = 1000, device: torch.device | str | None = None
+        self,
+        split: str = "test",
+        batch_size: int = 1000,
+        device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DeviceLoader:
-        """An in-order, un-augmented loader over ``"test"``, ``"validation"`` or ``"train"``."""
+        """An in-order, un-augmented loader over ``"test"``, ``"validation"`` or ``"train"``
+        (each rank sees its share when ``world_size > 1``; reduce the sums across ranks)."""
         tensors = {
             "test": (self.test_x, self.test_y),
             "validation": (self.val_x, self.val_y),
@@ -125,7 +136,15 @@ class DatasetSplits:
                 f"{self.name} has no validation split: load it with validation_size > 0"
             )
         return DeviceLoader(
-            images, labels, batch_size, shuffle=False, mean=self.mean, std=self.std, device=device
+            images,
+            labels,
+            batch_size,
+            shuffle=False,
+            mean=self.mean,
+            std=self.std,
+            device=device,
+            rank=rank,
+            world_size=world_size,
         )
 
 

@@ -45,6 +45,11 @@ class DeviceLoader:
         seed: the run's data seed.
         device: where the data and batches live (default: where ``images`` already is).
         dtype: the float type of the yielded ``x``.
+        rank, world_size: data-parallel sharding. Every rank draws the same permutation; a
+            *global* batch is ``batch_size × world_size`` consecutive samples of it, and rank ``r``
+            takes the ``r``-th ``batch_size`` of them. So the union over ranks of a global batch
+            is the batch a single process with ``batch_size × world_size`` would see, and batch
+            counters (epoch, batch) mean the same on any world size with that global batch.
 
     ``len(loader)`` is the number of batches per epoch. ``loader.batches(epoch, start_batch)``
     yields one epoch's batches from ``start_batch`` on; iterating the loader itself yields the
@@ -69,7 +74,11 @@ class DeviceLoader:
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size.")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if batch_size < 1:
@@ -78,10 +87,11 @@ class DeviceLoader:
             raise ValueError(
                 f"augment=True needs [N, C, H, W] images, got shape {list(images.shape)}"
             )
-        if drop_last and images.shape[0] < batch_size:
+        if drop_last and images.shape[0] < batch_size * world_size:
             raise ValueError(
-                f"drop_last=True with batch_size={batch_size} > {images.shape[0]} samples would "
-                f"yield no batches: lower batch_size or set drop_last=False."
+                f"drop_last=True with a global batch of {batch_size * world_size} > "
+                f"{images.shape[0]} samples would yield no batches: lower batch_size or set "
+                "drop_last=False."
             )
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device)
@@ -96,6 +106,7 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.dtype = dtype
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
 
@@ -104,11 +115,15 @@ class DeviceLoader:
         """The number of samples held."""
         return int(self.images.shape[0])
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """(Global) batches per epoch."""
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self.num_samples // self.global_batch_size
+        return -(-self.num_samples // self.global_batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next ``iter(loader)`` yield epoch ``epoch`` from batch ``start_batch`` on."""
@@ -138,9 +153,12 @@ class DeviceLoader:
             params = tuple(p.to(self.device, non_blocking=True) for p in params)
         order = order.to(self.device, non_blocking=True)
         for batch in range(start_batch, len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            first = batch * self.global_batch_size + self.rank * self.batch_size
+            position = slice(first, min(first + self.batch_size, count))
+            index = order[position]
+            if not len(index):  # an evaluation shard past the end of the data
+                continue
             x = self.images[index]
             if self.augment:
-                position = slice(batch * self.batch_size, batch * self.batch_size + len(index))
                 x = crop_flip(x, *(p[position] for p in params), padding=self.padding)
             yield normalize(x, self.mean, self.std, self.dtype), self.labels[index]

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from . import masks as mask_utils
@@ -205,6 +206,7 @@ class Sparsifier:
             mask_utils.foreach_mask_(self.params, self._mask_values)
             zero_state_(optimizer, zip(self.names, self.params, strict=True), initial)
         self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        self.verify_masks_across_ranks("at construction")
 
     # ----------------------------------------------------------------- what a method supplies
     def update_due(self, step: int) -> bool:
@@ -302,6 +304,41 @@ class Sparsifier:
                 self.masks[name].copy_(mask)
                 self._mask_values[i].copy_(mask)
                 self._active[i] = int(mask.sum())
+        self.verify_masks_across_ranks(f"after the update at step {step}")
+
+    def mask_checksums(self) -> torch.Tensor:
+        """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
+        two ranks only if their masks are (up to a hash collision)."""
+        rows = []
+        for mask in self.masks.values():
+            positions = torch.nonzero(mask.reshape(-1)).squeeze(1)
+            hashed = (positions * 1_000_003 + 12_345) % 2_147_483_647
+            rows.append(torch.stack([positions.new_tensor(positions.numel()), hashed.sum()]))
+        return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.long)
+
+    def verify_masks_across_ranks(self, when: str = "") -> None:
+        """Under ``torch.distributed``, check that every rank holds the same masks (SPEC §9).
+
+        Two all-reduces (max and min) of :meth:`mask_checksums`; run after every mask update and
+        at construction. Raises ``RuntimeError`` naming the layers that differ. A no-op when no
+        process group is initialised.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        if not self.names:
+            return
+        local = self.mask_checksums()
+        high, low = local.clone(), local.clone()
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        differs = (high != low).any(dim=1).tolist()
+        if any(differs):
+            layers = [name for name, bad in zip(self.names, differs, strict=True) if bad]
+            raise RuntimeError(
+                f"masks differ across ranks {when or 'now'} in layers {layers} (rank "
+                f"{dist.get_rank()}): every rank must build the sparsifier with the same seed, "
+                "model and configuration, and update from all-reduced gradients."
+            )
 
     def _random_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
         generator = seeded_generator(self.seed, -1, name, param.device)
@@ -389,6 +426,7 @@ class Sparsifier:
         self.last_update_step = state["last_update_step"]
         self.pending_update = bool(state["pending_update"])
         self.load_method_state(state["method_state"])
+        self.verify_masks_across_ranks("after load_state_dict")
 
     def remove(self) -> None:
         """Detach the optimizer hook (the masks stay registered on the model)."""

@@ -13,6 +13,21 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 
+#: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
+#: (with train.batch_size × processes kept equal, which the loop checks).
+RESUME_OVERRIDABLE = ("train.batch_size", "train.device", "train.progress", "train.tensorboard")
+
+
+def _comparable(config_yaml: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.create(config_yaml))
+    assert isinstance(config, dict)
+    for key in RESUME_OVERRIDABLE:
+        section, name = key.split(".")
+        config.get(section, {}).pop(name, None)
+    return config
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, or from a different run."""
@@ -70,7 +85,7 @@ def load_checkpoint(run_dir: Path, config_yaml: str) -> dict[str, Any]:
             f"checkpoint {path} is not a regrow training checkpoint (missing "
             f"{sorted(expected - set(state) if isinstance(state, dict) else expected)})."
         )
-    if state["config"] != config_yaml:
+    if _comparable(state["config"]) != _comparable(config_yaml):
         raise CheckpointError(
             f"checkpoint {path} was written with a different configuration than "
             f"{run_dir / 'config.yaml'}: refusing to mix runs. Resume with the original "

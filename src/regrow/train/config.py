@@ -247,12 +247,3 @@ def validate(config: RunConfig) -> None:
 
 def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def from_yaml(text: str) -> RunConfig:
-    """A saved ``config.yaml`` back into a validated :class:`RunConfig`."""
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
-    config = OmegaConf.to_object(merged)
-    assert isinstance(config, RunConfig)
-    validate(config)
-    return config

@@ -43,8 +43,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
+def provenance(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     return {
+        "world_size": world_size,
         "regrow_version": __version__,
         "git_revision": git_revision(),
         "torch_version": torch.__version__,

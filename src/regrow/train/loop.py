@@ -28,6 +28,7 @@ from ..data import load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import get_method
+from . import distributed
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,
@@ -78,22 +79,21 @@ def lr_factor(step: int, total: int, warmup: int, milestones: list[float], gamma
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, bf16: bool) -> tuple[float, float]:
-    """Mean loss and accuracy (%) over one pass of ``loader``."""
+def evaluate(
+    model: nn.Module, loader: Any, bf16: bool, context: distributed.Context
+) -> tuple[float, float]:
+    """Mean loss and accuracy (%) over one pass of ``loader`` (each rank's share, summed)."""
     model.eval()
-    loss, correct, seen = (
-        torch.zeros((), device=loader.device),
-        torch.zeros((), device=loader.device),
-        0,
-    )
+    totals = torch.zeros(3, device=loader.device)  # loss, correct, seen
     with torch.autocast(loader.device.type, torch.bfloat16, enabled=bf16):
         for x, y in loader.batches(0):
             logits = model(x)
-            loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
     model.train()
-    return float(loss) / seen, 100.0 * float(correct) / seen
+    loss, correct, seen = distributed.all_reduce_sum(totals, context).tolist()
+    return loss / seen, 100.0 * correct / seen
 
 
 @contextlib.contextmanager
@@ -115,22 +115,39 @@ def stop_on_signals():
 
 
 def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) one training run; returns the summary (also written to summary.json)."""
-    run_dir = Path(config.out_dir)
-    config_yaml = to_yaml(config)
-    state = load_checkpoint(run_dir, config_yaml) if resume else None
-    if not resume:
-        if (run_dir / CHECKPOINT).exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run ({CHECKPOINT}): continue it with "
-                f"`regrow train --resume {run_dir}`, or choose another out_dir."
-            )
-        write_text(run_dir / "config.yaml", config_yaml)
-    device = select_device(config.train.device)
-    write_json(run_dir / "provenance.json", provenance(device))
-    t, s = config.train, config.sparsity
+    """Run (or resume) one training run; returns the summary (also written to summary.json).
 
-    torch.manual_seed(config.seed)
+    Launched by ``torchrun`` with several processes it trains data-parallel (``train.batch_size``
+    per rank; rank 0 writes the run directory)."""
+    context, device = distributed.setup(select_device(config.train.device))
+    try:
+        return _train(config, resume, context, device)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(
+    config: RunConfig, resume: bool, context: distributed.Context, device: torch.device
+) -> dict[str, Any]:
+    run_dir, config_yaml, t, s = (
+        Path(config.out_dir),
+        to_yaml(config),
+        config.train,
+        config.sparsity,
+    )
+    state = load_checkpoint(run_dir, config_yaml) if resume else None
+    if not resume and (run_dir / CHECKPOINT).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({CHECKPOINT}): continue it with "
+            f"`regrow train --resume {run_dir}`, or choose another out_dir."
+        )
+    distributed.barrier(context)  # every rank has looked before rank 0 writes
+    if context.main:
+        if not resume:
+            write_text(run_dir / "config.yaml", config_yaml)
+        write_json(run_dir / "provenance.json", provenance(device, context.world_size))
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     data = load_dataset(
         config.data.name,
         config.data.root,
@@ -144,10 +161,10 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
-    loader = data.train_loader(
-        t.batch_size, seed=config.seed, device=device, augment=config.data.augment and data.augment
-    )
-    steps_per_epoch = len(loader)
+    shard = {"rank": context.rank, "world_size": context.world_size}
+    augment = config.data.augment and data.augment
+    loader = data.train_loader(t.batch_size, config.seed, device, augment=augment, **shard)
+    global_batch, steps_per_epoch = loader.global_batch_size, len(loader)
     total_steps = round(t.epochs * t.multiplier) * steps_per_epoch
     warmup = round(t.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -172,48 +189,64 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
     reference = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
     flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, reference)
-    log = MetricsLog(run_dir, t.tensorboard)
+    log = MetricsLog(run_dir, t.tensorboard and context.main)
+    network = distributed.wrap(model, context, device)  # forward through DDP; the rest on model
+    torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
 
     epoch, batch_index, elapsed = 0, 0, 0.0
     running = {"loss": 0.0, "correct": 0.0, "seen": 0}
     if state is not None:
+        if state["position"]["global_batch"] != global_batch:
+            raise CheckpointError(
+                f"the checkpoint's global batch is {state['position']['global_batch']}, this "
+                f"run's {global_batch} (train.batch_size × {context.world_size} processes): keep "
+                "batch_size × processes unchanged to resume."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sparsifier.load_state_dict(state["sparsifier"])
         flops.load_state_dict(state["flops"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if len(state["rng"]) == context.world_size:  # else a new world size: fresh dropout RNG
+            torch.set_rng_state(state["rng"][context.rank]["torch"])
+            if device.type == "cuda" and state["rng"][context.rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(state["rng"][context.rank]["cuda"], device)
         epoch, batch_index = state["position"]["epoch"], state["position"]["batch"]
         running, elapsed = state["position"]["running"], state["position"]["elapsed"]
-        log.truncate_after(epoch - 1)
+        if context.main:
+            log.truncate_after(epoch - 1)
 
     def checkpoint() -> Path:
-        return save_checkpoint(
-            run_dir,
-            {
-                "config": config_yaml,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "sparsifier": sparsifier.state_dict(),
-                "flops": flops.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                },
-                "position": {
-                    "epoch": epoch,
-                    "batch": batch_index,
-                    "running": running,
-                    "elapsed": elapsed + time.perf_counter() - started,
-                },
-            },
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        rng = distributed.gather_objects(
+            {"torch": torch.get_rng_state(), "cuda": cuda_rng}, context
         )
+        if context.main:
+            position = {
+                "epoch": epoch,
+                "batch": batch_index,
+                "running": running,
+                "global_batch": global_batch,
+                "elapsed": elapsed + time.perf_counter() - started,
+            }
+            save_checkpoint(
+                run_dir,
+                {
+                    "config": config_yaml,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sparsifier": sparsifier.state_dict(),
+                    "flops": flops.state_dict(),
+                    "rng": rng,
+                    "position": position,
+                },
+            )
+        return run_dir / CHECKPOINT
 
     def check_finite(loss_sum: torch.Tensor) -> float:
-        value = float(loss_sum)
+        """The loss summed over ranks (so every rank decides alike); raise if not finite."""
+        value = float(distributed.all_reduce_sum(loss_sum.detach().clone(), context))
         if not math.isfinite(value):
             kept = (
                 f"the last good checkpoint {run_dir / CHECKPOINT} is kept"
@@ -232,7 +265,7 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
         initial=sparsifier.step_count,
         desc=run_dir.name,
         unit="step",
-        disable=not (t.progress and sys.stderr.isatty()),
+        disable=not (t.progress and context.main and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
     started, seen_update = time.perf_counter(), sparsifier.last_update_step
@@ -246,10 +279,10 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                 if t.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, torch.bfloat16, enabled=t.bf16):
-                    logits = model(x)
+                    logits = network(x)
                 loss = criterion(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # under DDP: gradients averaged over ranks here
                 stepped = sparsifier.step()
                 if stepped:
                     optimizer.step()
@@ -260,18 +293,19 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                 flops.step(
                     sparsifier if changed else None,
                     dense_backward=sparsifier.dense_gradients_every_step or not stepped,
-                    samples=len(y),
+                    samples=global_batch,
                 )
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
-                running["seen"] += len(y)
+                running["seen"] += global_batch
                 if stepped and sparsifier.step_count % LOG_EVERY == 0:
                     bar.set_postfix(loss=f"{check_finite(loss_sum) / running['seen']:.3f}")
                 if sparsifier.step_count >= total_steps:
                     break
                 hit_stop = stepped and sparsifier.step_count == t.stop_at_step
-                if stop["signal"] or hit_stop:
-                    running.update(loss=check_finite(loss_sum), correct=float(correct))
+                if distributed.any_rank(bool(stop["signal"]) or hit_stop, device, context):
+                    check_finite(loss_sum)
+                    running.update(loss=float(loss_sum), correct=float(correct))
                     path = checkpoint()
                     bar.close()
                     reason = stop["signal"] or f"stop_at_step={t.stop_at_step}"
@@ -287,11 +321,12 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                     }
             done = sparsifier.step_count >= total_steps
             train_loss = check_finite(loss_sum) / max(running["seen"], 1)
+            train_correct = float(distributed.all_reduce_sum(correct.clone(), context))
             row = {
                 "epoch": epoch,
                 "step": sparsifier.step_count,
                 "train_loss": train_loss,
-                "train_accuracy": 100.0 * float(correct) / max(running["seen"], 1),
+                "train_accuracy": 100.0 * train_correct / max(running["seen"], 1),
                 "lr": optimizer.param_groups[0]["lr"],
                 "density": sparsifier.global_density(),
                 "train_flops": flops.train_flops,
@@ -299,23 +334,24 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                 "seconds": elapsed + time.perf_counter() - started,
             }
             if done or (epoch + 1) % t.eval_every == 0:
+                splits = ["validation", "test"] if data.val_x is not None else ["test"]
                 evaluation = {}
-                if data.val_x is not None:
-                    evaluation["val_loss"], evaluation["val_accuracy"] = evaluate(
-                        model, data.eval_loader("validation", device=device), t.bf16
+                for split in splits:
+                    key = "val" if split == "validation" else split
+                    loader_ = data.eval_loader(split, device=device, **shard)
+                    evaluation[f"{key}_loss"], evaluation[f"{key}_accuracy"] = evaluate(
+                        model, loader_, t.bf16, context
                     )
-                evaluation["test_loss"], evaluation["test_accuracy"] = evaluate(
-                    model, data.eval_loader("test", device=device), t.bf16
-                )
                 row.update(evaluation)
-            log.write(row)
+            if context.main:
+                log.write(row)
             epoch, batch_index, running = epoch + 1, 0, {"loss": 0.0, "correct": 0.0, "seen": 0}
             if done or epoch % t.checkpoint_every == 0:
                 checkpoint()
     bar.close()
 
     inference = profile_model(model, data.input_shape).report(sparsifier)
-    epochs_1x = round(t.epochs) * steps_per_epoch * t.batch_size
+    samples_1x = round(t.epochs) * steps_per_epoch * global_batch
     summary = {
         "status": "finished",
         "method": s.method,
@@ -328,13 +364,15 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
         "multiplier": t.multiplier,
         "steps": sparsifier.step_count,
         "epochs": epoch,
+        "global_batch": global_batch,
         **evaluation,
         "inference_flops": inference.inference_flops,
         "inference_flops_ratio": inference.inference_flops / reference,
         "train_flops": flops.train_flops,
-        "train_flops_ratio": flops.train_flops / (3.0 * reference * epochs_1x),
+        "train_flops_ratio": flops.train_flops / (3.0 * reference * samples_1x),
         "wall_seconds": elapsed + time.perf_counter() - started,
-        **provenance(device),
+        **provenance(device, context.world_size),
     }
-    write_json(run_dir / "summary.json", summary)
+    if context.main:
+        write_json(run_dir / "summary.json", summary)
     return summary
