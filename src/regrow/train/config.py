@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..sparsity.base import REINITS
 from ..sparsity.distributions import DISTRIBUTIONS
 from ..sparsity.redistribution import REDISTRIBUTIONS
 from ..sparsity.schedules import DROP_SCHEDULES
@@ -150,11 +151,32 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     return config
 
 
-def _allowed(key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
-        raise ConfigError(
-            f"{key}={value!r} is not allowed: allowed values are {', '.join(map(str, allowed))}."
-        )
+INT_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+#: Value checks the types cannot make: key → (predicate, allowed values). ``None`` always passes.
+RANGES: dict[str, tuple[Any, str]] = {
+    "sparsity.sparsity": (lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "sparsity.alpha": (lambda v: 0 < v <= 1, "0 < x <= 1"),
+    "sparsity.t_end_fraction": (lambda v: 0 <= v <= 1, "0 <= x <= 1"),
+    "sparsity.delta_t": INT_AT_LEAST_1,
+    "train.epochs": INT_AT_LEAST_1,
+    "train.multiplier": (lambda v: v > 0, "x > 0"),
+    "train.batch_size": INT_AT_LEAST_1,
+    "train.lr": (lambda v: v > 0, "x > 0"),
+    "train.eval_every": INT_AT_LEAST_1,
+    "train.checkpoint_every": INT_AT_LEAST_1,
+    "train.stop_at_step": INT_AT_LEAST_1,
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "train.lr_milestones": (lambda v: all(0 < m < 1 for m in v), "fractions of the run in (0, 1)"),
+    "data.validation_size": (lambda v: v >= 0, "an integer >= 0"),
+    "data.limit_train": INT_AT_LEAST_1,
+}
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def validate(config: RunConfig) -> None:
@@ -163,86 +185,25 @@ def validate(config: RunConfig) -> None:
     from ..models import MODELS
     from ..sparsity import METHODS
 
-    _allowed("data.name", config.data.name, sorted(DATASETS))
-    _allowed("model.name", config.model.name, sorted(MODELS))
-    _allowed("sparsity.method", config.sparsity.method, sorted(METHODS))
-    _allowed("sparsity.distribution", config.sparsity.distribution, DISTRIBUTIONS)
-    _allowed("sparsity.drop_schedule", config.sparsity.drop_schedule, DROP_SCHEDULES)
-    _allowed("sparsity.redistribution", config.sparsity.redistribution, REDISTRIBUTIONS)
-    _allowed("sparsity.reinit", config.sparsity.reinit, ("zero", "kaiming"))
-    checks = [
-        (
-            "sparsity.sparsity",
-            config.sparsity.sparsity,
-            0 <= config.sparsity.sparsity < 1,
-            "0 <= x < 1",
-        ),
-        ("sparsity.alpha", config.sparsity.alpha, 0 < config.sparsity.alpha <= 1, "0 < x <= 1"),
-        (
-            "sparsity.t_end_fraction",
-            config.sparsity.t_end_fraction,
-            0 <= config.sparsity.t_end_fraction <= 1,
-            "0 <= x <= 1",
-        ),
-        ("train.epochs", config.train.epochs, config.train.epochs >= 1, "an integer >= 1"),
-        ("train.multiplier", config.train.multiplier, config.train.multiplier > 0, "x > 0"),
-        (
-            "train.batch_size",
-            config.train.batch_size,
-            config.train.batch_size >= 1,
-            "an integer >= 1",
-        ),
-        ("train.lr", config.train.lr, config.train.lr > 0, "x > 0"),
-        (
-            "train.eval_every",
-            config.train.eval_every,
-            config.train.eval_every >= 1,
-            "an integer >= 1",
-        ),
-        (
-            "train.checkpoint_every",
-            config.train.checkpoint_every,
-            config.train.checkpoint_every >= 1,
-            "an integer >= 1",
-        ),
-        (
-            "train.label_smoothing",
-            config.train.label_smoothing,
-            0 <= config.train.label_smoothing < 1,
-            "0 <= x < 1",
-        ),
-        (
-            "data.validation_size",
-            config.data.validation_size,
-            config.data.validation_size >= 0,
-            "an integer >= 0",
-        ),
-    ]
-    if config.sparsity.delta_t is not None:
-        checks.append(
-            (
-                "sparsity.delta_t",
-                config.sparsity.delta_t,
-                config.sparsity.delta_t >= 1,
-                "an integer >= 1",
+    names = {
+        "data.name": sorted(DATASETS),
+        "model.name": sorted(MODELS),
+        "sparsity.method": sorted(METHODS),
+        "sparsity.distribution": DISTRIBUTIONS,
+        "sparsity.drop_schedule": DROP_SCHEDULES,
+        "sparsity.redistribution": REDISTRIBUTIONS,
+        "sparsity.reinit": REINITS,
+    }
+    for key, allowed in names.items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(
+                f"{key}={_get(config, key)!r} is not allowed: allowed values are "
+                f"{', '.join(map(str, allowed))}."
             )
-        )
-    if config.data.limit_train is not None:
-        checks.append(
-            (
-                "data.limit_train",
-                config.data.limit_train,
-                config.data.limit_train >= 1,
-                "an integer >= 1",
-            )
-        )
-    for key, value, ok, allowed in checks:
-        if not ok:
+    for key, (ok, allowed) in RANGES.items():
+        value = _get(config, key)
+        if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
-    if any(not 0 < m < 1 for m in config.train.lr_milestones):
-        raise ConfigError(
-            f"train.lr_milestones={config.train.lr_milestones} must be fractions of the run in (0, 1)."
-        )
 
 
 def to_yaml(config: RunConfig) -> str:
