@@ -393,6 +393,15 @@ def test_masks_are_registered_buffers_and_printable() -> None:
     assert set(sp.densities()) == set(sp.masks)
 
 
+def test_moving_the_model_after_building_the_sparsifier_is_an_error() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["adam"](model.parameters())
+    sp = regrow.Static(model, optimizer, sparsity=0.5)
+    model.to(torch.float64)  # a move to CUDA after construction is caught the same way
+    with pytest.raises(RuntimeError, match="before building the Static sparsifier"):
+        sp.step()
+
+
 def test_optimizer_step_without_sparsifier_step_is_an_error() -> None:
     model = MODELS["mlp"][0]()
     optimizer = OPTIMIZERS["adam"](model.parameters())

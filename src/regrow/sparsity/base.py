@@ -232,6 +232,15 @@ class Sparsifier:
         """Call after ``backward()``. Masks the gradients and returns ``True`` when the caller
         should take an optimizer step; ``False`` when this batch was spent on a mask update (or
         such an update was postponed because its gradients are not finite)."""
+        if self.params and (self.params[0].device, self.params[0].dtype) != (
+            self._mask_values[0].device,
+            self._mask_values[0].dtype,
+        ):
+            raise RuntimeError(
+                f"the model is {self.params[0].dtype} on {self.params[0].device} but the masks "
+                f"were built for {self._mask_values[0].dtype} on {self._mask_values[0].device}: "
+                f"move or cast the model before building the {type(self).__name__} sparsifier."
+            )
         grads = [p.grad for p in self.params]
         self.observe_gradients(grads)
         step = self.step_count
