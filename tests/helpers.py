@@ -46,6 +46,8 @@ def batch(model_name: str, index: int, size: int = 8) -> tuple[torch.Tensor, tor
 
 
 OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=5e-4),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
     "sgd_nesterov": lambda p: torch.optim.SGD(
         p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
     ),

@@ -1,6 +1,7 @@
 """The contract every registered method must keep (SPEC §1, §4, §5), checked at every step.
 
-For each method × model × optimizer, hundreds of steps with weight decay, checking:
+For each method × model × optimizer (SGD plain, with momentum and Nesterov; Adam; AdamW), hundreds of
+steps with weight decay, checking:
 - per-layer active counts never change (Pruning: they follow its schedule exactly; SNIP: its
   one-shot budgets from the first batch on);
 - inactive weights, their gradients at optimizer time and their optimizer state are exactly zero;
