@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -151,35 +152,18 @@ class DatasetSplits:
 Root = str | os.PathLike[str] | None
 
 
-def _cifar10(root: Root, download: bool) -> DatasetSplits:
-    train_x, train_y, test_x, test_y = load_cifar10(root, download)
+def _cifar(
+    name: str,
+    load: Callable[[Root, bool], tuple[torch.Tensor, ...]],
+    classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    root: Root,
+    download: bool,
+) -> DatasetSplits:
+    train_x, train_y, test_x, test_y = load(root, download)
     return DatasetSplits(
-        "cifar10",
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        10,
-        (3, 32, 32),
-        CIFAR10_MEAN,
-        CIFAR10_STD,
-        True,
-    )
-
-
-def _cifar100(root: Root, download: bool) -> DatasetSplits:
-    train_x, train_y, test_x, test_y = load_cifar100(root, download)
-    return DatasetSplits(
-        "cifar100",
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        100,
-        (3, 32, 32),
-        CIFAR100_MEAN,
-        CIFAR100_STD,
-        True,
+        name, train_x, train_y, test_x, test_y, classes, (3, 32, 32), mean, std, augment=True
     )
 
 
@@ -191,8 +175,8 @@ def _digits(root: Root, download: bool) -> DatasetSplits:
 
 #: Dataset name -> loader ``(root, download) -> DatasetSplits`` (whole splits, no options applied).
 DATASETS: dict[str, Callable[[Root, bool], DatasetSplits]] = {
-    "cifar10": _cifar10,
-    "cifar100": _cifar100,
+    "cifar10": partial(_cifar, "cifar10", load_cifar10, 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": partial(_cifar, "cifar100", load_cifar100, 100, CIFAR100_MEAN, CIFAR100_STD),
     "digits": _digits,
 }
 
