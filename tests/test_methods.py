@@ -477,3 +477,19 @@ def test_unknown_elementwise_optimizer_accepted_when_declared() -> None:
     train("mlp", sp, optimizer, 12)
     for name, p in zip(sp.names, sp.params, strict=True):
         assert torch.all(optimizer.state[p]["trace"][~sp.masks[name]] == 0)
+
+
+def test_the_base_class_refuses_a_method_that_changes_active_counts() -> None:
+    class Leaky(regrow.SET):
+        name = "leaky"
+
+        def new_masks(self, step, grads):
+            masks = super().new_masks(step, grads)
+            masks[0].view(-1)[:] = True  # grows a whole layer
+            return masks
+
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = Leaky(model, optimizer, sparsity=0.8, total_steps=100, delta_t=10)
+    with pytest.raises(RuntimeError, match=r"changed active counts in a mask update \(2.weight"):
+        train("mlp", sp, optimizer, 2)

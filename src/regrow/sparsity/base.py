@@ -114,6 +114,8 @@ class Sparsifier:
     #: The update uses the batch instead of an optimizer step (RigL, SNIP).
     updates_before_step: ClassVar[bool] = False
     default_delta_t: ClassVar[int] = 100
+    #: Mask updates move connections without changing how many there are (dynamic methods).
+    conserves_active_counts: ClassVar[bool] = False
     #: The backward pass needs the dense weight gradient on every step (SNFS), not only on
     #: update iterations: the FLOP counter charges 2 f_S + f_D for it (SPEC §7).
     dense_gradients_every_step: ClassVar[bool] = False
@@ -291,6 +293,7 @@ class Sparsifier:
     def _apply_masks(self, new: list[torch.Tensor], step: int) -> None:
         """Install ``new`` masks (SPEC §4.3): weights and optimizer state survive only where a
         connection was active before and after; new connections start at zero (or ``reinit``)."""
+        self._check_new_masks(new)
         with torch.no_grad():
             old = [self.masks[name] for name in self.names]
             keep = [o & n for o, n in zip(old, new, strict=True)]
@@ -314,6 +317,36 @@ class Sparsifier:
                 self._mask_values[i].copy_(mask)
                 self._active[i] = int(mask.sum())
         self.verify_masks_across_ranks(f"after the update at step {step}")
+
+    def _check_new_masks(self, new: list[torch.Tensor]) -> None:
+        """A method's masks must be boolean, shaped like their tensors, and (dynamic methods)
+        keep every layer's active count — or, with redistribution, the total (SPEC §4.4, §6)."""
+        for name, mask in zip(self.names, new, strict=True):
+            if mask.dtype != torch.bool or mask.shape != self.masks[name].shape:
+                raise RuntimeError(
+                    f"{type(self).__name__} produced a {mask.dtype} mask of shape "
+                    f"{tuple(mask.shape)} for {name}, not a bool mask of {tuple(self.masks[name].shape)}."
+                )
+        if not self.conserves_active_counts:
+            return
+        counts = [int(mask.sum()) for mask in new]
+        if self.redistribution == "none":
+            changed = [
+                f"{name}: {before} -> {after}"
+                for name, before, after in zip(self.names, self._active, counts, strict=True)
+                if before != after
+            ]
+        else:
+            changed = (
+                []
+                if sum(counts) == sum(self._active)
+                else [f"total: {sum(self._active)} -> {sum(counts)}"]
+            )
+        if changed:
+            raise RuntimeError(
+                f"{type(self).__name__} changed active counts in a mask update ({', '.join(changed)}); "
+                "a dynamic method must move connections, not add or remove them."
+            )
 
     def mask_checksums(self) -> torch.Tensor:
         """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
@@ -446,6 +479,7 @@ class DynamicSparsifier(Sparsifier, ABC):
     """Drop the smallest-magnitude weights, grow by a method's score (SPEC §3, §4, §6)."""
 
     needs_total_steps = True
+    conserves_active_counts = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
