@@ -63,9 +63,9 @@ class Pruning(Sparsifier):
     def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         counts = self.scheduled_counts(step)
         new = []
-        for name, p in zip(self.names, self.params, strict=True):
+        for name, p, active in zip(self.names, self.params, self._active, strict=True):
             mask = self.masks[name]
             generator = seeded_generator(self.seed, step, "prune/" + name, p.device)
-            count = min(counts[name], self._active[self.names.index(name)])
+            count = min(counts[name], active)
             new.append(topk_mask(p.abs(), count, generator, excluded=~mask))
         return new
