@@ -138,3 +138,12 @@ def write_cifar100(root: Path, train: int = 6, test: int = 3, bytes_keys: bool =
         write_record(folder / name, record, bytes_keys)
         written[name] = (data, fine, coarse)
     return written
+
+
+def own_args(method: str, **values):
+    """The subset of ``values`` that ``method`` has as arguments (a test drives every method
+    with one set of settings; each method takes the ones it declares)."""
+    import regrow
+
+    names = regrow.get_method(method).Args.names()
+    return {key: value for key, value in values.items() if key in names}

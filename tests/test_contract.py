@@ -2,8 +2,9 @@
 
 For each method × model × optimizer (SGD plain, with momentum and Nesterov; Adam; AdamW), hundreds of
 steps with weight decay, checking:
-- per-layer active counts never change (Pruning: they follow its schedule exactly; SNIP: its
-  one-shot budgets from the first batch on);
+- active counts follow the method's count rule: per layer or in total never change (dynamic
+  methods), or only ever fall (pruning methods), and every masked method ends at the plan's budgets;
+- mask updates happen exactly at the steps the method's ``update_due`` names;
 - inactive weights, their gradients at optimizer time and their optimizer state are exactly zero;
 - at every mask update, new connections start at zero with zero state, connections active before
   and after (including any dropped and regrown in the same update) keep value and state exactly,
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch
+from helpers import MODELS, OPTIMIZERS, batch, own_args
 from regrow.sparsity.optim_state import state_tensors
 
 STEPS = 240
@@ -69,6 +70,7 @@ def check_transition(before: dict, after: dict, exchange_equal: bool) -> int:
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("method", sorted(regrow.METHODS))
 def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
+    """Every expectation comes from the method's declared traits and count rule, not its name."""
     model = MODELS[model_name][0]()
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     before: dict = {}
@@ -81,11 +83,13 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
         sparsity=0.8,
         distribution="erk",
         total_steps=STEPS,
-        delta_t=15,
         seed=3,
-        **({"prune_begin": 30, "prune_end": 150} if method == "pruning" else {}),
+        **own_args(method, delta_t=15, prune_begin=30, prune_end=150),
     )
+    traits, rule = sp.traits, sp.count_rule()
+    sizes = {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}
     initial_counts = sp.active_counts()
+    assert initial_counts == (sizes if traits.starts_dense else sp.target_counts)
     updates, changed_total = [], 0
 
     def check_gradients(*_):
@@ -96,10 +100,10 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
     def check_after_step(*_):
         nonlocal changed_total
         after = snapshot(sp)
-        if not sp.updates_before_step and sp.last_update_step == sp.step_count - 1:
+        if not traits.updates_before_step and sp.last_update_step == sp.step_count - 1:
             # an update ran in the sparsifier's hook, just before this one
             updates.append(sp.last_update_step)
-            changed_total += check_transition(before, after, method not in ("pruning", "snip"))
+            changed_total += check_transition(before, after, rule == "layer")
         for name, (mask, weight, states) in after.items():
             assert torch.all(weight[~mask] == 0), f"{name}: inactive weight is not zero"
             for state in states:
@@ -108,7 +112,7 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
     optimizer.register_step_pre_hook(check_gradients)
     optimizer.register_step_post_hook(check_after_step)
 
-    batches = 0
+    batches, previous = 0, initial_counts
     while sp.step_count < STEPS:
         x, y = batch(model_name, batches)
         batches += 1
@@ -119,33 +123,27 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
         if sp.step():
             optimizer.step()
         else:
-            assert sp.updates_before_step
+            assert traits.updates_before_step
             assert sp.step_count == step_before, "no optimizer step on an update iteration"
             updates.append(step_before)
-            changed_total += check_transition(pre, snapshot(sp), method not in ("pruning", "snip"))
+            changed_total += check_transition(pre, snapshot(sp), rule == "layer")
         counts = sp.active_counts()
-        if method == "pruning":
-            if sp.last_update_step is None:
-                assert counts == {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}
-            else:
-                assert counts == sp.scheduled_counts(sp.last_update_step)
-        elif method == "snip":
-            assert counts == sp.target_counts
-        else:
+        if rule == "layer":
             assert counts == initial_counts, "active counts must never change"
+        elif rule == "total":
+            assert sum(counts.values()) == sum(initial_counts.values())
+        else:  # a method that prunes only ever removes connections
+            assert all(counts[n] <= previous[n] for n in counts)
+        previous = counts
 
-    if method in ("rigl", "set", "snfs"):
-        assert updates == list(range(0, int(0.75 * STEPS) + 1, 15))
+    assert updates == [s for s in range(STEPS) if sp.update_due(s)], "updates exactly on schedule"
+    if rule is not None and updates:
         assert changed_total > 0, "dynamic methods must actually move connections"
-    elif method == "pruning":
-        assert updates == [*range(30, 150, 15), 150]
-        assert sp.active_counts() == sp.target_counts
-    elif method == "snip":
-        assert updates == [0]
-    else:
-        assert updates == []
-    if method != "dense":
+    if traits.masked:
+        assert sp.active_counts() == sp.target_counts, "the run ends at the plan's budgets"
         assert math.isclose(sp.global_density(), 0.2, abs_tol=0.01)
+    else:
+        assert sp.names == [] and updates == []
 
 
 @pytest.mark.parametrize("method", ["rigl", "set", "snfs"])

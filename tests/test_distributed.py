@@ -15,13 +15,18 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, batch
+from helpers import MODELS, batch, own_args
 from regrow.train import load_config, train
 
 COMMON = [
-    "train.epochs=2", "sparsity.delta_t=10", "sparsity.sparsity=0.8", "train.device=cpu",
-    "train.eval_every=1",
+    "train.epochs=2", "sparsity.sparsity=0.8", "train.device=cpu", "train.eval_every=1",
 ]  # fmt: skip
+
+
+def method_overrides(method: str) -> list[str]:
+    """``sparsity.method`` and, for methods that have it, mask updates every 10 steps."""
+    args = [f"sparsity.args.{k}={v}" for k, v in own_args(method, delta_t=10).items()]
+    return [f"sparsity.method={method}", *args]
 
 
 def torchrun(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -38,14 +43,14 @@ def torchrun(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_two_processes_match_one_process_with_the_same_global_batch(
     tmp_path: Path, method: str
 ) -> None:
-    result = torchrun(tmp_path / "ddp", *COMMON, "train.batch_size=16", f"sparsity.method={method}")
+    result = torchrun(tmp_path / "ddp", *COMMON, "train.batch_size=16", *method_overrides(method))
     assert result.returncode == 0, result.stderr[-3000:]
     single = load_config(
         "quickstart",
         [
             *COMMON,
             "train.batch_size=32",
-            f"sparsity.method={method}",
+            *method_overrides(method),
             f"out_dir={tmp_path / 'one'}",
         ],
     )
@@ -119,7 +124,7 @@ def test_a_mask_diverged_on_one_rank_is_detected(tmp_path: Path, automatic: bool
 
 def test_stop_under_ddp_and_resume_on_one_process(tmp_path: Path) -> None:
     """A rank-0 checkpoint from 2 processes × 16 resumes on 1 process × 32 (same global batch)."""
-    overrides = [*COMMON, "sparsity.method=rigl"]
+    overrides = [*COMMON, *method_overrides("rigl")]
     result = torchrun(tmp_path / "run", *overrides, "train.batch_size=16", "train.stop_at_step=30")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped (stop_at_step=30)" in result.stderr

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch
+from helpers import MODELS, OPTIMIZERS, batch, own_args
 from regrow.sparsity.schedules import drop_fraction
 
 
@@ -230,7 +230,7 @@ def test_pruning_follows_the_cubic_schedule_exactly() -> None:
 def test_pruning_defaults_scale_the_paper_window() -> None:
     model = MODELS["mlp"][0]()
     sp = regrow.Pruning(model, OPTIMIZERS["adam"](model.parameters()), total_steps=5 * 97_656)
-    assert (sp.prune_begin, sp.prune_end, sp.delta_t) == (100_000, 375_000, 1000)
+    assert (sp.schedule.begin, sp.schedule.end, sp.schedule.every) == (100_000, 375_000, 1000)
 
 
 # --------------------------------------------------------------------- SNFS, redistribution
@@ -342,7 +342,12 @@ def test_same_seed_same_masks_different_seed_different_masks(method: str) -> Non
         model = MODELS["conv"][0]()
         optimizer = OPTIMIZERS["adam"](model.parameters())
         sp = regrow.get_method(method)(
-            model, optimizer, sparsity=0.8, total_steps=60, delta_t=10, seed=seed
+            model,
+            optimizer,
+            sparsity=0.8,
+            total_steps=60,
+            seed=seed,
+            **own_args(method, delta_t=10),
         )
         train("conv", sp, optimizer, 35)
         return {n: m.clone() for n, m in sp.masks.items()}
@@ -437,7 +442,9 @@ def test_bad_input_is_a_value_error_naming_the_allowed_values(method, kwargs, me
 
 
 def test_unknown_method_lists_the_registry() -> None:
-    with pytest.raises(ValueError, match="dense, pruning, rigl, set, snfs, snip, static"):
+    with pytest.raises(
+        ValueError, match="dense, pruning, rigl, set, small_dense, snfs, snip, static"
+    ):
         regrow.get_method("lottery")
 
 

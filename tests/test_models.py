@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from regrow.models import MODELS, Bottleneck, PreActBlock, ResNet, get_model, get_model_spec
-from regrow.sparsity.masks import sparse_parameter_names
+from regrow.sparsity.plan import AllocationPlan
 
 
 def meta_model(name: str, **kwargs) -> nn.Module:
@@ -44,7 +44,7 @@ def test_unknown_model_lists_the_registry():
 def test_wrn22_2_sparse_weights_total_1_076_480():
     model = meta_model("wrn22_2")
     params = dict(model.named_parameters())
-    names = sparse_parameter_names(model)  # stem dense
+    names = AllocationPlan.build(model).names  # stem dense
     assert "conv1.weight" not in names
     assert sum(params[n].numel() for n in names) == 1_076_480
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch
+from helpers import MODELS, OPTIMIZERS, batch, own_args
 
 TOTAL = 60
 
@@ -26,9 +26,8 @@ def build(method: str, init_seed: int):
         optimizer,
         sparsity=0.8,
         total_steps=TOTAL,
-        delta_t=10,
         seed=5,
-        **({"prune_begin": 5, "prune_end": 40} if method == "pruning" else {}),
+        **own_args(method, delta_t=10, prune_begin=5, prune_end=40),
     )
     return model, optimizer, sp
 

@@ -8,9 +8,9 @@ import pytest
 
 from regrow.sparsity.redistribution import redistribute
 from regrow.sparsity.schedules import (
+    PruningSchedule,
     UpdateSchedule,
     drop_fraction,
-    gmp_active_count,
     gmp_sparsity,
     scaled_step,
 )
@@ -46,8 +46,9 @@ def test_gmp_cubic_schedule() -> None:
     assert gmp_sparsity(47_500, 0.9, 20_000, 75_000) == pytest.approx(0.9 * (1 - 0.5**3))
     assert gmp_sparsity(10, 0.9, 20_000, 75_000) == 0.0
     assert gmp_sparsity(99_999, 0.9, 20_000, 75_000) == pytest.approx(0.9)
-    assert gmp_active_count(75_000, 1000, 100, 20_000, 75_000) == 100
-    assert gmp_active_count(47_500, 1000, 100, 20_000, 75_000) == 1000 - math.floor(900 * 0.875)
+    schedule = PruningSchedule(begin=20_000, end=75_000)
+    assert schedule.active_count(75_000, 1000, 100) == 100
+    assert schedule.active_count(47_500, 1000, 100) == 1000 - math.floor(900 * 0.875)
 
 
 def test_scaled_step_maps_paper_steps() -> None:

@@ -13,16 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_cifar10
+from helpers import own_args, write_cifar10
 from regrow.cli import main
 from regrow.train import CheckpointError, ConfigError, NonFiniteLossError, load_config, train
 from regrow.train.loop import lr_factor
 
-QUICK = ["train.epochs=3", "train.eval_every=1", "sparsity.delta_t=10"]
+QUICK = ["train.epochs=3", "train.eval_every=1"]
 
 
 def digits_config(out_dir: Path, *overrides: str):
-    return load_config("quickstart", [f"out_dir={out_dir}", *QUICK, *overrides])
+    """The quickstart preset, 3 epochs; mask updates every 10 steps for methods that have them."""
+    method = next((o.split("=")[1] for o in overrides if o.startswith("sparsity.method=")), "rigl")
+    update = [f"sparsity.args.{k}={v}" for k, v in own_args(method, delta_t=10).items()]
+    return load_config("quickstart", [f"out_dir={out_dir}", *QUICK, *update, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +174,7 @@ def test_resume_with_dropout_and_augmentation_is_bit_identical(
             [
                 *tiny_cifar_overrides(cifar_root),
                 "train.epochs=2",
-                "sparsity.delta_t=3",
+                "sparsity.args.delta_t=3",
                 f"out_dir={out}",
                 *extra,
             ],

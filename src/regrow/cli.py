@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 from .flops import (
-    TRAIN_METHODS,
     PruningSchedule,
-    check_method,
     flops_at_sparsity,
     kept_parameter_count,
     matching_sparsity,
@@ -39,13 +37,14 @@ from .flops import (
     train_flops_per_sample,
 )
 from .models import MODELS, get_model_spec
+from .sparsity import METHODS, get_method
 from .sparsity.distributions import (
     DISTRIBUTIONS,
     check_distribution,
     check_sparsity,
     layer_densities,
 )
-from .sparsity.masks import sparse_parameter_names
+from .sparsity.plan import AllocationPlan
 
 __all__ = [
     "UsageError",
@@ -244,7 +243,7 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--distribution", default="erk", help=f"one of: {', '.join(DISTRIBUTIONS)} (default erk)"
     )
     parser.add_argument(
-        "--method", default="rigl", help=f"one of: {', '.join(TRAIN_METHODS)} (default rigl)"
+        "--method", default="rigl", help=f"one of: {', '.join(sorted(METHODS))} (default rigl)"
     )
     parser.add_argument(
         "--multiplier", type=float, default=1.0, help="train M times longer (RigL_5x: 5)"
@@ -335,7 +334,7 @@ class _Setup:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.spec = get_model_spec(args.model)
-        self.method = check_method(args.method)
+        self.method = get_method(args.method).name
         self.distribution = check_distribution(args.distribution)
         if args.sparsity is None:
             if self.method != "dense" or args.small_dense or args.match_flops:
@@ -356,7 +355,9 @@ class _Setup:
         self.power = args.erk_power
         self.model = self.build(1.0)
         try:
-            self.sparse_names = sparse_parameter_names(self.model, _dense_layers(args.dense_layers))
+            self.sparse_names = AllocationPlan.build(
+                self.model, dense_layers=_dense_layers(args.dense_layers)
+            ).names
         except ValueError as exc:
             raise UsageError(f"--dense-layers {args.dense_layers!r}: {exc}") from exc
         params = dict(self.model.named_parameters())

@@ -21,125 +21,75 @@ step but its FLOPs are spent).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torch import nn
 
-from ..sparsity.schedules import PAPER_CIFAR_STEPS, PAPER_PRUNE_BEGIN, PAPER_PRUNE_END, gmp_sparsity
+from ..sparsity.base import Sparsifier, get_method
+from ..sparsity.schedules import PruningSchedule
 from .counter import Densities, FlopProfile, profile_model, resolve_densities
 
 __all__ = [
-    "TRAIN_METHODS",
+    "MethodFlops",
     "PruningSchedule",
     "RunningFlops",
     "TrainingFlopsCounter",
-    "check_method",
+    "method_training_flops",
     "pruning_mean_flops",
     "pruning_segments",
     "train_flops_per_sample",
     "train_flops_ratio",
 ]
 
-#: Methods whose training FLOPs :func:`train_flops_per_sample` knows (lower case).
-TRAIN_METHODS = ("dense", "static", "set", "snip", "small_dense", "snfs", "rigl", "pruning")
 
-
-def check_method(method: str) -> str:
-    """``method`` lower-cased (``-`` read as ``_``), or ``ValueError`` naming the allowed values."""
-    key = str(method).lower().replace("-", "_")
-    if key not in TRAIN_METHODS:
-        raise ValueError(
-            f"method={method!r} is unknown: allowed values are {', '.join(TRAIN_METHODS)}."
-        )
-    return key
-
-
-def _check_delta_t(delta_t: int) -> int:
-    if isinstance(delta_t, bool) or int(delta_t) != delta_t or delta_t < 1:
-        raise ValueError(f"delta_t={delta_t!r}: allowed values are integers >= 1.")
-    return int(delta_t)
+def _method_class(method: str | type[Sparsifier]) -> type[Sparsifier]:
+    return method if isinstance(method, type) else get_method(method)
 
 
 def train_flops_per_sample(
-    method: str, sparse_flops: float, dense_flops: float, delta_t: int = 100
+    method: str | type[Sparsifier],
+    sparse_flops: float,
+    dense_flops: float,
+    delta_t: int | None = None,
 ) -> float:
-    """Training FLOPs per sample of ``method`` (SPEC §7; Evci et al. 2020, Appendix H).
+    """Training FLOPs per sample of ``method`` (SPEC §7; Evci et al. 2020, Appendix H), from its
+    declared :class:`~regrow.sparsity.base.Traits` alone, so a user's registered method is
+    counted too.
 
-    ``sparse_flops`` is ``f_S``, the forward FLOPs of the trained model (for Small-Dense, of the
-    narrow dense model; for Pruning, the schedule's mean ``mean_t f_S(s_t)`` from
-    :func:`pruning_mean_flops`), ``dense_flops`` is ``f_D``. ``delta_t`` is RigL's update interval.
+    ``sparse_flops`` is ``f_S``, the forward FLOPs of the trained model (Dense: ``f_D``;
+    Small-Dense: the narrow dense model's; Pruning: the schedule's mean from
+    :func:`pruning_mean_flops`), ``dense_flops`` is ``f_D``. ``delta_t``: the update interval of a
+    method whose backward is dense on update batches (default: the method's own default).
     """
-    method = check_method(method)
+    cls = _method_class(method)
     f_s, f_d = float(sparse_flops), float(dense_flops)
-    if method == "dense":
-        return 3.0 * f_d
-    if method in ("static", "set", "snip", "small_dense", "pruning"):
+    kind = cls.traits.dense_backward
+    if kind == "never":
         return 3.0 * f_s
-    if method == "snfs":
+    if kind == "always":
         return 2.0 * f_s + f_d
-    delta_t = _check_delta_t(delta_t)
+    if delta_t is None:
+        delta_t = cls.Args().delta_t  # type: ignore[attr-defined]
+    if isinstance(delta_t, bool) or int(delta_t) != delta_t or delta_t < 1:
+        raise ValueError(f"delta_t={delta_t!r}: allowed values are integers >= 1.")
     return (3.0 * f_s * delta_t + 2.0 * f_s + f_d) / (delta_t + 1)
 
 
 def train_flops_ratio(
-    method: str,
+    method: str | type[Sparsifier],
     sparse_flops: float,
     dense_flops: float,
-    delta_t: int = 100,
+    delta_t: int | None = None,
     multiplier: float = 1.0,
 ) -> float:
-    """Training FLOPs of a run ×``multiplier`` as a multiple of 1× dense training (``3 f_D``)."""
+    """Training FLOPs of a run ×``multiplier`` as a multiple of 1× dense training (``3 f_D``);
+    the meaning of ``train_flops_ratio`` everywhere (``summary.json``, ``regrow flops``)."""
     if not multiplier > 0:
         raise ValueError(
             f"multiplier={multiplier!r}: allowed values are > 0 (1 is the paper's 1x)."
         )
     per_sample = train_flops_per_sample(method, sparse_flops, dense_flops, delta_t)
     return multiplier * per_sample / (3.0 * float(dense_flops))
-
-
-@dataclass(frozen=True)
-class PruningSchedule:
-    """Zhu & Gupta gradual magnitude pruning (SPEC §5): dense until ``begin``; after the optimizer
-    step at ``begin + k · every`` (``≤ end``) and at ``end``, each layer is pruned to sparsity
-    ``s_l · (1 − (1 − p)^3)``, ``p = (t − begin)/(end − begin)``, ``s_l`` its final sparsity.
-
-    The defaults are the paper's CIFAR run (97,656 steps, pruning from 20,000 to 75,000 every
-    1,000); :meth:`scaled` gives a ×M run (every length but ``every`` multiplied).
-    """
-
-    total_steps: int = PAPER_CIFAR_STEPS
-    begin: int = PAPER_PRUNE_BEGIN
-    end: int = PAPER_PRUNE_END
-    every: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.total_steps < 1 or self.every < 1 or not 0 <= self.begin <= self.end:
-            raise ValueError(
-                f"pruning schedule total_steps={self.total_steps}, begin={self.begin}, "
-                f"end={self.end}, every={self.every}: allowed values are total_steps >= 1, "
-                "every >= 1 and 0 <= begin <= end."
-            )
-
-    def scaled(self, multiplier: float) -> PruningSchedule:
-        """The schedule of a run ``multiplier`` times longer (SPEC §3, §5: t0, t1 × M)."""
-        return PruningSchedule(
-            total_steps=round(self.total_steps * multiplier),
-            begin=round(self.begin * multiplier),
-            end=round(self.end * multiplier),
-            every=self.every,
-        )
-
-    def pruning_steps(self) -> list[int]:
-        """The steps after whose optimizer step the masks are pruned."""
-        steps = list(range(self.begin, self.end + 1, self.every))
-        if steps[-1] != self.end:
-            steps.append(self.end)
-        return steps
-
-    def progress(self, step: int) -> float:
-        """Fraction ``1 − (1 − p)^3`` of the final pruning reached by a pruning at ``step``."""
-        return gmp_sparsity(step, 1.0, self.begin, self.end)
 
 
 def pruning_segments(schedule: PruningSchedule) -> list[tuple[int, float]]:
@@ -175,6 +125,37 @@ def pruning_mean_flops(
     return total / schedule.total_steps
 
 
+class MethodFlops(NamedTuple):
+    """A method's closed-form training cost (see :func:`method_training_flops`)."""
+
+    mean_inference_flops: float  #: f_S averaged over the run
+    train_flops_per_sample: float  #: per sample of the ×M run, i.e. M × the 1× formula
+    train_flops_ratio: float  #: over 1× dense training of the full-width model
+
+
+def method_training_flops(
+    method: str | type[Sparsifier],
+    args: Any,
+    profile: FlopProfile,
+    plan: Any,
+    total_steps: int,
+    multiplier: float = 1.0,
+    reference_dense_flops: float | None = None,
+) -> MethodFlops:
+    """The training FLOPs of ``method`` with its ``args`` (its ``Args`` dataclass) on the model
+    ``profile`` measures, at ``plan``'s densities, for a run of ``total_steps`` (×M included).
+
+    ``reference_dense_flops``: ``f_D`` of the full-width model when ``profile`` is of another
+    width (Small-Dense). The forward cost comes from the method's ``mean_inference_flops`` hook,
+    the formula from its traits.
+    """
+    cls = _method_class(method)
+    f_d = float(profile.dense_flops if reference_dense_flops is None else reference_dense_flops)
+    mean = cls.mean_inference_flops(profile, plan, args, total_steps)
+    per_sample = train_flops_per_sample(cls, mean, f_d, getattr(args, "delta_t", None))
+    return MethodFlops(mean, multiplier * per_sample, multiplier * per_sample / (3.0 * f_d))
+
+
 class RunningFlops(NamedTuple):
     """What :meth:`TrainingFlopsCounter.step` returns."""
 
@@ -197,8 +178,9 @@ class TrainingFlopsCounter:
         counter = TrainingFlopsCounter.from_model(model, (3, 32, 32), sparsifier)
         for x, y in loader:
             ...
-            stepped = sparsifier.step()
-            counter.step(sparsifier, dense_backward=not stepped, samples=len(x))
+            if sparsifier.step():
+                optimizer.step()
+            counter.count_batch(sparsifier, samples=len(x))
     """
 
     def __init__(
@@ -262,6 +244,14 @@ class TrainingFlopsCounter:
         self.samples += int(samples)
         self.steps += 1
         return RunningFlops(self.train_flops, self.ratio)
+
+    def count_batch(self, sparsifier: Sparsifier, samples: int) -> RunningFlops:
+        """Count the batch the sparsifier just handled, as its :attr:`~Sparsifier.last_batch`
+        reports it (dense backward or not; new densities when its masks changed)."""
+        report = sparsifier.last_batch
+        return self.step(
+            sparsifier if report.masks_changed else None, report.dense_backward, samples
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The running totals, for a checkpoint."""

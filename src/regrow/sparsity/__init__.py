@@ -1,9 +1,21 @@
-"""The sparsity library: masks, distributions, schedules and the methods over one base."""
+"""The sparsity library: the allocation plan, masks, distributions, schedules and the methods over
+one base."""
 
-from .base import METHODS, DynamicSparsifier, Sparsifier, get_method, register
+from .args import MethodArgs, arg
+from .base import (
+    METHODS,
+    BatchReport,
+    DynamicArgs,
+    DynamicSparsifier,
+    Sparsifier,
+    Traits,
+    get_method,
+    register,
+)
 from .distributions import DISTRIBUTIONS, active_counts, layer_densities
-from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, Static
-from .schedules import drop_fraction, gmp_sparsity
+from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, Static
+from .plan import AllocationPlan, LayerAllocation
+from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -11,13 +23,22 @@ __all__ = [
     "SET",
     "SNFS",
     "SNIP",
+    "AllocationPlan",
+    "BatchReport",
     "Dense",
+    "DynamicArgs",
     "DynamicSparsifier",
+    "LayerAllocation",
+    "MethodArgs",
     "Pruning",
+    "PruningSchedule",
     "RigL",
+    "SmallDense",
     "Sparsifier",
     "Static",
+    "Traits",
     "active_counts",
+    "arg",
     "drop_fraction",
     "get_method",
     "gmp_sparsity",

@@ -1,35 +1,45 @@
 """The sparsifier: owns the masks and enforces the contract of SPEC §4 in one place.
 
-A method is a small subclass that says *when* its masks change and *what* the new masks are; this
-class does everything a method must never get wrong: keeping inactive weights, their gradients and
-their optimizer state at exactly zero, starting new connections at zero, leaving a connection that is
-dropped and regrown in one update untouched, postponing an update whose gradients are not finite,
-counting optimizer steps, and saving/restoring all of it.
+A method is one file: a small subclass that declares its hyper-parameters (an ``Args`` dataclass,
+see :mod:`regrow.sparsity.args`) and its :class:`Traits`, and says *when* its masks change and
+*what* the new masks are. This class does everything a method must never get wrong: keeping
+inactive weights, their gradients and their optimizer state at exactly zero, starting new
+connections at zero, leaving a connection that is dropped and regrown in one update untouched,
+postponing an update whose gradients are not finite, counting optimizer steps, and saving/restoring
+all of it.
 
 Usage (after ``loss.backward()``)::
 
     if sparsifier.step():      # masks the gradients; False when this batch was used for a mask
         optimizer.step()       # update instead of an optimizer step (RigL, SNIP)
 
-The weights are re-masked after every optimizer step by a step post-hook on the optimizer.
+The step in two halves: :meth:`Sparsifier.step` before the optimizer step and
+:meth:`Sparsifier.after_optimizer_step` after it. By default the second runs in a step post-hook on
+the optimizer; with ``attach_hook=False`` the caller calls it (a compiled loop calls the tensor-only
+pieces :meth:`~Sparsifier.mask_gradients` and :meth:`~Sparsifier.mask_weights` inside its compiled
+function and :meth:`~Sparsifier.finish_step` outside). After each batch :attr:`Sparsifier.last_batch`
+says what the FLOP counter needs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from . import masks as mask_utils
-from .distributions import active_counts, check_distribution, check_sparsity, layer_densities
+from .args import MethodArgs, arg, at_least, in_range
 from .optim_state import check_optimizer, momentum_like, zero_state_
-from .redistribution import check_redistribution, redistribute
+from .plan import AllocationPlan
+from .redistribution import REDISTRIBUTIONS, redistribute
 from .schedules import DROP_SCHEDULES, UpdateSchedule, drop_fraction
 
 REINITS = ("zero", "kaiming")
@@ -40,16 +50,37 @@ METHODS: dict[str, type[Sparsifier]] = {}
 
 def register(cls: type[Sparsifier]) -> type[Sparsifier]:
     """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` to be registered.")
     METHODS[cls.name] = cls
     return cls
 
 
 def get_method(name: str) -> type[Sparsifier]:
-    """The sparsifier class registered as ``name`` (case-insensitive)."""
-    key = str(name).lower().replace("-", "_")
+    """The sparsifier class registered as ``name`` (case-insensitive), or ``package.module:Class``
+    (imported; its module registers it or not, the class is used either way)."""
+    text = str(name)
+    if ":" in text:
+        module_name, _, class_name = text.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(
+                f"method={text!r} cannot be imported ({error}): give package.module:ClassName of "
+                "a Sparsifier subclass importable from this Python environment."
+            ) from None
+        if not (isinstance(found, type) and issubclass(found, Sparsifier) and found.name):
+            raise ValueError(
+                f"method={text!r} is not a Sparsifier subclass with a `name`: subclass "
+                "regrow.Sparsifier (or regrow.DynamicSparsifier) and decorate it with "
+                "@regrow.register."
+            )
+        return found
+    key = text.lower().replace("-", "_")
     if key not in METHODS:
         raise ValueError(
-            f"method={name!r} is unknown: allowed values are {', '.join(sorted(METHODS))}."
+            f"method={name!r} is unknown: allowed values are {', '.join(sorted(METHODS))} "
+            "(or package.module:ClassName of your own method)."
         )
     return METHODS[key]
 
@@ -81,48 +112,65 @@ def topk_mask(
     return chosen.view(scores.shape)
 
 
+@dataclass(frozen=True)
+class Traits:
+    """What a method is, declared once; the base class, the training-FLOP formula (SPEC §7) and
+    the contract test read these instead of method names."""
+
+    #: False: no tensor gets a mask (Dense, Small-Dense).
+    masked: bool = True
+    #: Masks start full instead of at the plan's densities (SNIP, Pruning).
+    starts_dense: bool = False
+    #: A mask update uses its batch instead of an optimizer step (RigL, SNIP).
+    updates_before_step: bool = False
+    #: Mask updates move connections without changing how many there are (dynamic methods).
+    conserves_active_counts: bool = False
+    #: When the backward pass computes the dense weight gradient: ``"never"``, ``"on_update"``
+    #: (RigL's update batches: ``2 f_S + f_D`` there) or ``"always"`` (SNFS, every step).
+    dense_backward: Literal["never", "on_update", "always"] = "never"
+    #: Needs the run's ``total_steps`` for its schedule.
+    needs_total_steps: bool = False
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What happened in the latest batch, for the FLOP counter and the loop."""
+
+    optimizer_step: bool = True
+    dense_backward: bool = False
+    masks_changed: bool = False
+
+
 class Sparsifier:
     """Base of every method. See the module docstring for the training-loop contract.
 
     Args:
-        model: the network; the weights of its conv and linear layers are made sparse.
+        model: the network; the tensors of the allocation plan are made sparse.
         optimizer: the optimizer over the model's parameters (every sparse one must be in it).
         sparsity: fraction of zero weights over the sparse layers, ``0 <= sparsity < 1``.
         distribution: ``"uniform"``, ``"er"`` or ``"erk"`` (SPEC §2).
         total_steps: optimizer steps of the whole run (needed by methods with a schedule).
-        delta_t: optimizer steps between mask updates (``None``: the method's default, 100; 1,000
-            for Pruning).
-        alpha: initial drop fraction (dynamic methods).
-        t_end: last step with a mask update; ``None`` is 75% of ``total_steps``.
         dense_layers: module/parameter names (or globs) kept dense; ``None`` keeps the first
             layer dense (SPEC §1), ``[]`` makes every layer sparse.
         seed: seeds every mask decision (SPEC §9).
         power: ERK exponent (0 gives uniform).
         custom_densities: name → density for layers outside the budget.
-        sparse_layers: names of the tensors to make sparse instead of every conv/linear weight.
-        begin_step: first step with a mask update.
-        drop_schedule: ``"cosine"`` (default), ``"constant"`` or ``"linear"``.
-        reinit: value of a new connection: ``"zero"`` (default) or ``"kaiming"`` (He normal).
-        redistribution: ``None``/``"none"``, ``"momentum"`` or ``"gradient"`` (SPEC §6).
+        sparse_layers: names of the tensors to make sparse instead of the default choice.
+        plan: an :class:`~regrow.sparsity.plan.AllocationPlan` to use instead of the five keys
+            above.
         elementwise_optimizer: assert that an optimizer regrow does not know keeps only
             elementwise state.
+        attach_hook: run :meth:`after_optimizer_step` in an optimizer step post-hook (default);
+            ``False``: the caller runs it after every optimizer step.
+        args: the method's own arguments (its ``Args`` dataclass, or a mapping); keyword
+            arguments not listed above are added to them. A key the method does not have is a
+            ``ValueError`` naming the method's arguments.
     """
 
     name: ClassVar[str] = ""
-    #: Masks start full (SNIP, Pruning) instead of at the distribution's densities.
-    starts_dense: ClassVar[bool] = False
-    #: The update uses the batch instead of an optimizer step (RigL, SNIP).
-    updates_before_step: ClassVar[bool] = False
-    default_delta_t: ClassVar[int] = 100
-    #: Mask updates move connections without changing how many there are (dynamic methods).
-    conserves_active_counts: ClassVar[bool] = False
-    #: The backward pass needs the dense weight gradient on every step (SNFS), not only on
-    #: update iterations: the FLOP counter charges 2 f_S + f_D for it (SPEC §7).
-    dense_gradients_every_step: ClassVar[bool] = False
-    #: False for Dense: no tensor is made sparse.
-    has_masks: ClassVar[bool] = True
-    #: Needs ``total_steps`` for its schedule.
-    needs_total_steps: ClassVar[bool] = False
+    #: The method's own hyper-parameters (a frozen dataclass, validated on construction).
+    Args: ClassVar[type[MethodArgs]] = MethodArgs
+    traits: ClassVar[Traits] = Traits()
 
     def __init__(
         self,
@@ -131,72 +179,60 @@ class Sparsifier:
         sparsity: float = 0.9,
         distribution: str = "erk",
         total_steps: int | None = None,
-        delta_t: int | None = None,
-        alpha: float = 0.3,
-        t_end: int | None = None,
+        *,
         dense_layers: Sequence[str] | None = None,
         seed: int = 0,
-        *,
         power: float = 1.0,
-        custom_densities: dict[str, float] | None = None,
+        custom_densities: Mapping[str, float] | None = None,
         sparse_layers: Sequence[str] | None = None,
-        begin_step: int = 0,
-        drop_schedule: str = "cosine",
-        reinit: str = "zero",
-        redistribution: str | None = None,
+        plan: AllocationPlan | None = None,
         elementwise_optimizer: bool = False,
+        attach_hook: bool = True,
+        args: MethodArgs | Mapping[str, Any] | None = None,
+        **method_args: Any,
     ) -> None:
-        self.sparsity = check_sparsity(sparsity) if self.has_masks else 0.0
-        self.distribution = check_distribution(distribution)
-        if self.needs_total_steps and (total_steps is None or int(total_steps) < 1):
+        given = args.as_dict() if isinstance(args, MethodArgs) else dict(args or {})
+        self.args = self.Args.from_mapping({**given, **method_args}, self.name)
+        if self.traits.needs_total_steps and (total_steps is None or int(total_steps) < 1):
             raise ValueError(
                 f"total_steps={total_steps!r}: {type(self).__name__} needs the number of optimizer "
                 "steps of the run (an integer >= 1) for its schedule."
             )
-        if not 0.0 < float(alpha) <= 1.0:
-            raise ValueError(f"alpha={alpha!r}: allowed values are 0 < alpha <= 1.")
-        if drop_schedule not in DROP_SCHEDULES:
-            raise ValueError(
-                f"drop_schedule={drop_schedule!r} is unknown: allowed values are {DROP_SCHEDULES}."
-            )
-        if reinit not in REINITS:
-            raise ValueError(f"reinit={reinit!r} is unknown: allowed values are {REINITS}.")
         self.model, self.optimizer = model, optimizer
         self.total_steps = None if total_steps is None else int(total_steps)
-        self.delta_t = self.default_delta_t if delta_t is None else int(delta_t)
-        self.alpha, self.seed = float(alpha), int(seed)
-        self.t_end = (
-            int(t_end)
-            if t_end is not None
-            else (int(0.75 * self.total_steps) if self.total_steps else 0)
+        self.seed = int(seed)
+        self.plan = plan or AllocationPlan.build(
+            model,
+            sparsity,
+            distribution,
+            power,
+            dense_layers,
+            custom_densities,
+            sparse_layers,
+            masked=self.traits.masked,
         )
-        self.begin_step, self.drop_schedule, self.reinit = int(begin_step), drop_schedule, reinit
-        self.redistribution = check_redistribution(redistribution)
+        self.sparsity, self.distribution = self.plan.sparsity, self.plan.distribution
 
         all_params = dict(model.named_parameters())
-        self.names = (
-            mask_utils.sparse_parameter_names(model, dense_layers, sparse_layers)
-            if self.has_masks
-            else []
-        )
+        self.names = self.plan.names
+        missing = [name for name in self.names if name not in all_params]
+        if missing:
+            raise ValueError(f"the plan names {missing}, which are not parameters of the model.")
         self.params = [all_params[name] for name in self.names]
         check_optimizer(
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
         )
-        shapes = {name: tuple(p.shape) for name, p in zip(self.names, self.params, strict=True)}
-        self.target_densities = layer_densities(
-            shapes, self.sparsity, self.distribution, power, custom_densities
-        )
-        self.target_counts = active_counts(shapes, self.target_densities)
+        self.target_counts = self.plan.active_counts()
 
         self.step_count = 0
         self.last_update_step: int | None = None
         self.pending_update = False
+        self.last_batch = BatchReport()
         self._stepped = False
         with torch.no_grad():
             initial = [
                 torch.ones_like(p, dtype=torch.bool)
-                if self.starts_dense
+                if self.traits.starts_dense
                 else self._random_mask(p, self.target_counts[name], name)
                 for name, p in zip(self.names, self.params, strict=True)
             ]
@@ -207,13 +243,32 @@ class Sparsifier:
         with torch.no_grad():
             mask_utils.foreach_mask_(self.params, self._mask_values)
             zero_state_(optimizer, zip(self.names, self.params, strict=True), initial)
-        self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        self._hook = (
+            optimizer.register_step_post_hook(self._after_optimizer_step_hook)
+            if attach_hook
+            else None
+        )
         self.verify_masks_across_ranks("at construction")
 
     # ----------------------------------------------------------------- what a method supplies
+    @classmethod
+    def model_width(cls, build: Any, width: float, args: MethodArgs, **plan_keys: Any) -> float:
+        """The width multiplier of the model this method trains, given ``build(width)`` of the
+        model family and the shared allocation keys. Every method but Small-Dense keeps
+        ``width``."""
+        return width
+
+    @classmethod
+    def mean_inference_flops(
+        cls, profile: Any, plan: AllocationPlan, args: MethodArgs, total_steps: int
+    ) -> float:
+        """``f_S`` of the training-FLOP formula (SPEC §7): the forward FLOPs per sample averaged
+        over the run. Default: at the plan's densities; Pruning averages over its schedule."""
+        return profile.inference_flops(plan)
+
     def update_due(self, step: int) -> bool:
-        """Whether the masks change at ``step`` (before the optimizer step if
-        :attr:`updates_before_step`, else right after it). Static methods: never."""
+        """Whether the masks change at ``step`` (before the optimizer step if the method
+        :attr:`Traits.updates_before_step`, else right after it). Static methods: never."""
         return False
 
     def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -223,6 +278,14 @@ class Sparsifier:
     def observe_gradients(self, grads: list[torch.Tensor | None]) -> None:
         """Called with the dense gradients on every :meth:`step` (SNFS keeps an average)."""
 
+    def initialize_grown(self, step: int, old: list[torch.Tensor], new: list[torch.Tensor]) -> None:
+        """Give new connections (``new & ~old``) a value; default: they stay at zero."""
+
+    def count_rule(self) -> str | None:
+        """What a mask update must conserve: ``"layer"`` (every layer's active count),
+        ``"total"`` (their sum: redistribution) or ``None`` (nothing: pruning, SNIP)."""
+        return "layer" if self.traits.conserves_active_counts else None
+
     def method_state(self) -> dict[str, Any]:
         return {}
 
@@ -230,6 +293,16 @@ class Sparsifier:
         """Restore what :meth:`method_state` returned."""
 
     # --------------------------------------------------------------------- the training loop
+    def update_batch_due(self) -> bool:
+        """Whether the current batch goes to a mask update instead of an optimizer step (host
+        arithmetic only, no tensor work)."""
+        step = self.step_count
+        return (
+            self.traits.updates_before_step
+            and self.update_due(step)
+            and self.last_update_step != step
+        )
+
     def step(self) -> bool:
         """Call after ``backward()``. Masks the gradients and returns ``True`` when the caller
         should take an optimizer step; ``False`` when this batch was spent on a mask update (or
@@ -245,18 +318,48 @@ class Sparsifier:
             )
         grads = [p.grad for p in self.params]
         self.observe_gradients(grads)
-        step = self.step_count
-        if self.updates_before_step and self.update_due(step) and self.last_update_step != step:
+        step, changed = self.step_count, False
+        if self.update_batch_due():
             if self._finite(grads):
                 self._apply_masks(self.new_masks(step, grads), step)
-                self.last_update_step = step
-            self._mask_gradients(grads)
+                self.last_update_step, changed = step, True
+            self.mask_gradients()
+            self.last_batch = BatchReport(False, True, changed)
             return False
-        self._mask_gradients(grads)
+        self.mask_gradients()
         self._stepped = True
+        self.last_batch = BatchReport(True, self.traits.dense_backward == "always", False)
         return True
 
-    def _after_optimizer_step(
+    def mask_gradients(self) -> None:
+        """Zero the gradients of inactive weights (tensor work only: one foreach kernel)."""
+        self._mask_gradients([p.grad for p in self.params])
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        """Zero the inactive weights (tensor work only: one foreach kernel)."""
+        mask_utils.foreach_mask_(self.params, self._mask_values)
+
+    def after_optimizer_step(self) -> None:
+        """Call after every optimizer step (the default hook does): re-mask the weights (weight
+        decay and momentum would otherwise revive them), then :meth:`finish_step`."""
+        self.mask_weights()
+        self.finish_step()
+
+    def finish_step(self) -> None:
+        """The host-side end of an optimizer step: a mask update due after it, the step count."""
+        step = self.step_count
+        if not self.traits.updates_before_step and (self.pending_update or self.update_due(step)):
+            grads = [p.grad for p in self.params]
+            if self._finite(grads):
+                self._apply_masks(self.new_masks(step, grads), step)
+                self.last_update_step, self.pending_update = step, False
+                self.last_batch = BatchReport(True, self.last_batch.dense_backward, True)
+            else:
+                self.pending_update = True
+        self.step_count += 1
+
+    def _after_optimizer_step_hook(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
         if not self._stepped:
@@ -266,17 +369,7 @@ class Sparsifier:
                 "masked and mask updates happen on schedule."
             )
         self._stepped = False
-        with torch.no_grad():
-            mask_utils.foreach_mask_(self.params, self._mask_values)
-        step = self.step_count
-        if not self.updates_before_step and (self.pending_update or self.update_due(step)):
-            grads = [p.grad for p in self.params]
-            if self._finite(grads):
-                self._apply_masks(self.new_masks(step, grads), step)
-                self.last_update_step, self.pending_update = step, False
-            else:
-                self.pending_update = True
-        self.step_count += 1
+        self.after_optimizer_step()
 
     def _mask_gradients(self, grads: list[torch.Tensor | None]) -> None:
         pairs = [(g, m) for g, m in zip(grads, self._mask_values, strict=True) if g is not None]
@@ -301,17 +394,7 @@ class Sparsifier:
                 self.params, [k.to(p.dtype) for k, p in zip(keep, self.params, strict=True)]
             )
             zero_state_(self.optimizer, zip(self.names, self.params, strict=True), keep)
-            if self.reinit == "kaiming":
-                for name, p, o, n in zip(self.names, self.params, old, new, strict=True):
-                    grown = n & ~o
-                    fan_in = p[0].numel()
-                    values = torch.randn(
-                        p.shape,
-                        generator=seeded_generator(self.seed, step, "reinit/" + name, p.device),
-                        device=p.device,
-                        dtype=p.dtype,
-                    )
-                    p.add_(values * math.sqrt(2.0 / fan_in) * grown)
+            self.initialize_grown(step, old, new)
             for i, (name, mask) in enumerate(zip(self.names, new, strict=True)):
                 self.masks[name].copy_(mask)
                 self._mask_values[i].copy_(mask)
@@ -327,10 +410,11 @@ class Sparsifier:
                     f"{type(self).__name__} produced a {mask.dtype} mask of shape "
                     f"{tuple(mask.shape)} for {name}, not a bool mask of {tuple(self.masks[name].shape)}."
                 )
-        if not self.conserves_active_counts:
+        rule = self.count_rule()
+        if rule is None:
             return
         counts = [int(mask.sum()) for mask in new]
-        if self.redistribution == "none":
+        if rule == "layer":
             changed = [
                 f"{name}: {before} -> {after}"
                 for name, before, after in zip(self.names, self._active, counts, strict=True)
@@ -472,28 +556,69 @@ class Sparsifier:
 
     def remove(self) -> None:
         """Detach the optimizer hook (the masks stay registered on the model)."""
-        self._hook.remove()
+        if self._hook is not None:
+            self._hook.remove()
+
+
+@dataclass(frozen=True)
+class DynamicArgs(MethodArgs):
+    """Arguments every drop-and-grow method shares (Evci et al. 2020, Section 3; SPEC §3, §6)."""
+
+    delta_t: int = arg(100, "optimizer steps between mask updates (ΔT)", at_least(1))
+    alpha: float = arg(0.3, "initial drop fraction α", in_range(0, 1, low_open=True))
+    t_end_fraction: float = arg(
+        0.75, "last mask update, as a fraction of the run (T_end)", in_range(0, 1)
+    )
+    begin_step: int = arg(0, "first step with a mask update", at_least(0))
+    drop_schedule: str = arg("cosine", "how the drop fraction decays", choices=DROP_SCHEDULES)
+    reinit: str = arg("zero", "value of a new connection (kaiming: He normal)", choices=REINITS)
+    redistribution: str = arg(
+        "none",
+        "move regrown weights between layers by a statistic (SPEC §6)",
+        choices=REDISTRIBUTIONS,
+    )
 
 
 class DynamicSparsifier(Sparsifier, ABC):
     """Drop the smallest-magnitude weights, grow by a method's score (SPEC §3, §4, §6)."""
 
-    needs_total_steps = True
-    conserves_active_counts = True
+    Args = DynamicArgs
+    traits = Traits(needs_total_steps=True, conserves_active_counts=True)
+    args: DynamicArgs
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.schedule = UpdateSchedule(self.delta_t, self.begin_step, self.t_end)
+        assert self.total_steps is not None
+        a = self.args
+        self.t_end = int(a.t_end_fraction * self.total_steps)
+        try:
+            self.schedule = UpdateSchedule(a.delta_t, a.begin_step, self.t_end)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} Here begin_step={a.begin_step} and T_end = t_end_fraction × total_steps "
+                f"= {self.t_end}."
+            ) from None
 
     def update_due(self, step: int) -> bool:
         return self.schedule.is_update_step(step)
+
+    def count_rule(self) -> str | None:
+        return "layer" if self.args.redistribution == "none" else "total"
+
+    def initialize_grown(self, step: int, old: list[torch.Tensor], new: list[torch.Tensor]) -> None:
+        if self.args.reinit != "kaiming":
+            return
+        for name, p, o, n in zip(self.names, self.params, old, new, strict=True):
+            generator = seeded_generator(self.seed, step, "reinit/" + name, p.device)
+            values = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+            p.add_(values * math.sqrt(2.0 / p[0].numel()) * (n & ~o))
 
     @abstractmethod
     def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
         """Score of every position of layer ``index``; the highest among the free ones grow."""
 
     def drop_fraction(self, step: int) -> float:
-        return drop_fraction(step, self.alpha, self.t_end, self.drop_schedule)
+        return drop_fraction(step, self.args.alpha, self.t_end, self.args.drop_schedule)
 
     def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         fraction = self.drop_fraction(step)
@@ -515,16 +640,15 @@ class DynamicSparsifier(Sparsifier, ABC):
     def _grow_counts(
         self, drops: list[int], kept: list[torch.Tensor], grads: list[torch.Tensor | None]
     ) -> list[int]:
-        if self.redistribution == "none":
+        redistribution = self.args.redistribution
+        if redistribution == "none":
             return drops
         stats = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
-            source = (
-                grads[i] if self.redistribution == "gradient" else momentum_like(self.optimizer, p)
-            )
+            source = grads[i] if redistribution == "gradient" else momentum_like(self.optimizer, p)
             if source is None:
                 raise ValueError(
-                    f"redistribution={self.redistribution!r} needs a {self.redistribution} for {name}, "
+                    f"redistribution={redistribution!r} needs a {redistribution} for {name}, "
                     "and there is none (an optimizer without momentum, or no gradient). Use "
                     "redistribution='gradient' or None."
                 )

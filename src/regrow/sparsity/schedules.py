@@ -60,16 +60,73 @@ def gmp_sparsity(step: int, final_sparsity: float, begin: int, end: int) -> floa
     return final_sparsity * (1.0 - (1.0 - progress) ** 3)
 
 
-def gmp_active_count(step: int, size: int, final_active: int, begin: int, end: int) -> int:
-    """Active weights of a layer at ``step`` under the cubic schedule.
-
-    The layer goes from ``size`` to ``final_active`` weights; the pruned share follows
-    :func:`gmp_sparsity` with ``s_f = 1``, so the final count is reached exactly at ``end``.
-    """
-    pruned = math.floor((size - final_active) * gmp_sparsity(step, 1.0, begin, end) + 1e-9)
-    return size - pruned
-
-
 def scaled_step(step: int, total_steps: int) -> int:
     """A step of the paper's CIFAR run mapped to a run of ``total_steps`` (×M runs scale too)."""
     return round(step * total_steps / PAPER_CIFAR_STEPS)
+
+
+@dataclass(frozen=True)
+class PruningSchedule:
+    """Zhu & Gupta gradual magnitude pruning (SPEC §5), the one schedule the Pruning method, the
+    FLOP formulas and ``regrow flops`` share.
+
+    Dense until ``begin``; after the optimizer step at ``begin + k · every`` (``≤ end``) and at
+    ``end``, a layer of ``N`` weights with final budget ``K`` keeps
+    ``N − round_down((N − K)(1 − (1 − p)^3))``, ``p = (t − begin)/(end − begin)``. The defaults are
+    the paper's CIFAR run (97,656 steps, pruning from 20,000 to 75,000 every 1,000).
+    """
+
+    total_steps: int = PAPER_CIFAR_STEPS
+    begin: int = PAPER_PRUNE_BEGIN
+    end: int = PAPER_PRUNE_END
+    every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.every < 1 or not 0 <= self.begin <= self.end:
+            raise ValueError(
+                f"pruning schedule total_steps={self.total_steps}, prune_begin={self.begin}, "
+                f"prune_end={self.end}, delta_t={self.every}: allowed values are total_steps >= 1, "
+                "delta_t >= 1 and 0 <= prune_begin <= prune_end."
+            )
+
+    @classmethod
+    def for_run(
+        cls, total_steps: int, begin: int | None = None, end: int | None = None, every: int = 1000
+    ) -> PruningSchedule:
+        """The schedule of a run of ``total_steps``: a window not given is the paper's, scaled to
+        the run's length (so a ×M run scales it too; SPEC §3, §5)."""
+        return cls(
+            total_steps=total_steps,
+            begin=scaled_step(PAPER_PRUNE_BEGIN, total_steps) if begin is None else begin,
+            end=scaled_step(PAPER_PRUNE_END, total_steps) if end is None else end,
+            every=every,
+        )
+
+    def scaled(self, multiplier: float) -> PruningSchedule:
+        """The schedule of a run ``multiplier`` times longer (t0, t1 × M; ``every`` unchanged)."""
+        return PruningSchedule(
+            total_steps=round(self.total_steps * multiplier),
+            begin=round(self.begin * multiplier),
+            end=round(self.end * multiplier),
+            every=self.every,
+        )
+
+    def is_pruning_step(self, step: int) -> bool:
+        on_grid = (step - self.begin) % self.every == 0
+        return self.begin <= step <= self.end and (on_grid or step == self.end)
+
+    def pruning_steps(self) -> list[int]:
+        """The steps after whose optimizer step the masks are pruned."""
+        steps = list(range(self.begin, self.end + 1, self.every))
+        if steps[-1] != self.end:
+            steps.append(self.end)
+        return steps
+
+    def progress(self, step: int) -> float:
+        """Fraction ``1 − (1 − p)^3`` of the final pruning reached by a pruning at ``step``."""
+        return gmp_sparsity(step, 1.0, self.begin, self.end)
+
+    def active_count(self, step: int, size: int, final_active: int) -> int:
+        """Active weights of a tensor of ``size`` after a pruning at ``step``; exactly
+        ``final_active`` from ``end`` on."""
+        return size - math.floor((size - final_active) * self.progress(step) + 1e-9)

@@ -17,10 +17,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..sparsity.base import REINITS
 from ..sparsity.distributions import DISTRIBUTIONS
-from ..sparsity.redistribution import REDISTRIBUTIONS
-from ..sparsity.schedules import DROP_SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -69,17 +66,38 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    method: str = "rigl"  #: dense | static | set | snfs | rigl | snip | pruning
-    sparsity: float = 0.8
-    distribution: str = "erk"
-    delta_t: int | None = None  #: None: the method's default (100; Pruning 1,000)
-    alpha: float = 0.3
-    t_end_fraction: float = 0.75  #: last mask update, as a fraction of the optimizer steps
-    drop_schedule: str = "cosine"
-    dense_layers: list[str] | None = None  #: None keeps the first layer dense; [] none
-    redistribution: str = "none"
-    reinit: str = "zero"
-    power: float = 1.0
+    """Keys every method shares; a method's own arguments go under ``args``."""
+
+    #: a registered method (dense, static, set, snfs, rigl, snip, pruning, small_dense) or
+    #: package.module:ClassName of your own
+    method: str = "rigl"
+    sparsity: float = 0.8  #: fraction of zero weights over the sparse layers
+    distribution: str = "erk"  #: uniform | er | erk: how the sparsity is split over layers
+    dense_layers: list[str] | None = None  #: kept dense (names or globs); None: the first layer
+    power: float = 1.0  #: ERK exponent (0 is uniform)
+    custom_densities: dict[str, float] = field(default_factory=dict)  #: name → fixed density
+    #: the method's own arguments, e.g. args.delta_t=500 (see `regrow train --print-config`)
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def method_class(self) -> type:
+        from ..sparsity import get_method
+
+        return get_method(self.method)
+
+    def method_args(self) -> Any:
+        """The method's resolved arguments (its ``Args`` dataclass, defaults filled in)."""
+        cls = self.method_class()
+        return cls.Args.from_mapping(self.args, cls.name)
+
+    def plan_keys(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`AllocationPlan.build` and of every sparsifier."""
+        return {
+            "sparsity": self.sparsity,
+            "distribution": self.distribution,
+            "power": self.power,
+            "dense_layers": self.dense_layers,
+            "custom_densities": dict(self.custom_densities) or None,
+        }
 
 
 @dataclass
@@ -155,9 +173,6 @@ INT_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
 #: Value checks the types cannot make: key → (predicate, allowed values). ``None`` always passes.
 RANGES: dict[str, tuple[Any, str]] = {
     "sparsity.sparsity": (lambda v: 0 <= v < 1, "0 <= x < 1"),
-    "sparsity.alpha": (lambda v: 0 < v <= 1, "0 < x <= 1"),
-    "sparsity.t_end_fraction": (lambda v: 0 <= v <= 1, "0 <= x <= 1"),
-    "sparsity.delta_t": INT_AT_LEAST_1,
     "train.epochs": INT_AT_LEAST_1,
     "train.multiplier": (lambda v: v > 0, "x > 0"),
     "train.batch_size": INT_AT_LEAST_1,
@@ -183,16 +198,11 @@ def validate(config: RunConfig) -> None:
     """Check values the types cannot: names against the registries, ranges."""
     from ..data import DATASETS
     from ..models import MODELS
-    from ..sparsity import METHODS
 
     names = {
         "data.name": sorted(DATASETS),
         "model.name": sorted(MODELS),
-        "sparsity.method": sorted(METHODS),
         "sparsity.distribution": DISTRIBUTIONS,
-        "sparsity.drop_schedule": DROP_SCHEDULES,
-        "sparsity.redistribution": REDISTRIBUTIONS,
-        "sparsity.reinit": REINITS,
     }
     for key, allowed in names.items():
         if _get(config, key) not in allowed:
@@ -204,6 +214,20 @@ def validate(config: RunConfig) -> None:
         value = _get(config, key)
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
+    try:
+        cls = config.sparsity.method_class()
+    except ValueError as error:
+        raise ConfigError(f"sparsity.{error}") from None
+    try:
+        cls.Args.from_mapping(config.sparsity.args, cls.name)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"sparsity.args: {error}") from None
+    for name, density in config.sparsity.custom_densities.items():
+        if not 0 <= density <= 1:
+            raise ConfigError(
+                f"sparsity.custom_densities.{name}={density!r} is out of range: allowed values "
+                "are 0 <= x <= 1."
+            )
 
 
 def to_yaml(config: RunConfig) -> str:

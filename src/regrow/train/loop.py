@@ -27,7 +27,6 @@ from tqdm import tqdm
 from ..data import load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
-from ..sparsity import get_method
 from . import distributed
 from .checkpoint import (
     CHECKPOINT,
@@ -157,7 +156,13 @@ def _train(
         config.seed,
     )
     spec = get_model_spec(config.model.name)
-    model = spec(num_classes=data.num_classes, width=config.model.width).to(device)
+    method, method_args = s.method_class(), s.method_args()
+
+    def build(width: float) -> nn.Module:
+        return spec(num_classes=data.num_classes, width=width)
+
+    width = method.model_width(build, config.model.width, method_args, **s.plan_keys())
+    model = build(width).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
@@ -170,21 +175,13 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, t.lr_milestones, t.lr_gamma)
     )
-    sparsifier = get_method(s.method)(
+    sparsifier = method(
         model,
         optimizer,
-        sparsity=s.sparsity,
-        distribution=s.distribution,
         total_steps=total_steps,
-        delta_t=s.delta_t,
-        alpha=s.alpha,
-        t_end=int(s.t_end_fraction * total_steps),
-        dense_layers=s.dense_layers,
         seed=config.seed,
-        power=s.power,
-        drop_schedule=s.drop_schedule,
-        reinit=s.reinit,
-        redistribution=s.redistribution,
+        args=method_args,
+        **s.plan_keys(),
     )
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
     reference = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
@@ -268,7 +265,7 @@ def _train(
         disable=not (t.progress and context.main and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
-    started, seen_update = time.perf_counter(), sparsifier.last_update_step
+    started = time.perf_counter()
     evaluation: dict[str, float] = {}
     with stop_on_signals() as stop:
         while sparsifier.step_count < total_steps:
@@ -288,13 +285,7 @@ def _train(
                     optimizer.step()
                     scheduler.step()
                     bar.update(1)
-                changed = sparsifier.last_update_step != seen_update
-                seen_update = sparsifier.last_update_step
-                flops.step(
-                    sparsifier if changed else None,
-                    dense_backward=sparsifier.dense_gradients_every_step or not stepped,
-                    samples=global_batch,
-                )
+                flops.count_batch(sparsifier, samples=global_batch)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 running["seen"] += global_batch
@@ -361,6 +352,8 @@ def _train(
         "seed": config.seed,
         "model": config.model.name,
         "dataset": config.data.name,
+        "method_args": method_args.as_dict(),
+        "model_width": width,
         "multiplier": t.multiplier,
         "steps": sparsifier.step_count,
         "epochs": epoch,

@@ -4,8 +4,9 @@ from .dense import Dense
 from .pruning import Pruning
 from .rigl import RigL
 from .set import SET
+from .small_dense import SmallDense
 from .snfs import SNFS
 from .snip import SNIP
 from .static import Static
 
-__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "Static"]
+__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SmallDense", "Static"]

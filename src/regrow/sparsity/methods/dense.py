@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Sparsifier, register
+from ..base import Sparsifier, Traits, register
 
 
 @register
@@ -10,4 +10,4 @@ class Dense(Sparsifier):
     """No masks: every weight is trained; ``sparsity`` and ``distribution`` are ignored."""
 
     name = "dense"
-    has_masks = False
+    traits = Traits(masked=False)

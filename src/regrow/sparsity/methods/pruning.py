@@ -2,70 +2,113 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..base import Sparsifier, register, seeded_generator, topk_mask
-from ..schedules import PAPER_PRUNE_BEGIN, PAPER_PRUNE_END, gmp_active_count, scaled_step
+from ..args import MethodArgs, arg, at_least
+from ..base import Sparsifier, Traits, register, seeded_generator, topk_mask
+from ..plan import AllocationPlan
+from ..schedules import PruningSchedule
+
+
+@dataclass(frozen=True)
+class PruningArgs(MethodArgs):
+    delta_t: int = arg(1000, "optimizer steps between pruning steps", at_least(1))
+    prune_begin: int | None = arg(
+        None,
+        "first pruning step (None: the paper's 20,000 of 97,656, scaled to the run)",
+        at_least(0),
+    )
+    prune_end: int | None = arg(
+        None,
+        "last pruning step (None: the paper's 75,000 of 97,656, scaled to the run)",
+        at_least(0),
+    )
+    scope: str = arg(
+        "layer",
+        "layer: each layer to its own target (SPEC §5); global: one magnitude threshold over all "
+        "sparse layers (the reproducibility report's baseline)",
+        choices=("layer", "global"),
+    )
 
 
 @register
 class Pruning(Sparsifier):
-    """Start dense; after the optimizer step at ``prune_begin``, every ``delta_t`` steps (default
-    1,000) and at ``prune_end``, cut each layer to ``N − round_down((N − K)(1 − (1 − p)^3))`` weights
-    by removing its smallest |w|, where ``K`` is the layer's final budget from the distribution.
+    """Start dense; after the optimizer step at ``prune_begin``, every ``delta_t`` steps and at
+    ``prune_end``, remove the smallest |w| down to the cubic schedule's count.
 
-    ``prune_begin``/``prune_end`` default to the paper's 20,000 and 75,000 of 97,656 CIFAR steps,
-    scaled to ``total_steps`` (so a ×M run scales them too).
+    ``scope="layer"``: a layer of ``N`` weights keeps ``N − round_down((N − K)(1 − (1 − p)^3))``,
+    ``K`` its final budget from the distribution. ``scope="global"``: the same count over all sparse
+    layers together (``N``, ``K`` summed), with one threshold, so each layer ends where its weights'
+    magnitudes put it.
     """
 
     name = "pruning"
-    starts_dense = True
-    needs_total_steps = True
-    default_delta_t = 1000
+    Args = PruningArgs
+    traits = Traits(starts_dense=True, needs_total_steps=True)
+    args: PruningArgs
 
-    def __init__(
-        self,
-        *args: Any,
-        prune_begin: int | None = None,
-        prune_end: int | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert self.total_steps is not None
-        self.prune_begin = (
-            scaled_step(PAPER_PRUNE_BEGIN, self.total_steps) if prune_begin is None else prune_begin
-        )
-        self.prune_end = (
-            scaled_step(PAPER_PRUNE_END, self.total_steps) if prune_end is None else prune_end
-        )
-        if not 0 <= self.prune_begin <= self.prune_end:
+        self.schedule = self.schedule_for(self.args, self.total_steps)
+
+    @staticmethod
+    def schedule_for(args: PruningArgs, total_steps: int) -> PruningSchedule:
+        return PruningSchedule.for_run(total_steps, args.prune_begin, args.prune_end, args.delta_t)
+
+    @classmethod
+    def mean_inference_flops(
+        cls, profile: Any, plan: AllocationPlan, args: MethodArgs, total_steps: int
+    ) -> float:
+        from ...flops.training import pruning_mean_flops
+
+        assert isinstance(args, PruningArgs)
+        if args.scope == "global":
             raise ValueError(
-                f"prune_begin={self.prune_begin}, prune_end={self.prune_end}: allowed values are "
-                "0 <= prune_begin <= prune_end."
+                "training FLOPs of scope=global pruning depend on where the trained weights put "
+                "each layer: they are measured during training (train_flops in summary.json), "
+                "not known in closed form. Use scope=layer here."
             )
+        return pruning_mean_flops(profile, plan, cls.schedule_for(args, total_steps))
 
     def update_due(self, step: int) -> bool:
-        in_window = self.prune_begin <= step <= self.prune_end
-        on_grid = (step - self.prune_begin) % self.delta_t == 0
-        return in_window and (on_grid or step == self.prune_end)
+        return self.schedule.is_pruning_step(step)
 
     def scheduled_counts(self, step: int) -> dict[str, int]:
-        """Active weights of each layer after a pruning step at ``step``."""
+        """Active weights of each layer after a layer-scope pruning step at ``step``."""
         return {
-            name: gmp_active_count(
-                step, p.numel(), self.target_counts[name], self.prune_begin, self.prune_end
-            )
+            name: self.schedule.active_count(step, p.numel(), self.target_counts[name])
             for name, p in zip(self.names, self.params, strict=True)
         }
 
+    def scheduled_total(self, step: int) -> int:
+        """Active weights over all sparse layers after a pruning step at ``step``."""
+        size = sum(p.numel() for p in self.params)
+        return self.schedule.active_count(step, size, sum(self.target_counts.values()))
+
     def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        if self.args.scope == "global":
+            return self._global_masks(step)
         counts = self.scheduled_counts(step)
         new = []
         for name, p, active in zip(self.names, self.params, self._active, strict=True):
-            mask = self.masks[name]
             generator = seeded_generator(self.seed, step, "prune/" + name, p.device)
             count = min(counts[name], active)
-            new.append(topk_mask(p.abs(), count, generator, excluded=~mask))
+            new.append(topk_mask(p.abs(), count, generator, excluded=~self.masks[name]))
         return new
+
+    def _global_masks(self, step: int) -> list[torch.Tensor]:
+        magnitudes = torch.cat([p.detach().abs().reshape(-1).float() for p in self.params])
+        active = torch.cat([self.masks[name].reshape(-1) for name in self.names])
+        count = min(self.scheduled_total(step), sum(self._active))
+        generator = seeded_generator(self.seed, step, "prune/global", magnitudes.device)
+        kept = topk_mask(magnitudes, count, generator, excluded=~active)
+        return [
+            piece.view(p.shape)
+            for piece, p in zip(
+                kept.split([p.numel() for p in self.params]), self.params, strict=True
+            )
+        ]

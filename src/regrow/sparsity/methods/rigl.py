@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base import DynamicSparsifier, register
+from ..base import DynamicSparsifier, Traits, register
 
 
 @register
@@ -16,7 +16,12 @@ class RigL(DynamicSparsifier):
     """
 
     name = "rigl"
-    updates_before_step = True
+    traits = Traits(
+        needs_total_steps=True,
+        conserves_active_counts=True,
+        updates_before_step=True,
+        dense_backward="on_update",
+    )
 
     def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
         param = self.params[index]

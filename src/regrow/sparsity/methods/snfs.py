@@ -3,30 +3,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..base import DynamicSparsifier, register
+from ..args import arg, in_range
+from ..base import DynamicArgs, DynamicSparsifier, Traits, register
+
+
+@dataclass(frozen=True)
+class SNFSArgs(DynamicArgs):
+    decay: float = arg(0.9, "decay of the dense-gradient average", in_range(0, 1, high_open=True))
 
 
 @register
 class SNFS(DynamicSparsifier):
     """Drop the smallest |w| after the optimizer step; grow the largest |EMA of dense gradients|.
 
-    The average (decay ``momentum``, default 0.9) is updated on every :meth:`step` with the dense
+    The average (``decay``, default 0.9) is updated on every :meth:`step` with the dense
     gradients, before they are masked. It lives in one flat float32 buffer, so the update is two
     kernels with no host synchronisation; a step whose gradients are not finite leaves it unchanged.
     """
 
     name = "snfs"
-    dense_gradients_every_step = True
+    Args = SNFSArgs
+    traits = Traits(needs_total_steps=True, conserves_active_counts=True, dense_backward="always")
+    args: SNFSArgs
 
-    def __init__(self, *args: Any, momentum: float = 0.9, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum={momentum!r}: allowed values are 0 <= momentum < 1.")
-        self.momentum = float(momentum)
         sizes = [p.numel() for p in self.params]
         device = self.params[0].device if self.params else None
         self.gradient_average = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
@@ -45,7 +51,7 @@ class SNFS(DynamicSparsifier):
             ]
         )
         target = torch.where(flat.isfinite().all(), flat, self.gradient_average)
-        self.gradient_average.lerp_(target, 1.0 - self.momentum)
+        self.gradient_average.lerp_(target, 1.0 - self.args.decay)
 
     def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
         return self._views[index].abs()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Sparsifier, register, seeded_generator, topk_mask
+from ..base import Sparsifier, Traits, register, seeded_generator, topk_mask
 
 
 @register
@@ -13,8 +13,8 @@ class SNIP(Sparsifier):
     from the distribution) and takes no optimizer step. Then training is static."""
 
     name = "snip"
-    starts_dense = True
-    updates_before_step = True
+    # The one dense batch at step 0 is left out of the closed-form FLOPs (it is counted live).
+    traits = Traits(starts_dense=True, updates_before_step=True)
 
     def update_due(self, step: int) -> bool:
         return step == 0

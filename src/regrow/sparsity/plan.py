@@ -1,0 +1,257 @@
+"""The allocation plan: which tensors are sparse, with which density and how many active weights.
+
+One pure, printable object built once from a model (or from tensor shapes) and the keys every
+method shares (sparsity, distribution, ERK power, dense layers, custom densities). The sparsifier
+builds its masks from it, the FLOP API counts at its densities (it has ``.densities()``), and
+``regrow flops`` prints it.
+
+Default layer choice (SPEC §1): the weight of every conv and linear layer and the input
+projections of ``nn.MultiheadAttention`` (its output projection is a linear layer); embeddings,
+normalisation, biases and everything else stay dense and outside the budget. The first candidate,
+the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from .distributions import active_counts, check_distribution, check_sparsity, layer_densities
+
+#: Module types whose ``weight`` is a sparse candidate by default.
+SPARSE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Projection weights of ``nn.MultiheadAttention`` (which of them exist depends on its dims).
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+Role = Literal["sparse", "custom", "dense"]
+
+
+def default_candidates(model: nn.Module) -> list[str]:
+    """FQNs of the default sparse candidates, in registration order."""
+    names = []
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, SPARSE_MODULE_TYPES) and module.weight is not None:
+            names.append(prefix + "weight")
+        elif isinstance(module, nn.MultiheadAttention):
+            names += [prefix + a for a in ATTENTION_WEIGHTS if getattr(module, a) is not None]
+    return names
+
+
+def _matches(pattern: str, param_name: str) -> bool:
+    """An entry names a parameter, its module, or a glob over either."""
+    module_name = param_name.rsplit(".", 1)[0] if "." in param_name else ""
+    return any(
+        name == pattern or fnmatch.fnmatchcase(name, pattern) for name in (param_name, module_name)
+    )
+
+
+def select_sparse(
+    candidates: Sequence[str],
+    dense_layers: Sequence[str] | str | None = None,
+) -> list[str]:
+    """The candidates that become sparse: ``dense_layers=None`` keeps the first (the stem) dense,
+    ``[]`` none; entries are parameter or module names or globs, and one that matches no candidate
+    is a ``ValueError`` naming the candidates."""
+    if not candidates:
+        raise ValueError(
+            "the model has no conv, linear or attention layer to make sparse; name tensors with "
+            "sparse_layers."
+        )
+    if dense_layers is None:
+        return list(candidates[1:])
+    if isinstance(dense_layers, str):
+        dense_layers = [dense_layers]
+    dense: set[str] = set()
+    for pattern in dense_layers:
+        found = {name for name in candidates if _matches(pattern, name)}
+        if not found:
+            raise ValueError(
+                f"dense_layers entry {pattern!r} matches no sparse layer; allowed values are "
+                f"these names (or module names, or glob patterns over them): {list(candidates)}."
+            )
+        dense |= found
+    chosen = [name for name in candidates if name not in dense]
+    if not chosen:
+        raise ValueError(
+            f"dense_layers {list(dense_layers)} keeps every candidate dense ({list(candidates)}): "
+            "no layer would be sparse. Use method=dense for a dense run, or name fewer layers."
+        )
+    return chosen
+
+
+def candidate_shapes(
+    model: nn.Module, sparse_layers: Sequence[str] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """``name → shape`` of the candidates: the default choice, or the parameters matching
+    ``sparse_layers`` (names, module names or globs)."""
+    params = dict(model.named_parameters())
+    if sparse_layers is None:
+        names = default_candidates(model)
+    else:
+        names = []
+        for pattern in sparse_layers:
+            found = [name for name in params if _matches(pattern, name)]
+            if not found:
+                raise ValueError(
+                    f"sparse_layers entry {pattern!r} matches no parameter; "
+                    f"parameters are: {sorted(params)}."
+                )
+            names.extend(name for name in found if name not in names)
+    return {name: tuple(params[name].shape) for name in names}
+
+
+@dataclass(frozen=True)
+class LayerAllocation:
+    """One candidate tensor: ``sparse`` (its density from the distribution), ``custom`` (a density
+    given by name, outside the budget) or ``dense`` (kept dense, unmasked)."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: Role
+    density: float
+    active: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class AllocationPlan:
+    """Per-tensor target densities and active counts (SPEC §1, §2). Build with :meth:`build`."""
+
+    sparsity: float
+    distribution: str
+    power: float
+    layers: tuple[LayerAllocation, ...]
+
+    @classmethod
+    def build(
+        cls,
+        shapes: Mapping[str, Sequence[int]] | nn.Module,
+        sparsity: float = 0.9,
+        distribution: str = "erk",
+        power: float = 1.0,
+        dense_layers: Sequence[str] | str | None = None,
+        custom_densities: Mapping[str, float] | None = None,
+        sparse_layers: Sequence[str] | None = None,
+        masked: bool = True,
+    ) -> AllocationPlan:
+        """The plan for a model (or for ``name → shape`` of its candidates, in order).
+
+        ``masked=False`` (Dense, Small-Dense) lists every candidate as dense.
+        """
+        if isinstance(shapes, nn.Module):
+            shapes = candidate_shapes(shapes, sparse_layers)
+        shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
+        sparsity = check_sparsity(sparsity)
+        distribution = check_distribution(distribution)
+        custom = dict(custom_densities or {})
+        chosen = select_sparse(list(shapes), dense_layers) if masked else []
+        outside = sorted(set(custom) - set(chosen))
+        if masked and outside:
+            raise ValueError(
+                f"custom_densities name {outside}, which are not sparse layers; allowed are: "
+                f"{chosen}."
+            )
+        sparse_shapes = {name: shapes[name] for name in chosen}
+        densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom)
+        counts = active_counts(sparse_shapes, densities)
+        layers = tuple(
+            LayerAllocation(
+                name, shape, "custom" if name in custom else "sparse", densities[name], counts[name]
+            )
+            if name in sparse_shapes
+            else LayerAllocation(name, shape, "dense", 1.0, math.prod(shape))
+            for name, shape in shapes.items()
+        )
+        return cls(sparsity if masked else 0.0, distribution, float(power), layers)
+
+    # --------------------------------------------------------------------------- views
+    @property
+    def masked(self) -> tuple[LayerAllocation, ...]:
+        """The tensors that get a mask (sparse and custom), in model order."""
+        return tuple(layer for layer in self.layers if layer.role != "dense")
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.masked]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.role == "dense"]
+
+    def densities(self) -> dict[str, float]:
+        """Target density of each masked tensor (so a plan can be passed to the FLOP API)."""
+        return {layer.name: layer.density for layer in self.masked}
+
+    def active_counts(self) -> dict[str, int]:
+        return {layer.name: layer.active for layer in self.masked}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {layer.name: layer.shape for layer in self.masked}
+
+    def global_density(self) -> float:
+        total = sum(layer.size for layer in self.masked)
+        return sum(layer.active for layer in self.masked) / total if total else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sparsity": self.sparsity,
+            "distribution": self.distribution,
+            "power": self.power,
+            "layers": [
+                {
+                    "name": x.name,
+                    "shape": list(x.shape),
+                    "role": x.role,
+                    "density": x.density,
+                    "active": x.active,
+                    "size": x.size,
+                }
+                for x in self.layers
+            ],
+        }
+
+    def __str__(self) -> str:
+        rows = [("layer", "shape", "role", "density", "active", "size")]
+        for x in self.layers:
+            rows.append(
+                (
+                    x.name,
+                    "x".join(map(str, x.shape)),
+                    x.role,
+                    f"{x.density:.4f}",
+                    f"{x.active:,}",
+                    f"{x.size:,}",
+                )
+            )
+        masked = self.masked
+        rows.append(
+            (
+                "total (masked)",
+                "",
+                "",
+                f"{self.global_density():.4f}",
+                f"{sum(x.active for x in masked):,}",
+                f"{sum(x.size for x in masked):,}",
+            )
+        )
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        lines = [
+            f"AllocationPlan(sparsity={self.sparsity:g}, distribution={self.distribution!r}, "
+            f"power={self.power:g})"
+        ]
+        for j, row in enumerate(rows):
+            cells = [c.ljust(w) for c, w in zip(row[:3], widths[:3], strict=True)]
+            cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:], strict=True)]
+            lines.append("  ".join(cells).rstrip())
+            if j in (0, len(rows) - 2):
+                lines.append("-" * (sum(widths) + 10))
+        return "\n".join(lines)
