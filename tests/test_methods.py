@@ -500,3 +500,105 @@ def test_the_base_class_refuses_a_method_that_changes_active_counts() -> None:
     sp = Leaky(model, optimizer, sparsity=0.8, total_steps=100, delta_t=10)
     with pytest.raises(RuntimeError, match=r"changed active counts in a mask update \(2.weight"):
         train("mlp", sp, optimizer, 2)
+
+
+# ------------------------------------------------------------------------ method arguments
+def test_an_argument_the_method_lacks_is_an_error_naming_its_arguments() -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match="method static has no argument 'alpha'"):
+        regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.5, alpha=0.3)
+    with pytest.raises(
+        ValueError, match="its arguments are delta_t, prune_begin, prune_end, scope"
+    ):
+        regrow.Pruning(model, OPTIMIZERS["adam"](model.parameters()), total_steps=9, alpha=0.3)
+    with pytest.raises(ValueError, match=r"decay=1\.0 is out of range"):
+        regrow.SNFS(model, OPTIMIZERS["adam"](model.parameters()), total_steps=9, decay=1.0)
+    with pytest.raises(ValueError, match=r"delta_t=2\.5 has the wrong type"):
+        regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=9, delta_t=2.5)
+
+
+def test_resolved_arguments_carry_every_default() -> None:
+    model = MODELS["mlp"][0]()
+    sp = regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=100, alpha=0.4)
+    assert sp.args.as_dict() == {
+        "delta_t": 100,
+        "alpha": 0.4,
+        "t_end_fraction": 0.75,
+        "begin_step": 0,
+        "drop_schedule": "cosine",
+        "reinit": "zero",
+        "redistribution": "none",
+    }
+    given = regrow.RigL.Args(delta_t=7)
+    fresh = MODELS["mlp"][0]()
+    other = regrow.RigL(
+        fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), total_steps=100, args=given
+    )
+    assert other.schedule.delta_t == 7
+
+
+def test_pruning_from_the_cifar10_preset_updates_every_1000_steps() -> None:
+    from regrow.models import get_model
+    from regrow.train import load_config
+
+    config = load_config("cifar10_wrn22_2", ["sparsity.method=pruning", "out_dir=unused"])
+    model = get_model("wrn22_2", width=0.25)
+    sp = config.sparsity.method_class()(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        total_steps=97_656,
+        args=config.sparsity.method_args(),
+        **config.sparsity.plan_keys(),
+    )
+    pruning_steps = [t for t in range(97_656) if sp.update_due(t)]
+    assert pruning_steps == list(range(20_000, 75_001, 1000))
+
+
+# ------------------------------------------------------------------- global-scope pruning
+def test_global_pruning_reaches_the_global_target_on_schedule_with_unequal_layers() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.Pruning(
+        model, optimizer, sparsity=0.9, distribution="uniform", total_steps=200,
+        prune_begin=40, prune_end=140, delta_t=20, scope="global",
+    )  # fmt: skip
+    size = sum(p.numel() for p in sp.params)
+    final = sum(sp.target_counts.values())
+    index = 0
+    for step in range(200):
+        index = train("mlp", sp, optimizer, step + 1, index)
+        last = max((t for t in range(40, step + 1) if sp.update_due(t)), default=None)
+        total = sum(sp.active_counts().values())
+        if last is None:
+            assert total == size
+        else:
+            expected = size - math.floor((size - final) * (1 - (1 - (last - 40) / 100) ** 3) + 1e-9)
+            assert total == expected, step
+    assert sum(sp.active_counts().values()) == final  # exactly the global budget
+    densities = list(sp.densities().values())
+    assert max(densities) - min(densities) > 0.01, "one threshold: layers end unequal"
+    # the kept weights are the globally largest magnitudes at the last pruning step
+    for name, p in zip(sp.names, sp.params, strict=True):
+        assert torch.all(p[~sp.masks[name]] == 0)
+
+
+# ------------------------------------------------------------------------------ Small-Dense
+@pytest.mark.parametrize("model_name", ["wrn22_2", "resnet50_cifar"])
+@pytest.mark.parametrize("sparsity", [0.8, 0.9])
+def test_small_dense_matches_the_sparse_models_non_zeros(model_name: str, sparsity: float) -> None:
+    from regrow.flops import kept_parameter_count, parameter_count
+    from regrow.models import get_model_spec
+    from regrow.sparsity.plan import AllocationPlan
+
+    spec = get_model_spec(model_name)
+
+    def build(width: float) -> nn.Module:
+        return spec(num_classes=spec.num_classes, width=width)
+
+    keys = {"sparsity": sparsity, "distribution": "erk"}
+    width = regrow.SmallDense.model_width(build, 1.0, regrow.SmallDense.Args(), **keys)
+    with torch.device("meta"):
+        full, small = build(1.0), build(width)
+    target = kept_parameter_count(full, AllocationPlan.build(full, **keys))
+    assert width < 1.0
+    assert abs(parameter_count(small) / target - 1) < 0.01

@@ -1,0 +1,90 @@
+"""The allocation plan (SPEC §1, §2): one object for which tensors are sparse, their densities and
+active counts, shared by the sparsifier and the FLOP API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import regrow
+from helpers import MODELS, OPTIMIZERS
+from regrow.sparsity.distributions import active_counts, layer_densities
+from regrow.sparsity.plan import AllocationPlan
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 16)
+        self.attention = nn.MultiheadAttention(16, 2)
+        self.cross = nn.MultiheadAttention(16, 2, kdim=8, vdim=8)  # separate q/k/v weights
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 50)
+
+
+def test_plan_matches_the_distribution_and_lists_dense_layers() -> None:
+    model = MODELS["conv"][0]()
+    plan = AllocationPlan.build(model, 0.8, "erk")
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n.endswith("weight")}
+    sparse = {n: s for n, s in shapes.items() if n in plan.names}
+    assert plan.dense_names == ["0.weight"]  # the stem
+    assert plan.densities() == layer_densities(sparse, 0.8, "erk")
+    assert plan.active_counts() == active_counts(sparse, plan.densities())
+    assert [layer.role for layer in plan.layers] == ["dense", "sparse", "sparse", "sparse"]
+    text = str(plan)
+    assert "0.weight" in text and "dense" in text and "total (masked)" in text
+
+
+def test_a_sparsifier_and_the_flop_api_use_the_same_plan() -> None:
+    model = MODELS["conv"][0]()
+    sp = regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9, seed=1)
+    assert sp.plan == AllocationPlan.build(model, 0.9, "erk")
+    assert sp.active_counts() == sp.plan.active_counts()
+    profile = regrow.profile_model(model, (3, 8, 8))
+    # the plan counts at target densities, the sparsifier at active/size (rounded down)
+    assert profile.inference_flops(sp.plan) == pytest.approx(profile.inference_flops(sp), rel=1e-3)
+
+
+def test_custom_densities_are_outside_the_budget() -> None:
+    model = MODELS["mlp"][0]()
+    plan = AllocationPlan.build(
+        model, 0.5, "uniform", dense_layers=[], custom_densities={"4.weight": 1.0}
+    )
+    roles = {layer.name: layer.role for layer in plan.layers}
+    assert roles == {"0.weight": "sparse", "2.weight": "sparse", "4.weight": "custom"}
+    assert plan.densities() == {"0.weight": 0.5, "2.weight": 0.5, "4.weight": 1.0}
+    with pytest.raises(ValueError, match="not sparse layers"):
+        AllocationPlan.build(model, 0.5, custom_densities={"0.weight": 0.5})  # the dense stem
+
+
+def test_attention_projections_are_sparse_embeddings_and_norms_dense() -> None:
+    model = TinyTransformer()
+    plan = AllocationPlan.build(model, 0.8, "erk", dense_layers=[])
+    assert plan.names == [
+        "attention.in_proj_weight",
+        "attention.out_proj.weight",
+        "cross.q_proj_weight",
+        "cross.k_proj_weight",
+        "cross.v_proj_weight",
+        "cross.out_proj.weight",
+        "head.weight",
+    ]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = regrow.Static(model, optimizer, plan=plan)
+    weight = model.attention.in_proj_weight
+    assert int((weight != 0).sum()) == plan.active_counts()["attention.in_proj_weight"]
+    assert torch.all(model.embedding.weight != 0) and torch.all(model.norm.weight == 1)
+    assert sp.global_density() == pytest.approx(0.2, abs=0.01)
+
+
+def test_keeping_every_layer_dense_is_an_error() -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match="no layer would be sparse"):
+        AllocationPlan.build(model, 0.9, dense_layers=["0", "2", "4"])
+
+
+def test_dense_methods_have_an_all_dense_plan() -> None:
+    model = MODELS["mlp"][0]()
+    sp = regrow.Dense(model, OPTIMIZERS["adam"](model.parameters()))
+    assert sp.names == [] and sp.plan.dense_names == ["0.weight", "2.weight", "4.weight"]
