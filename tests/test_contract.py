@@ -21,7 +21,7 @@ from torch import nn
 
 import regrow
 from helpers import MODELS, OPTIMIZERS, batch, own_args
-from regrow.sparsity.optim_state import state_tensors
+from regrow.sparsity.optim_state import ELEMENTWISE_OPTIMIZERS, state_tensors
 
 STEPS = 240
 
@@ -144,6 +144,35 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
         assert math.isclose(sp.global_density(), 0.2, abs_tol=0.01)
     else:
         assert sp.names == [] and updates == []
+
+
+#: One configuration of every optimizer on regrow's allow-list (each with weight decay).
+ALLOWLISTED = {
+    "SGD": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "Adam": lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=5e-4),
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=5e-2),
+    "NAdam": lambda p: torch.optim.NAdam(p, lr=1e-3, weight_decay=5e-4),
+    "RAdam": lambda p: torch.optim.RAdam(p, lr=1e-3, weight_decay=5e-4),
+    "RMSprop": lambda p: torch.optim.RMSprop(
+        p, lr=1e-3, momentum=0.9, centered=True, weight_decay=5e-4
+    ),
+    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2, initial_accumulator_value=0.1),
+    "Adadelta": lambda p: torch.optim.Adadelta(p, weight_decay=5e-4),
+    "ASGD": lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=5e-4),
+}
+
+
+def test_every_allowlisted_optimizer_is_covered() -> None:
+    assert sorted(ALLOWLISTED) == sorted(ELEMENTWISE_OPTIMIZERS)
+
+
+@pytest.mark.parametrize("optimizer_class", sorted(ALLOWLISTED))
+@pytest.mark.parametrize("method", ["rigl", "set", "pruning"])
+def test_contract_over_every_allowlisted_optimizer(
+    method: str, optimizer_class: str, monkeypatch
+) -> None:
+    monkeypatch.setitem(OPTIMIZERS, optimizer_class, ALLOWLISTED[optimizer_class])
+    test_contract(method, "mlp", optimizer_class)
 
 
 @pytest.mark.parametrize("method", ["rigl", "set", "snfs"])

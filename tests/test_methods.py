@@ -602,3 +602,10 @@ def test_small_dense_matches_the_sparse_models_non_zeros(model_name: str, sparsi
     target = kept_parameter_count(full, AllocationPlan.build(full, **keys))
     assert width < 1.0
     assert abs(parameter_count(small) / target - 1) < 0.01
+
+
+def test_a_second_sparsifier_on_a_sparsified_model_is_an_error() -> None:
+    model = MODELS["mlp"][0]()
+    regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9)
+    with pytest.raises(ValueError, match="already has masks"):
+        regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.5, total_steps=9)

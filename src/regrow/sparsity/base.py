@@ -219,6 +219,14 @@ class Sparsifier:
         if missing:
             raise ValueError(f"the plan names {missing}, which are not parameters of the model.")
         self.params = [all_params[name] for name in self.names]
+        masked_already = [name for name in self.names if mask_utils.has_mask(model, name)]
+        if masked_already:
+            raise ValueError(
+                f"the model already has masks for {masked_already[:3]}"
+                f"{' …' if len(masked_already) > 3 else ''} from another sparsifier: build one "
+                "sparsifier per model (to continue a run, build it on a fresh model and call "
+                "load_state_dict)."
+            )
         check_optimizer(
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
         )

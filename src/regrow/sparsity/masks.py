@@ -21,6 +21,12 @@ def owner(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(module_name) if module_name else model), attr
 
 
+def has_mask(model: nn.Module, param_name: str) -> bool:
+    """Whether ``param_name`` already has a mask buffer (a sparsifier was built on the model)."""
+    module, attr = owner(model, param_name)
+    return attr + MASK_SUFFIX in dict(module.named_buffers(recurse=False))
+
+
 def register_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Register each mask as a persistent buffer ``<param>_mask`` next to its parameter."""
     for name, mask in masks.items():

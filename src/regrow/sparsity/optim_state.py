@@ -13,15 +13,16 @@ from collections.abc import Iterable
 import torch
 
 #: torch.optim classes whose state tensors are either shaped like the parameter (elementwise)
-#: or scalars (step counters). Rprop is left out on purpose: zeroing its per-weight step size
-#: would freeze a new connection for ever.
+#: or scalars (step counters), and whose step keeps the state of an inactive weight (zero weight,
+#: zero gradient) exactly zero, so the contract holds without re-masking state every step. Left
+#: out on purpose: Rprop (zeroing its per-weight step size would freeze a new connection for ever)
+#: and Adamax (its step writes ``eps`` into ``exp_inf`` at every position, active or not).
 ELEMENTWISE_OPTIMIZERS: tuple[str, ...] = (
     "SGD",
     "Adam",
     "AdamW",
     "NAdam",
     "RAdam",
-    "Adamax",
     "RMSprop",
     "Adagrad",
     "Adadelta",
@@ -41,10 +42,10 @@ def check_optimizer(
     known = any(cls.__name__ in ELEMENTWISE_OPTIMIZERS for cls in type(optimizer).__mro__)
     if not (known or elementwise):
         raise ValueError(
-            f"optimizer {kind} is not known to keep elementwise state, so regrow cannot zero its "
-            f"state at new connections. Supported: {', '.join(ELEMENTWISE_OPTIMIZERS)}. If every "
+            f"optimizer {kind} is not one regrow knows to keep elementwise state that stays zero "
+            f"at inactive weights. Supported: {', '.join(ELEMENTWISE_OPTIMIZERS)}. If every "
             f"state tensor of {kind} is shaped like its parameter or is a scalar, pass "
-            "elementwise_optimizer=True."
+            "elementwise_optimizer=True (inactive state is then zeroed at every mask update)."
         )
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for name, p in params.items() if id(p) not in in_optimizer]
