@@ -52,7 +52,7 @@ def test_rigl_grows_exactly_the_top_k_gradients_with_ties() -> None:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(16, 16, generator=generator)
     model, _optimizer, sp = one_layer(
-        "rigl", weight, sparsity=0.75, distribution="uniform", total_steps=100, alpha=0.5
+        "rigl", weight, sparsity=0.75, distribution="uniform", total_steps=200, alpha=0.5
     )
     old = sp.masks["fc.weight"].clone()
     w_before = model.fc.weight.detach().clone()
@@ -362,7 +362,9 @@ def test_masks_do_not_depend_on_the_global_rng() -> None:
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
         model = MODELS["mlp"][0]()
-        sp = regrow.SET(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9, total_steps=10)
+        sp = regrow.SET(
+            model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9, total_steps=10, delta_t=5
+        )
         masks.append(sp.masks)
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
 
@@ -459,7 +461,7 @@ def test_parameter_not_in_the_optimizer() -> None:
 def test_optimizers_with_state_regrow_cannot_mask_are_refused(optimizer_class) -> None:
     model = MODELS["mlp"][0]()
     with pytest.raises(ValueError, match="elementwise"):
-        regrow.RigL(model, optimizer_class(model.parameters()), sparsity=0.5, total_steps=10)
+        regrow.RigL(model, optimizer_class(model.parameters()), sparsity=0.5, total_steps=200)
 
 
 def test_unknown_elementwise_optimizer_accepted_when_declared() -> None:
@@ -476,7 +478,7 @@ def test_unknown_elementwise_optimizer_accepted_when_declared() -> None:
 
     model = MODELS["mlp"][0]()
     with pytest.raises(ValueError, match="elementwise_optimizer=True"):
-        regrow.RigL(model, MySGD(model.parameters()), sparsity=0.5, total_steps=10)
+        regrow.RigL(model, MySGD(model.parameters()), sparsity=0.5, total_steps=200)
     optimizer = MySGD(model.parameters())
     sp = regrow.RigL(
         model, optimizer, sparsity=0.5, total_steps=40, delta_t=5, elementwise_optimizer=True
@@ -519,7 +521,7 @@ def test_an_argument_the_method_lacks_is_an_error_naming_its_arguments() -> None
 
 def test_resolved_arguments_carry_every_default() -> None:
     model = MODELS["mlp"][0]()
-    sp = regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=100, alpha=0.4)
+    sp = regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=200, alpha=0.4)
     assert sp.args.as_dict() == {
         "delta_t": 100,
         "alpha": 0.4,
@@ -609,3 +611,9 @@ def test_a_second_sparsifier_on_a_sparsified_model_is_an_error() -> None:
     regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.9)
     with pytest.raises(ValueError, match="already has masks"):
         regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.5, total_steps=9)
+
+
+def test_delta_t_longer_than_the_update_window_is_an_error() -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match="delta_t=100 is longer than the update window"):
+        regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=88, delta_t=100)

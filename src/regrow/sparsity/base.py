@@ -606,6 +606,14 @@ class DynamicSparsifier(Sparsifier, ABC):
                 f"{error} Here begin_step={a.begin_step} and T_end = t_end_fraction × total_steps "
                 f"= {self.t_end}."
             ) from None
+        if a.delta_t > self.t_end - a.begin_step:
+            raise ValueError(
+                f"delta_t={a.delta_t} is longer than the update window, steps {a.begin_step} to "
+                f"T_end={self.t_end} (t_end_fraction {a.t_end_fraction} of {self.total_steps} "
+                f"steps): only the update at step {a.begin_step} would happen. Allowed values are "
+                f"delta_t <= {max(self.t_end - a.begin_step, 1)} here; lower delta_t or train "
+                "longer."
+            )
 
     def update_due(self, step: int) -> bool:
         return self.schedule.is_update_step(step)
