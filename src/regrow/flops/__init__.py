@@ -8,6 +8,8 @@
 - :class:`TrainingFlopsCounter`: the same, accumulated step by step inside a training loop.
 - :func:`small_dense_width`, :func:`matching_sparsity`: Small-Dense widths and equal-FLOP
   sparsities.
+- :func:`training_report`, :func:`matching_report`, :func:`small_dense_report`: what
+  ``regrow flops`` prints, for a :class:`FlopsQuery` (a model builder, a method and a run).
 """
 
 from .counter import (
@@ -28,6 +30,18 @@ from .matching import (
     parameter_count,
     small_dense_width,
 )
+from .report import (
+    PAPER_RUNS,
+    FlopsQuery,
+    InputShapeError,
+    PaperRun,
+    matching_report,
+    paper_run,
+    paper_total_steps,
+    resolve_method_args,
+    small_dense_report,
+    training_report,
+)
 from .training import (
     MethodFlops,
     PruningSchedule,
@@ -42,26 +56,36 @@ from .training import (
 
 __all__ = [
     "COUNTED_MODULES",
+    "PAPER_RUNS",
     "FlopProfile",
     "FlopReport",
+    "FlopsQuery",
     "HasDensities",
+    "InputShapeError",
     "LayerFlops",
     "LayerGeometry",
     "MethodFlops",
+    "PaperRun",
     "PruningSchedule",
     "RunningFlops",
     "TrainingFlopsCounter",
     "count_flops",
     "flops_at_sparsity",
     "kept_parameter_count",
+    "matching_report",
     "matching_sparsity",
     "method_training_flops",
+    "paper_run",
+    "paper_total_steps",
     "parameter_count",
     "profile_model",
     "pruning_mean_flops",
     "pruning_segments",
     "resolve_densities",
+    "resolve_method_args",
+    "small_dense_report",
     "small_dense_width",
     "train_flops_per_sample",
     "train_flops_ratio",
+    "training_report",
 ]

@@ -24,60 +24,87 @@ class ConfigError(ValueError):
     """A bad preset, key or value: the message names it and the allowed values."""
 
 
+def described(default: Any, help: str) -> Any:
+    """A config field and its one-line description (``regrow train --print-config`` shows it
+    beside the value; :func:`descriptions` collects them). A list or dict field uses
+    ``field(default_factory=..., metadata={"help": ...})`` directly."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  #: cifar10 | cifar100 | digits
-    root: str = "data"  #: folder holding cifar-10-batches-py/ or cifar-100-python/
-    download: bool = False  #: fetch the official archive (checksum verified) if missing
-    validation_size: int = 0  #: training images held out for validation (report: 5,000)
-    limit_train: int | None = None  #: use only the first N training images
-    augment: bool = True  #: random crop (4-pixel reflect pad) + horizontal flip
+    name: str = described("cifar10", "cifar10 | cifar100 | digits")
+    root: str = described("data", "folder holding cifar-10-batches-py/ or cifar-100-python/")
+    download: bool = described(False, "fetch the official archive (checksum verified) if missing")
+    validation_size: int = described(0, "training images held out for validation (report: 5,000)")
+    limit_train: int | None = described(None, "use only the first N training images")
+    augment: bool = described(True, "random crop (4-pixel reflect pad) + horizontal flip")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "wrn22_2"
-    width: float = 1.0  #: channel multiplier (Small-Dense variants)
+    name: str = described("wrn22_2", "a registered model (see regrow.models.MODELS)")
+    width: float = described(1.0, "channel multiplier (Small-Dense variants)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 250
-    multiplier: float = 1.0  #: ×M: longer runs scale epochs (and so every step-based schedule)
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  #: on weights only (not biases, not normalisation)
-    #: learning-rate milestones as fractions of the optimizer steps (SPEC §8: 30k/60k/90k of 97,656)
-    lr_milestones: list[float] = field(default_factory=lambda: [0.3072, 0.6144, 0.9216])
-    lr_gamma: float = 0.2
-    warmup_epochs: float = 0.0  #: linear warm-up from 0
-    label_smoothing: float = 0.0
-    bf16: bool = False  #: bfloat16 autocast for forward/backward
-    channels_last: bool = False
-    device: str = "auto"  #: auto (cuda if available) | cpu | cuda | cuda:N
-    eval_every: int = 10  #: epochs between evaluations (and always at the end)
-    checkpoint_every: int = 1  #: epochs between checkpoints (and on SIGINT/SIGTERM)
-    stop_at_step: int | None = None  #: checkpoint and stop at this optimizer step (resume later)
-    progress: bool = True  #: tqdm bars (only when stderr is a terminal)
-    tensorboard: bool = False  #: log to out_dir/tensorboard when tensorboard is installed
+    epochs: int = described(250, "epochs of the 1x run")
+    multiplier: float = described(
+        1.0, "×M: longer runs scale epochs (and so every step-based schedule)"
+    )
+    batch_size: int = described(128, "samples per optimizer step, over all processes")
+    lr: float = described(0.1, "peak SGD learning rate")
+    momentum: float = described(0.9, "SGD momentum")
+    nesterov: bool = described(True, "Nesterov momentum")
+    weight_decay: float = described(5e-4, "on weights only (not biases, not normalisation)")
+    lr_milestones: list[float] = field(
+        default_factory=lambda: [0.3072, 0.6144, 0.9216],
+        metadata={
+            "help": "learning-rate milestones as fractions of the optimizer steps "
+            "(SPEC §8: 30k/60k/90k of 97,656)"
+        },
+    )
+    lr_gamma: float = described(0.2, "learning-rate factor at each milestone")
+    warmup_epochs: float = described(0.0, "linear learning-rate warm-up from 0")
+    label_smoothing: float = described(0.0, "label smoothing of the cross-entropy loss")
+    bf16: bool = described(False, "bfloat16 autocast for forward/backward")
+    channels_last: bool = described(False, "channels-last memory format for the model")
+    device: str = described("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
+    eval_every: int = described(10, "epochs between evaluations (and always at the end)")
+    checkpoint_every: int = described(1, "epochs between checkpoints (and on SIGINT/SIGTERM)")
+    stop_at_step: int | None = described(
+        None, "checkpoint and stop at this optimizer step (resume later)"
+    )
+    progress: bool = described(True, "tqdm bars (only when stderr is a terminal)")
+    tensorboard: bool = described(False, "log to out_dir/tensorboard when tensorboard is installed")
 
 
 @dataclass
 class SparsityConfig:
     """Keys every method shares; a method's own arguments go under ``args``."""
 
-    #: a registered method (dense, static, set, snfs, rigl, snip, pruning, small_dense) or
-    #: package.module:ClassName of your own
-    method: str = "rigl"
-    sparsity: float = 0.8  #: fraction of zero weights over the sparse layers
-    distribution: str = "erk"  #: uniform | er | erk: how the sparsity is split over layers
-    dense_layers: list[str] | None = None  #: kept dense (names or globs); None: the first layer
-    power: float = 1.0  #: ERK exponent (0 is uniform)
-    custom_densities: dict[str, float] = field(default_factory=dict)  #: name → fixed density
-    #: the method's own arguments, e.g. args.delta_t=500 (see `regrow train --print-config`)
-    args: dict[str, Any] = field(default_factory=dict)
+    method: str = described(
+        "rigl",
+        "a registered method (dense, static, set, snfs, rigl, snip, pruning, small_dense) or "
+        "package.module:ClassName of your own",
+    )
+    sparsity: float = described(0.8, "fraction of zero weights over the sparse layers")
+    distribution: str = described(
+        "erk", "uniform | er | erk: how the sparsity is split over layers"
+    )
+    dense_layers: list[str] | None = field(
+        default=None,
+        metadata={"help": "kept dense (names or globs); null: the first layer; []: none"},
+    )
+    power: float = described(1.0, "ERK exponent (0 is uniform)")
+    custom_densities: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "name → fixed density, outside the budget"}
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the method's own arguments, e.g. args.delta_t=500"},
+    )
 
     def method_class(self) -> type:
         from ..sparsity import get_method
@@ -102,12 +129,25 @@ class SparsityConfig:
 
 @dataclass
 class RunConfig:
-    seed: int = 0
-    out_dir: str = MISSING  #: the run directory
+    seed: int = described(0, "seeds data order, initialisation and every mask decision")
+    out_dir: str = described(MISSING, "the run directory")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+
+def descriptions(node: Any = None, prefix: str = "") -> dict[str, str]:
+    """Each config key's one-line description by dotted name (``"train.lr"``), in order."""
+    node = RunConfig(out_dir="") if node is None else node
+    found: dict[str, str] = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            found.update(descriptions(value, f"{prefix}{f.name}."))
+        else:
+            found[f"{prefix}{f.name}"] = f.metadata.get("help", "")
+    return found
 
 
 def presets() -> list[str]:

@@ -1,0 +1,81 @@
+"""The ``regrow`` command line as a package, and ``regrow train --print-config``."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import yaml
+
+from regrow.cli import build_parser, main
+from regrow.train import load_config
+from regrow.train.config import descriptions
+
+
+def test_one_module_per_subcommand_and_the_entry_point():
+    for command in ("train", "quickstart", "flops"):
+        module = importlib.import_module(f"regrow.cli.{command}")
+        assert callable(getattr(module, f"add_{command}_parser"))
+        assert callable(getattr(module, f"run_{command}"))
+    assert build_parser().parse_args(["flops"]).command == "flops"
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("regrow") == "regrow.cli:main"
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert main(["flops", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--match-flops" in out and "KEY=VALUE" in out
+
+
+def test_every_config_key_has_a_description():
+    found = descriptions()
+    assert found["sparsity.sparsity"] == "fraction of zero weights over the sparse layers"
+    assert found["out_dir"] == "the run directory"
+    missing = [key for key, text in found.items() if not text.strip()]
+    assert missing == []
+
+
+def comments(text: str) -> dict[str, str]:
+    """``key: value  # comment`` lines → ``{"key: value": "comment"}``."""
+    pairs = (re.match(r"^(\s*\S.*?)\s+# (.*)$", line) for line in text.splitlines())
+    return {m.group(1).strip(): m.group(2) for m in pairs if m}
+
+
+def test_print_config_describes_each_key_and_the_methods_own_arguments(capsys):
+    argv = ["train", "--preset", "quickstart", "out_dir=x", "seed=4", "sparsity.args.alpha=0.5"]
+    assert main([*argv, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    lines = comments(out)
+    assert lines["seed: 4"] == descriptions()["seed"]
+    assert lines["sparsity: 0.97"] == "fraction of zero weights over the sparse layers"
+    assert lines["lr_milestones: [0.5, 0.75]"].startswith("learning-rate milestones")
+    # RigL's arguments, resolved with their defaults, each with its description
+    assert lines["delta_t: 100"] == "optimizer steps between mask updates (ΔT) (default 100)"
+    assert lines["alpha: 0.5"].startswith("initial drop fraction")
+    assert "redistribution: none" in lines
+    assert "  args:" in out and "rigl's" in lines["args:"]
+
+
+def test_print_config_is_loadable_as_a_preset(capsys, tmp_path: Path):
+    overrides = ["out_dir=x", "sparsity.method=pruning", "sparsity.args.delta_t=7"]
+    assert main(["train", "--preset", "cifar10_wrn22_2", *overrides, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "delta_t: 7" in out and "prune_begin: null" in out and "scope: layer" in out
+    path = tmp_path / "printed.yaml"
+    path.write_text(out)
+    assert isinstance(yaml.safe_load(out), dict)
+    printed, original = load_config(str(path)), load_config("cifar10_wrn22_2", overrides)
+    assert printed.sparsity.method_args() == original.sparsity.method_args()
+    printed.sparsity.args, original.sparsity.args = {}, {}
+    assert printed == original
+
+
+@pytest.mark.parametrize("method", ["static", "dense"])
+def test_print_config_of_a_method_without_arguments(capsys, method: str):
+    assert main(["train", "out_dir=x", f"sparsity.method={method}", "--print-config"]) == 0
+    assert "args: {}" in capsys.readouterr().out
