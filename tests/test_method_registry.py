@@ -92,3 +92,19 @@ def test_an_argument_the_method_lacks_is_exit_2_naming_its_arguments(capsys) -> 
 def test_bad_method_settings_are_exit_2(capsys, override: str, message: str) -> None:
     assert main(["train", "--preset", "quickstart", "out_dir=x", override]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_user_method_is_counted_by_regrow_flops() -> None:
+    def flops(method: str) -> dict:
+        command = [
+            sys.executable, "-m", "regrow", "flops", "--model", "wrn22_2", "--json",
+            f"sparsity.method={method}", "sparsity.args.delta_t=50",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    ours, rigl = flops(CLASS), flops("rigl")
+    assert ours["method"] == "noisy_rigl" and ours["method_args"]["noise"] == 0.1
+    assert ours["train_flops_ratio"] == pytest.approx(rigl["train_flops_ratio"])
+    assert 0.3 < ours["train_flops_ratio"] < 0.4  # ERK 0.8 on WRN-22-2 with ΔT = 50
