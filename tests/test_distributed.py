@@ -16,7 +16,7 @@ from torch import nn
 
 import regrow
 from helpers import MODELS, batch, own_args
-from regrow.train import load_config, train
+from regrow.train import RunDir, load_config, train
 
 COMMON = [
     "train.epochs=2", "sparsity.sparsity=0.8", "train.device=cpu", "train.eval_every=1",
@@ -132,6 +132,9 @@ def test_stop_under_ddp_and_resume_on_one_process(tmp_path: Path) -> None:
 
     assert main(["train", "--resume", str(tmp_path / "run"), "train.batch_size=32"]) == 0
     assert main(["train", "--resume", str(tmp_path / "run"), "seed=3"]) == 2  # not overridable
+    start, resume = RunDir(tmp_path / "run").provenance()  # one row each, the first kept
+    assert (start["event"], start["world_size"], start["step"]) == ("start", 2, 0)
+    assert (resume["event"], resume["world_size"], resume["step"]) == ("resume", 1, 30)
     reference = load_config(
         "quickstart", [*overrides, "train.batch_size=32", f"out_dir={tmp_path / 'one'}"]
     )
@@ -145,8 +148,11 @@ def test_stop_under_ddp_and_resume_on_one_process(tmp_path: Path) -> None:
 
 
 def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None:
-    config = load_config("quickstart", [*COMMON, "train.stop_at_step=5", f"out_dir={tmp_path}"])
+    overrides = [*COMMON, *method_overrides("rigl"), "train.stop_at_step=5", f"out_dir={tmp_path}"]
+    config = load_config("quickstart", overrides)
     train(config)
     from regrow.cli import main
 
     assert main(["train", "--resume", str(tmp_path), "train.batch_size=16"]) == 2
+    assert [row["event"] for row in RunDir(tmp_path).provenance()] == ["start"]  # none recorded
+    assert RunDir(tmp_path).state() == "partial"

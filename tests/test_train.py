@@ -15,7 +15,14 @@ import torch
 
 from helpers import own_args, write_cifar10
 from regrow.cli import main
-from regrow.train import CheckpointError, ConfigError, NonFiniteLossError, load_config, train
+from regrow.train import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    RunDir,
+    load_config,
+    train,
+)
 from regrow.train.loop import lr_factor
 
 QUICK = ["train.epochs=3", "train.eval_every=1"]
@@ -103,6 +110,7 @@ def test_two_epoch_cifar_run_through_the_cli_in_a_subprocess(
         "--preset",
         "cifar10_wrn22_2",
         "train.epochs=2",
+        "sparsity.args.delta_t=3",  # 10 steps: updates at 0, 3, 6 (T_end 7)
         *tiny_cifar_overrides(cifar_root),
         f"out_dir={out}",
     ]
@@ -127,7 +135,8 @@ def test_two_epoch_cifar_run_through_the_cli_in_a_subprocess(
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # RigL's update batches spill into a 3rd pass
     assert rows[-1]["step"] == 10 and "test_accuracy" in rows[-1]
-    assert (out / "config.yaml").is_file() and (out / "provenance.json").is_file()
+    assert (out / "config.yaml").is_file()
+    assert [row["event"] for row in RunDir(out).provenance()] == ["start"]
     assert json.loads(result.stdout)["method"] == "rigl"
 
 
@@ -250,15 +259,18 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="already holds a run"):
         train(config)
     other = digits_config(tmp_path, "train.epochs=1", "seed=9")
-    with pytest.raises(CheckpointError, match="different configuration"):
+    with pytest.raises(CheckpointError, match="different configuration") as error:
         train(other, resume=True)
+    assert "seed: 0 saved, 9 now" in str(error.value)
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         train(config, resume=True)
     assert main(["train", "--resume", str(tmp_path)]) == 2
 
 
-def test_quickstart_table_and_plot(tmp_path: Path, capsys) -> None:
+def test_quickstart_table_and_plot(tmp_path: Path, capsys, monkeypatch) -> None:
+    from regrow.experiments import quickstart
+
     assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
     out = capsys.readouterr().out
     for method in ("dense", "static", "set", "rigl"):
@@ -270,7 +282,13 @@ def test_quickstart_table_and_plot(tmp_path: Path, capsys) -> None:
     assert all(len(r["accuracies"]) == 2 for r in results)
     assert results[0]["train_flops_ratio"] == pytest.approx(1.0)
     assert results[3]["inference_flops_ratio"] < 0.1
-    # A second call reuses the finished runs.
+    # A second call reuses the finished runs: it trains nothing.
     stamp = os.path.getmtime(tmp_path / "rigl_s0" / "summary.json")
+    assert RunDir(tmp_path / "rigl_s0").state() == "done"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("quickstart retrained a finished run")
+
+    monkeypatch.setattr(quickstart, "train", no_training)
     assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
     assert os.path.getmtime(tmp_path / "rigl_s0" / "summary.json") == stamp

@@ -42,7 +42,6 @@ __all__ = [
     "CIFAR100_STD",
     "CifarArchive",
     "download_and_extract",
-    "file_md5",
     "load_cifar10",
     "load_cifar100",
     "read_cifar_file",
@@ -257,15 +256,6 @@ def load_cifar100(
 # --------------------------------------------------------------------------------------------
 # Downloading
 # --------------------------------------------------------------------------------------------
-
-
-def file_md5(path: str | os.PathLike[str]) -> str:
-    """The hex MD5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _progress(

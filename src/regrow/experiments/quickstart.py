@@ -6,9 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..train import load_config, train
-from ..train.checkpoint import CHECKPOINT, write_json, write_text
-from ..train.config import to_yaml
+from ..train import RunDir, load_config, train
+from ..train.checkpoint import write_json, write_text
 from .report import aggregate, plot, read_summaries, table
 
 #: The methods compared, each with its own arguments (mask updates every 50 of the ~1,400 steps).
@@ -38,15 +37,10 @@ def run_quickstart(out_dir: str, seeds: int = 3, overrides: list[str] | None = N
                     f"out_dir={run_dir}",
                 ],
             )
-            saved = run_dir / "config.yaml"
-            finished = (
-                (run_dir / "summary.json").is_file()
-                and saved.is_file()
-                and saved.read_text() == to_yaml(config)
-            )
-            if not finished:
+            run = RunDir(run_dir)
+            if not run.is_finished(config):
                 print(f"regrow quickstart: {method}, seed {seed}", file=sys.stderr)
-                result = train(config, resume=(run_dir / CHECKPOINT).is_file())
+                result = train(config, resume=run.has_checkpoint())
                 if result["status"] != "finished":
                     raise KeyboardInterrupt(
                         f"stopped during {run_dir}; run the same command to continue"

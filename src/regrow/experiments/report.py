@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.checkpoint import atomic_write
+from ..train.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,15 @@ class MethodResult:
 
 
 def read_summaries(run_dirs: Iterable[Path]) -> list[dict]:
+    """The ``summary.json`` of each run directory, in order."""
     summaries = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "summary.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the run in {run_dir} has not finished.")
-        summaries.append(json.loads(path.read_text()))
+    for path in run_dirs:
+        summary = RunDir(path).summary()
+        if summary is None or summary.get("status") != "finished":
+            raise FileNotFoundError(
+                f"{RunDir(path).summary_path} is missing: the run in {path} has not finished."
+            )
+        summaries.append(summary)
     return summaries
 
 

@@ -3,12 +3,14 @@
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, load_config, presets
 from .loop import NonFiniteLossError, train
+from .rundir import RunDir
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "NonFiniteLossError",
     "RunConfig",
+    "RunDir",
     "load_config",
     "presets",
     "train",

@@ -1,5 +1,6 @@
-"""Checkpoints and run-directory files, written atomically: a crash leaves the old file or the new
-one, never half of one."""
+"""Atomic writes and the checkpoint file: a crash leaves the old file or the new one, never half of
+one. Which files a run directory holds, and the check that a checkpoint belongs to the run, live in
+:mod:`regrow.train.rundir`."""
 
 from __future__ import annotations
 
@@ -10,23 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-CHECKPOINT = "checkpoint.pt"
-
-#: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
-#: (with train.batch_size × processes kept equal, which the loop checks).
-RESUME_OVERRIDABLE = ("train.batch_size", "train.device", "train.progress", "train.tensorboard")
-
-
-def _comparable(config_yaml: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(OmegaConf.create(config_yaml))
-    assert isinstance(config, dict)
-    for key in RESUME_OVERRIDABLE:
-        section, name = key.split(".")
-        config.get(section, {}).pop(name, None)
-    return config
 
 
 class CheckpointError(RuntimeError):
@@ -58,16 +42,13 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    path = run_dir / CHECKPOINT
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
-    return path
 
 
-def load_checkpoint(run_dir: Path, config_yaml: str) -> dict[str, Any]:
-    """The checkpoint of ``run_dir``; :class:`CheckpointError` if it is missing, unreadable or was
-    written by a run with a different configuration."""
-    path = run_dir / CHECKPOINT
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``; :class:`CheckpointError` if it is missing, unreadable or not a
+    regrow training checkpoint."""
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}: nothing to resume. Start the run without --resume."
@@ -79,16 +60,19 @@ def load_checkpoint(run_dir: Path, config_yaml: str) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}). "
             "Nothing was changed; restore it from a copy, or delete it to start the run over."
         ) from None
-    expected = {"config", "model", "optimizer", "scheduler", "sparsifier", "position", "rng"}
+    expected = {
+        "config",
+        "model",
+        "optimizer",
+        "scheduler",
+        "sparsifier",
+        "flops",
+        "rng",
+        "position",
+    }
     if not isinstance(state, dict) or not expected <= set(state):
         raise CheckpointError(
             f"checkpoint {path} is not a regrow training checkpoint (missing "
             f"{sorted(expected - set(state) if isinstance(state, dict) else expected)})."
-        )
-    if _comparable(state["config"]) != _comparable(config_yaml):
-        raise CheckpointError(
-            f"checkpoint {path} was written with a different configuration than "
-            f"{run_dir / 'config.yaml'}: refusing to mix runs. Resume with the original "
-            "config.yaml, or start a new run directory."
         )
     return state

@@ -1,19 +1,19 @@
-"""What a run directory records besides checkpoints: provenance, metrics rows, TensorBoard."""
+"""Provenance (what ran where) and the metrics log with its optional TensorBoard mirror."""
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import __version__
 
-METRICS = "metrics.jsonl"
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def git_revision() -> str | None:
@@ -44,6 +44,7 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(device: torch.device, world_size: int = 1) -> dict[str, Any]:
+    """Package, git, Python, torch and CUDA versions, the device and host, the process count."""
     return {
         "world_size": world_size,
         "regrow_version": __version__,
@@ -58,10 +59,11 @@ def provenance(device: torch.device, world_size: int = 1) -> dict[str, Any]:
 
 
 class MetricsLog:
-    """``metrics.jsonl``, one JSON object per epoch; optional TensorBoard mirror."""
+    """Rows of ``metrics.jsonl`` (through the :class:`~regrow.train.rundir.RunDir`), mirrored to
+    TensorBoard when asked for and installed."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
-        self.path = run_dir / METRICS
+    def __init__(self, run_dir: RunDir, tensorboard: bool) -> None:
+        self.run_dir = run_dir
         self.writer = None
         if tensorboard:
             try:
@@ -72,26 +74,12 @@ class MetricsLog:
                     file=sys.stderr,
                 )
             else:
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def truncate_after(self, epoch: int) -> None:
-        """Drop rows past ``epoch`` (written after the checkpoint a resume starts from)."""
-        if not self.path.exists():
-            return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        kept = "".join(json.dumps(row) + "\n" for row in rows if row["epoch"] <= epoch)
-        self.path.write_text(kept)
+                self.writer = SummaryWriter(str(run_dir.tensorboard_path))
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        self.run_dir.append_metrics(row)
         if self.writer is not None:
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "epoch":
                     self.writer.add_scalar(key, value, row["step"])
             self.writer.flush()
-
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

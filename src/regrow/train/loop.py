@@ -1,13 +1,16 @@
 """One flat training loop, using the library exactly as a user would (ARCHITECTURE: the harness).
 
-``train(config)`` builds data, model, optimizer, LR schedule and sparsifier from a
-:class:`~regrow.train.config.RunConfig`, trains for ``epochs × multiplier`` epochs worth of
-optimizer steps, and writes the run directory: ``config.yaml``, ``provenance.json``,
-``metrics.jsonl`` (a row per epoch), ``checkpoint.pt`` (atomic; every ``checkpoint_every`` epochs,
-at the end, at ``stop_at_step`` and on SIGINT/SIGTERM) and ``summary.json``. ``train(config,
-resume=True)`` continues from the checkpoint bit-identically on the CPU: the data order is a
-function of (seed, epoch), and model, optimizer, LR schedule, sparsifier, FLOP counter, RNG states
-and the position inside the epoch are restored.
+``train(config)`` builds data, model, optimizer, LR schedule, sparsifier and FLOP counter from a
+:class:`~regrow.train.config.RunConfig` (:func:`build`), loads a checkpoint into them on a resume
+(:func:`restore`), then runs :func:`train_step` over passes of the data (:func:`train_epoch`) until
+``epochs × multiplier`` epochs' worth of optimizer steps are done, and writes the summary
+(:func:`summarize`). What the run directory holds, its states, and what each metric name means:
+:mod:`regrow.train.rundir`.
+
+Checkpoints are written every ``checkpoint_every`` passes, at the end, at ``stop_at_step`` and on
+SIGINT/SIGTERM. ``train(config, resume=True)`` continues bit-identically on the CPU: the data order
+is a function of (seed, epoch), and model, optimizer, LR schedule, sparsifier, FLOP counter, RNG
+states and the position inside the pass are restored.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +28,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import load_dataset
+from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
+from ..sparsity import Sparsifier
 from . import distributed
-from .checkpoint import (
-    CHECKPOINT,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-    write_text,
-)
+from .checkpoint import CheckpointError
 from .config import RunConfig, to_yaml
 from .logging import MetricsLog, provenance
+from .rundir import RunDir
 
 LOG_EVERY = 50  #: optimizer steps between loss checks and progress-bar updates (one host sync)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became inf/NaN; the last good checkpoint was kept."""
-
-
-class StopRequested(Exception):
-    """SIGINT/SIGTERM or ``stop_at_step``: checkpoint at the next batch boundary and return."""
 
 
 def select_device(name: str) -> torch.device:
@@ -113,259 +108,359 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+#: ``train`` settings recorded in ``summary.json`` (with the run's method, plan, model, data, seed).
+SUMMARY_TRAIN_KEYS = (
+    "epochs", "multiplier", "batch_size", "lr", "lr_milestones", "lr_gamma", "warmup_epochs",
+    "momentum", "nesterov", "weight_decay", "label_smoothing",
+)  # fmt: skip
+
+
+@dataclass
+class Run:
+    """What :func:`build` makes: fixed for the life of the run."""
+
+    config: RunConfig
+    context: distributed.Context
+    device: torch.device
+    run_dir: RunDir
+    data: DatasetSplits
+    model: nn.Module
+    network: nn.Module  #: ``model``, or DDP around it under torchrun (the forward pass only)
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sparsifier: Sparsifier
+    flops: TrainingFlopsCounter
+    loader: Any  #: the training DeviceLoader
+    criterion: nn.Module
+    log: MetricsLog
+    width: float  #: the model's width multiplier (Small-Dense solves its own)
+    dense_flops: float  #: f_D: forward FLOPs of one sample through the full-width dense model
+    total_steps: int
+    samples_1x: int  #: training samples of the 1× run (of ``train.epochs`` epochs)
+
+    @property
+    def global_batch(self) -> int:
+        return self.loader.global_batch_size
+
+    def train_flops_ratio(self) -> float:
+        """Training FLOPs so far ÷ dense training of the whole 1× run (rundir's glossary)."""
+        return self.flops.train_flops / (3.0 * self.dense_flops * self.samples_1x)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is. All but ``since`` goes into the checkpoint."""
+
+    epoch: int = 0  #: the pass over the training data
+    batch: int = 0  #: batches of this pass done
+    loss: float = 0.0  #: loss × samples of this pass (after a pass or a stop: over every rank)
+    correct: float = 0.0  #: correct predictions of this pass (likewise)
+    seen: int = 0  #: samples of this pass, over every rank
+    elapsed: float = 0.0  #: seconds trained in earlier sessions
+    since: float = field(default_factory=time.perf_counter)  #: when this session's loop began
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.since
+
+    def next_pass(self) -> None:
+        self.epoch, self.batch, self.loss, self.correct, self.seen = self.epoch + 1, 0, 0.0, 0.0, 0
+
+    def position(self) -> dict[str, Any]:
+        sums = {"loss": self.loss, "correct": self.correct, "seen": self.seen}
+        return {"epoch": self.epoch, "batch": self.batch, **sums, "elapsed": self.seconds()}
+
+
 def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) one training run; returns the summary (also written to summary.json).
+    """Run (or resume) one training run; returns the summary (also written to summary.json), or
+    ``{"status": "stopped", …}`` after a requested stop.
 
     Launched by ``torchrun`` with several processes it trains data-parallel (``train.batch_size``
     per rank; rank 0 writes the run directory)."""
     context, device = distributed.setup(select_device(config.train.device))
     try:
-        return _train(config, resume, context, device)
+        # Check the directory before building anything: resume this run, or start in a free one.
+        run_dir = RunDir(config.out_dir)
+        if not resume:
+            run_dir.check_can_start()
+        saved = run_dir.load_checkpoint(config) if resume else None
+        run = build(config, context, device, run_dir)
+        state = restore(run, saved) if saved is not None else LoopState()
+        distributed.barrier(context)  # every rank has looked before rank 0 writes
+        if context.main:
+            info = provenance(device, context.world_size)
+            run_dir.begin(config, info, resume, state.epoch, run.sparsifier.step_count)
+        # From here a failure is the run's: record it (a later start or resume clears it).
+        try:
+            return loop(run, state)
+        except Exception as error:
+            if context.main:
+                run_dir.record_failure(error, step=run.sparsifier.step_count, epoch=state.epoch)
+            raise
     finally:
         distributed.teardown(context)
 
 
-def _train(
-    config: RunConfig, resume: bool, context: distributed.Context, device: torch.device
-) -> dict[str, Any]:
-    run_dir, config_yaml, t, s = (
-        Path(config.out_dir),
-        to_yaml(config),
-        config.train,
-        config.sparsity,
-    )
-    state = load_checkpoint(run_dir, config_yaml) if resume else None
-    if not resume and (run_dir / CHECKPOINT).exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a run ({CHECKPOINT}): continue it with "
-            f"`regrow train --resume {run_dir}`, or choose another out_dir."
-        )
-    distributed.barrier(context)  # every rank has looked before rank 0 writes
-    if context.main:
-        if not resume:
-            write_text(run_dir / "config.yaml", config_yaml)
-        write_json(run_dir / "provenance.json", provenance(device, context.world_size))
-
+def build(
+    config: RunConfig, context: distributed.Context, device: torch.device, run_dir: RunDir
+) -> Run:
+    """Data, model, optimizer, LR schedule, sparsifier and FLOP counter of ``config``."""
+    t, s, d = config.train, config.sparsity, config.data
+    # Data and model (at the width the method trains: Small-Dense solves its own).
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    data = load_dataset(
-        config.data.name,
-        config.data.root,
-        config.data.download,
-        config.data.validation_size,
-        config.data.limit_train,
-        config.seed,
-    )
+    data = load_dataset(d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed)
     spec = get_model_spec(config.model.name)
-    method, method_args = s.method_class(), s.method_args()
 
-    def build(width: float) -> nn.Module:
+    def make(width: float) -> nn.Module:
         return spec(num_classes=data.num_classes, width=width)
 
-    width = method.model_width(build, config.model.width, method_args, **s.plan_keys())
-    model = build(width).to(device)
+    method = s.method_class()
+    width = method.model_width(make, config.model.width, s.method_args(), **s.plan_keys())
+    model = make(width).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Optimizer, the loader (this rank's shard), the LR schedule over every step, the sparsifier.
     optimizer = build_optimizer(model, config)
     shard = {"rank": context.rank, "world_size": context.world_size}
-    augment = config.data.augment and data.augment
+    augment = d.augment and data.augment
     loader = data.train_loader(t.batch_size, config.seed, device, augment=augment, **shard)
-    global_batch, steps_per_epoch = loader.global_batch_size, len(loader)
-    total_steps = round(t.epochs * t.multiplier) * steps_per_epoch
-    warmup = round(t.warmup_epochs * steps_per_epoch)
+    total_steps = round(t.epochs * t.multiplier) * len(loader)
+    warmup = round(t.warmup_epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, t.lr_milestones, t.lr_gamma)
     )
     sparsifier = method(
-        model,
-        optimizer,
-        total_steps=total_steps,
-        seed=config.seed,
-        args=method_args,
+        model, optimizer, total_steps=total_steps, seed=config.seed, args=s.method_args(),
         **s.plan_keys(),
-    )
+    )  # fmt: skip
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
-    reference = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
-    flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, reference)
+    dense_flops = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
+    flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, dense_flops)
+    # Logging, DDP around the model, the loss; the 1× run's samples (train_flops_ratio's base).
     log = MetricsLog(run_dir, t.tensorboard and context.main)
-    network = distributed.wrap(model, context, device)  # forward through DDP; the rest on model
-    torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
-
-    epoch, batch_index, elapsed = 0, 0, 0.0
-    running = {"loss": 0.0, "correct": 0.0, "seen": 0}
-    if state is not None:
-        if state["position"]["global_batch"] != global_batch:
-            raise CheckpointError(
-                f"the checkpoint's global batch is {state['position']['global_batch']}, this "
-                f"run's {global_batch} (train.batch_size × {context.world_size} processes): keep "
-                "batch_size × processes unchanged to resume."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sparsifier.load_state_dict(state["sparsifier"])
-        flops.load_state_dict(state["flops"])
-        if len(state["rng"]) == context.world_size:  # else a new world size: fresh dropout RNG
-            torch.set_rng_state(state["rng"][context.rank]["torch"])
-            if device.type == "cuda" and state["rng"][context.rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng"][context.rank]["cuda"], device)
-        epoch, batch_index = state["position"]["epoch"], state["position"]["batch"]
-        running, elapsed = state["position"]["running"], state["position"]["elapsed"]
-        if context.main:
-            log.truncate_after(epoch - 1)
-
-    def checkpoint() -> Path:
-        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        rng = distributed.gather_objects(
-            {"torch": torch.get_rng_state(), "cuda": cuda_rng}, context
-        )
-        if context.main:
-            position = {
-                "epoch": epoch,
-                "batch": batch_index,
-                "running": running,
-                "global_batch": global_batch,
-                "elapsed": elapsed + time.perf_counter() - started,
-            }
-            save_checkpoint(
-                run_dir,
-                {
-                    "config": config_yaml,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "sparsifier": sparsifier.state_dict(),
-                    "flops": flops.state_dict(),
-                    "rng": rng,
-                    "position": position,
-                },
-            )
-        return run_dir / CHECKPOINT
-
-    def check_finite(loss_sum: torch.Tensor) -> float:
-        """The loss summed over ranks (so every rank decides alike); raise if not finite."""
-        value = float(distributed.all_reduce_sum(loss_sum.detach().clone(), context))
-        if not math.isfinite(value):
-            kept = (
-                f"the last good checkpoint {run_dir / CHECKPOINT} is kept"
-                if (run_dir / CHECKPOINT).exists()
-                else "no checkpoint was written yet"
-            )
-            raise NonFiniteLossError(
-                f"the training loss became {value} by step {sparsifier.step_count} (epoch {epoch}); "
-                f"stopping, {kept}. Lower train.lr, or check the data."
-            )
-        return value
-
+    network = distributed.wrap(model, context, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    bar = tqdm(
-        total=total_steps,
-        initial=sparsifier.step_count,
-        desc=run_dir.name,
-        unit="step",
-        disable=not (t.progress and context.main and sys.stderr.isatty()),
-        dynamic_ncols=True,
-    )
-    started = time.perf_counter()
-    evaluation: dict[str, float] = {}
-    with stop_on_signals() as stop:
-        while sparsifier.step_count < total_steps:
-            loss_sum = torch.tensor(running["loss"], device=device)
-            correct = torch.tensor(running["correct"], device=device)
-            for x, y in loader.batches(epoch, batch_index):
-                batch_index += 1
-                if t.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, torch.bfloat16, enabled=t.bf16):
-                    logits = network(x)
-                loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # under DDP: gradients averaged over ranks here
-                stepped = sparsifier.step()
-                if stepped:
-                    optimizer.step()
-                    scheduler.step()
-                    bar.update(1)
-                flops.count_batch(sparsifier, samples=global_batch)
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                running["seen"] += global_batch
-                if stepped and sparsifier.step_count % LOG_EVERY == 0:
-                    bar.set_postfix(loss=f"{check_finite(loss_sum) / running['seen']:.3f}")
-                if sparsifier.step_count >= total_steps:
-                    break
-                hit_stop = stepped and sparsifier.step_count == t.stop_at_step
-                if distributed.any_rank(bool(stop["signal"]) or hit_stop, device, context):
-                    check_finite(loss_sum)
-                    running.update(loss=float(loss_sum), correct=float(correct))
-                    path = checkpoint()
-                    bar.close()
-                    reason = stop["signal"] or f"stop_at_step={t.stop_at_step}"
-                    print(
-                        f"regrow: stopped ({reason}) at step {sparsifier.step_count}; "
-                        f"checkpoint {path}. Resume: regrow train --resume {run_dir}",
-                        file=sys.stderr,
-                    )
-                    return {
-                        "status": "stopped",
-                        "step": sparsifier.step_count,
-                        "checkpoint": str(path),
-                    }
-            done = sparsifier.step_count >= total_steps
-            train_loss = check_finite(loss_sum) / max(running["seen"], 1)
-            train_correct = float(distributed.all_reduce_sum(correct.clone(), context))
-            row = {
-                "epoch": epoch,
-                "step": sparsifier.step_count,
-                "train_loss": train_loss,
-                "train_accuracy": 100.0 * train_correct / max(running["seen"], 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "density": sparsifier.global_density(),
-                "train_flops": flops.train_flops,
-                "train_flops_ratio": flops.ratio,
-                "seconds": elapsed + time.perf_counter() - started,
-            }
-            if done or (epoch + 1) % t.eval_every == 0:
-                splits = ["validation", "test"] if data.val_x is not None else ["test"]
-                evaluation = {}
-                for split in splits:
-                    key = "val" if split == "validation" else split
-                    loader_ = data.eval_loader(split, device=device, **shard)
-                    evaluation[f"{key}_loss"], evaluation[f"{key}_accuracy"] = evaluate(
-                        model, loader_, t.bf16, context
-                    )
-                row.update(evaluation)
-            if context.main:
-                log.write(row)
-            epoch, batch_index, running = epoch + 1, 0, {"loss": 0.0, "correct": 0.0, "seen": 0}
-            if done or epoch % t.checkpoint_every == 0:
-                checkpoint()
-    bar.close()
+    torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
+    samples_1x = round(t.epochs) * len(loader) * loader.global_batch_size
+    return Run(
+        config=config, context=context, device=device, run_dir=run_dir, data=data, model=model,
+        network=network, optimizer=optimizer, scheduler=scheduler, sparsifier=sparsifier,
+        flops=flops, loader=loader, criterion=criterion, log=log, width=width,
+        dense_flops=dense_flops, total_steps=total_steps, samples_1x=samples_1x,
+    )  # fmt: skip
 
-    inference = profile_model(model, data.input_shape).report(sparsifier)
-    samples_1x = round(t.epochs) * steps_per_epoch * global_batch
-    summary = {
-        "status": "finished",
+
+def restore(run: Run, saved: dict[str, Any]) -> LoopState:
+    """Load a checkpoint into the built objects; returns the loop's position."""
+    position, rank = saved["position"], run.context.rank
+    if position["global_batch"] != run.global_batch:
+        raise CheckpointError(
+            f"the checkpoint's global batch is {position['global_batch']}, this run's "
+            f"{run.global_batch} (train.batch_size × {run.context.world_size} processes): keep "
+            "batch_size × processes unchanged to resume."
+        )
+    # Every object's state, then the RNG (when the world size is the same) and the position.
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.sparsifier.load_state_dict(saved["sparsifier"])
+    run.flops.load_state_dict(saved["flops"])
+    if len(saved["rng"]) == run.context.world_size:  # else a new world size: fresh dropout RNG
+        torch.set_rng_state(saved["rng"][rank]["torch"])
+        if run.device.type == "cuda" and saved["rng"][rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(saved["rng"][rank]["cuda"], run.device)
+    sums = position.get("running", position)  # older checkpoints nested the sums
+    state = LoopState(
+        epoch=position["epoch"], batch=position["batch"], seen=sums["seen"],
+        elapsed=position["elapsed"],
+    )  # fmt: skip
+    if run.context.main:  # the pass's sums so far (over every rank) continue on rank 0
+        state.loss, state.correct = sums["loss"], sums["correct"]
+    return state
+
+
+def loop(run: Run, state: LoopState) -> dict[str, Any]:
+    """Passes over the data until the run's optimizer steps are done; the summary."""
+    t, sparsifier, main = run.config.train, run.sparsifier, run.context.main
+    show = t.progress and main and sys.stderr.isatty()
+    bar = tqdm(
+        total=run.total_steps, initial=sparsifier.step_count, desc=run.run_dir.path.name,
+        unit="step", disable=not show, dynamic_ncols=True,
+    )  # fmt: skip
+    evaluation: dict[str, float] = {}
+    state.since = time.perf_counter()
+    with stop_on_signals() as stop:
+        while sparsifier.step_count < run.total_steps:
+            # One pass (or the rest of one); a requested stop checkpoints and returns.
+            reason = train_epoch(run, state, stop, bar)
+            if reason is not None:
+                bar.close()
+                path = save(run, state)
+                print(
+                    f"regrow: stopped ({reason}) at step {sparsifier.step_count}; checkpoint "
+                    f"{path}. Resume: regrow train --resume {run.run_dir.path}",
+                    file=sys.stderr,
+                )
+                return {"status": "stopped", "step": sparsifier.step_count, "checkpoint": str(path)}
+            # The pass's row (with an evaluation when due), then the next pass; a checkpoint.
+            done = sparsifier.step_count >= run.total_steps
+            row = metrics_row(run, state)
+            if done or (state.epoch + 1) % t.eval_every == 0:
+                evaluation = evaluate_splits(run)
+                row.update(evaluation)
+            if main:
+                run.log.write(row)
+            state.next_pass()
+            if done or state.epoch % t.checkpoint_every == 0:
+                save(run, state)
+    bar.close()
+    return summarize(run, state, evaluation or evaluate_splits(run))
+
+
+def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], bar: tqdm) -> str | None:
+    """The rest of pass ``state.epoch``; the reason if a stop was requested (SIGINT/SIGTERM,
+    ``stop_at_step``), else ``None``. Leaves the pass's sums, over every rank, in ``state``."""
+    t, sparsifier = run.config.train, run.sparsifier
+    loss_sum = torch.tensor(state.loss, device=run.device)  # device tensors: no host sync
+    correct = torch.tensor(state.correct, device=run.device)
+    reason = None
+    for x, y in run.loader.batches(state.epoch, state.batch):
+        batch_loss, batch_correct, stepped = train_step(run, x, y)
+        state.batch, state.seen = state.batch + 1, state.seen + run.global_batch
+        loss_sum += batch_loss
+        correct += batch_correct
+        if stepped:
+            bar.update(1)
+            if sparsifier.step_count % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{finite_loss(run, state, loss_sum) / state.seen:.3f}")
+        if sparsifier.step_count >= run.total_steps:
+            break
+        at_stop = stepped and sparsifier.step_count == t.stop_at_step
+        if distributed.any_rank(bool(stop["signal"]) or at_stop, run.device, run.context):
+            reason = stop["signal"] or f"stop_at_step={t.stop_at_step}"
+            break
+    state.loss = finite_loss(run, state, loss_sum)
+    state.correct = float(distributed.all_reduce_sum(correct.clone(), run.context))
+    return reason
+
+
+def train_step(
+    run: Run, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One batch: forward, loss, backward, the sparsifier's step, the optimizer and LR steps and
+    the batch's FLOPs. Returns loss × samples and the correct predictions (device tensors) and
+    whether an optimizer step was taken (``False``: the batch went to a mask update)."""
+    if run.config.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(run.device.type, torch.bfloat16, enabled=run.config.train.bf16):
+        logits = run.network(x)
+    loss = run.criterion(logits.float(), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP: gradients averaged over ranks here
+    stepped = run.sparsifier.step()  # masks the gradients, or updates the masks instead
+    if stepped:
+        run.optimizer.step()  # the sparsifier's post-hook re-masks the weights
+        run.scheduler.step()
+    run.flops.count_batch(run.sparsifier, samples=run.global_batch)
+    return loss.detach() * len(y), (logits.argmax(1) == y).sum(), stepped
+
+
+def finite_loss(run: Run, state: LoopState, loss_sum: torch.Tensor) -> float:
+    """``loss_sum`` summed over ranks (so every rank decides alike); raise if not finite."""
+    value = float(distributed.all_reduce_sum(loss_sum.detach().clone(), run.context))
+    if not math.isfinite(value):
+        kept = (
+            f"the last good checkpoint {run.run_dir.checkpoint_path} is kept"
+            if run.run_dir.has_checkpoint()
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteLossError(
+            f"the training loss became {value} by step {run.sparsifier.step_count} (epoch "
+            f"{state.epoch}); stopping, {kept}. Lower train.lr, or check the data."
+        )
+    return value
+
+
+def metrics_row(run: Run, state: LoopState) -> dict[str, Any]:
+    """The ``metrics.jsonl`` row of the pass just finished (names: rundir's glossary)."""
+    seen = max(state.seen, 1)
+    return {
+        "epoch": state.epoch,
+        "step": run.sparsifier.step_count,
+        "train_loss": state.loss / seen,
+        "train_accuracy": 100.0 * state.correct / seen,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "density": run.sparsifier.global_density(),
+        "train_flops": run.flops.train_flops,
+        "train_flops_ratio": run.train_flops_ratio(),
+        "seconds": state.seconds(),
+    }
+
+
+def evaluate_splits(run: Run) -> dict[str, float]:
+    """Loss and accuracy on the validation split (if held out) and the test split."""
+    shard = {"rank": run.context.rank, "world_size": run.context.world_size}
+    results = {}
+    for split, key in (("validation", "val"), ("test", "test")):
+        if split == "test" or run.data.val_x is not None:
+            loader = run.data.eval_loader(split, device=run.device, **shard)
+            loss, accuracy = evaluate(run.model, loader, run.config.train.bf16, run.context)
+            results |= {f"{key}_loss": loss, f"{key}_accuracy": accuracy}
+    return results
+
+
+def save(run: Run, state: LoopState) -> Path:
+    """Checkpoint what a resume needs (every rank's RNG state; rank 0 writes); returns its path."""
+    cuda_rng = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
+    rng = distributed.gather_objects(
+        {"torch": torch.get_rng_state(), "cuda": cuda_rng}, run.context
+    )
+    if run.context.main:
+        run.run_dir.save_checkpoint(
+            {
+                "config": to_yaml(run.config),
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "sparsifier": run.sparsifier.state_dict(),
+                "flops": run.flops.state_dict(),
+                "rng": rng,
+                "position": {**state.position(), "global_batch": run.global_batch},
+            }
+        )
+    return run.run_dir.checkpoint_path
+
+
+def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[str, Any]:
+    """``summary.json``: every value that defines the run, then its results and provenance."""
+    config, t, s = run.config, run.config.train, run.config.sparsity
+    defining = {
         "method": s.method,
-        "distribution": s.distribution,
-        "sparsity": 1.0 - sparsifier.global_density(),
+        "method_args": run.sparsifier.args.as_dict(),
         "target_sparsity": s.sparsity,
-        "seed": config.seed,
+        **{k: v for k, v in s.plan_keys().items() if k != "sparsity"},
+        "layer_densities": run.sparsifier.plan.densities(),  # what the distribution resolved to
         "model": config.model.name,
+        "model_width": run.width,
         "dataset": config.data.name,
-        "method_args": method_args.as_dict(),
-        "model_width": width,
-        "multiplier": t.multiplier,
-        "steps": sparsifier.step_count,
-        "epochs": epoch,
-        "global_batch": global_batch,
+        "seed": config.seed,
+        "global_batch": run.global_batch,
+        "total_steps": run.total_steps,
+        **{k: getattr(t, k) for k in SUMMARY_TRAIN_KEYS},
+    }
+    inference = profile_model(run.model, run.data.input_shape).report(run.sparsifier)
+    results = {
+        "steps": run.sparsifier.step_count,
+        "data_passes": state.epoch,
+        "sparsity": 1.0 - run.sparsifier.global_density(),
         **evaluation,
         "inference_flops": inference.inference_flops,
-        "inference_flops_ratio": inference.inference_flops / reference,
-        "train_flops": flops.train_flops,
-        "train_flops_ratio": flops.train_flops / (3.0 * reference * samples_1x),
-        "wall_seconds": elapsed + time.perf_counter() - started,
-        **provenance(device, context.world_size),
+        "inference_flops_ratio": inference.inference_flops / run.dense_flops,
+        "train_flops": run.flops.train_flops,
+        "train_flops_ratio": run.train_flops_ratio(),
+        "wall_seconds": state.seconds(),
     }
-    if context.main:
-        write_json(run_dir / "summary.json", summary)
+    info = provenance(run.device, run.context.world_size)
+    summary = {"status": "finished", **defining, **results, **info}
+    if run.context.main:
+        run.run_dir.write_summary(summary)
     return summary

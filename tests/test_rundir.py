@@ -1,0 +1,171 @@
+"""The run directory: its states, provenance rows, metrics truncation, the summary's record of the
+run, one meaning per metric name, and the check that a resume is the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import regrow
+from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
+from regrow.train.config import to_yaml
+from regrow.train.rundir import RESUME_OVERRIDABLE, differing_keys
+from test_train import digits_config
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# ---------------------------------------------------------------- states, provenance, identity
+def test_new_partial_done_with_a_provenance_row_per_start_and_resume(tmp_path: Path) -> None:
+    config = digits_config(tmp_path, "train.stop_at_step=50")
+    run = RunDir(tmp_path)
+    assert run.state() == "new" and not run.is_finished(config)
+
+    assert train(config)["status"] == "stopped"
+    assert run.state() == "partial" and not run.is_finished(config)
+    (start,) = run.provenance()
+    assert start["event"] == "start" and start["step"] == 0
+    assert start["world_size"] == 1 and "torch_version" in start and "git_revision" in start
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(config)  # a fresh start would overwrite it
+
+    assert train(config, resume=True)["status"] == "finished"
+    assert run.state() == "done" and run.is_finished(config)
+    first, second = run.provenance()
+    assert first == start, "the start row is kept as it was"
+    assert second["event"] == "resume" and second["step"] == 50
+    assert not run.is_finished(digits_config(tmp_path, "train.stop_at_step=50", "seed=1"))
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_failed_after_a_non_finite_loss_and_a_fresh_start_clears_it(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    bad = digits_config(tmp_path, "sparsity.method=dense", "train.lr=1e12", "train.epochs=1")
+    with pytest.raises(NonFiniteLossError):
+        train(bad)
+    assert run.state() == "failed" and not run.has_checkpoint()
+    failure = run.failure()
+    assert failure["error"] == "NonFiniteLossError" and "training loss became" in failure["reason"]
+    assert failure["epoch"] == 0 and "step" in failure
+
+    good = digits_config(tmp_path, "sparsity.method=dense", "train.epochs=1")
+    assert train(good)["status"] == "finished"  # nothing to resume: starting again is allowed
+    assert run.state() == "done" and run.failure() is None
+    assert [row["event"] for row in run.provenance()] == ["start", "start"]
+    assert [row["epoch"] for row in run.metrics()] == [0], "the failed start's rows are gone"
+
+
+def test_resume_after_a_failure_cuts_the_metrics_back_to_the_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Checkpoints every 2 passes; the loss turns NaN in pass 3, after pass 2's row was written
+    but not checkpointed. The resume drops that row, repeats pass 2 and clears the failure."""
+    import regrow.train.loop as loop
+
+    overrides = ["sparsity.method=static", "train.epochs=4", "train.checkpoint_every=2"]
+    full = digits_config(tmp_path / "full", *overrides)
+    train(full)
+
+    config = digits_config(tmp_path / "part", *overrides)
+    original = loop.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = original(self, logits, target)
+        return loss * float("nan") if calls["n"] > 3 * 44 + 10 else loss  # 44 batches a pass
+
+    monkeypatch.setattr(loop.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="is kept"):
+        train(config)
+    run = RunDir(tmp_path / "part")
+    assert run.state() == "failed" and run.has_checkpoint()
+    assert [row["epoch"] for row in run.metrics()] == [0, 1, 2]  # 2 is past the checkpoint
+
+    monkeypatch.setattr(loop.nn.CrossEntropyLoss, "forward", original)
+    assert train(config, resume=True)["status"] == "finished"
+    assert run.state() == "done" and run.failure() is None
+    rows = run.metrics()
+    assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
+    assert without_seconds(rows) == without_seconds(RunDir(tmp_path / "full").metrics())
+
+
+def test_truncate_metrics_keeps_exactly_the_earlier_passes(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    for epoch in range(4):
+        run.append_metrics({"epoch": epoch, "step": 10 * epoch})
+    run.truncate_metrics(2)
+    assert run.metrics() == [{"epoch": 0, "step": 0}, {"epoch": 1, "step": 10}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunDir.METRICS]
+    run.truncate_metrics(0)
+    assert run.metrics() == [] and run.metrics_path.read_text() == ""
+
+
+def test_config_mismatch_names_the_keys_that_differ(tmp_path: Path) -> None:
+    saved = digits_config(tmp_path, "sparsity.method=set")
+    given = digits_config(
+        tmp_path, "sparsity.method=set", "seed=3", "sparsity.args.delta_t=20", "train.batch_size=8"
+    )
+    assert "train.batch_size" in RESUME_OVERRIDABLE
+    assert differing_keys(to_yaml(saved), given) == {
+        "seed": (0, 3),
+        "sparsity.args.delta_t": (10, 20),
+    }
+    with pytest.raises(CheckpointError) as error:
+        RunDir(tmp_path).check_same_run(saved, given, tmp_path / RunDir.CHECKPOINT)
+    message = str(error.value)
+    assert "different configuration" in message
+    assert (
+        "seed: 0 saved, 3 now" in message and "sparsity.args.delta_t: 10 saved, 20 now" in message
+    )
+    assert "train.batch_size" not in message.split("(only")[0]
+
+
+# --------------------------------------------------------------------- summary and metrics
+def test_summary_records_the_run_and_one_meaning_per_metric_name(tmp_path: Path) -> None:
+    config = digits_config(tmp_path, "sparsity.method=rigl")  # delta_t=10, the rest defaults
+    summary = train(config)
+    assert json.loads(RunDir(tmp_path).summary_path.read_text()) == summary
+    defaults = regrow.get_method("rigl").Args().as_dict()
+    assert summary["method_args"] == {**defaults, "delta_t": 10}
+    assert {"alpha", "drop_schedule", "redistribution", "t_end_fraction"} <= set(defaults)
+    expected = {
+        "method": "rigl",
+        "target_sparsity": config.sparsity.sparsity,
+        "distribution": config.sparsity.distribution,
+        "power": config.sparsity.power,
+        "dense_layers": config.sparsity.dense_layers,
+        "custom_densities": None,
+        "model": config.model.name,
+        "model_width": config.model.width,
+        "dataset": "digits",
+        "seed": 0,
+        "multiplier": 1.0,
+        "epochs": 3,
+        "batch_size": config.train.batch_size,
+        "lr": config.train.lr,
+        "lr_milestones": list(config.train.lr_milestones),
+        "lr_gamma": config.train.lr_gamma,
+        "warmup_epochs": config.train.warmup_epochs,
+        "total_steps": 3 * 44,
+        "steps": 3 * 44,
+    }
+    assert {key: summary[key] for key in expected} == expected
+
+    rows = RunDir(tmp_path).metrics()
+    ratios = [row["train_flops_ratio"] for row in rows]
+    assert ratios == sorted(ratios) and ratios[-1] == summary["train_flops_ratio"]
+    assert rows[-1]["train_flops"] == summary["train_flops"]
+    assert 0 < summary["train_flops_ratio"] < 1
+    assert not any("per_sample" in key for key in (*rows[-1], *summary)), "one ratio, one name"
+
+
+def test_train_flops_ratio_of_dense_ends_at_one(tmp_path: Path) -> None:
+    """Dense, 1×: its training FLOPs are exactly the denominator, 3 f_D × the 1× run's samples."""
+    summary = train(digits_config(tmp_path, "sparsity.method=dense", "train.epochs=1"))
+    (row,) = RunDir(tmp_path).metrics()
+    assert row["train_flops_ratio"] == summary["train_flops_ratio"] == pytest.approx(1.0)
