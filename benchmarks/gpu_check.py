@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from regrow.train import load_config, train
+from regrow.train import RunDir, load_config, train
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         if args.limit_train:
             overrides.append(f"data.limit_train={args.limit_train}")
         summary = train(load_config("cifar10_wrn22_2", overrides))
-        metrics = [json.loads(line) for line in (Path(args.out) / method / "metrics.jsonl").open()]
+        metrics = RunDir(Path(args.out) / method).metrics()
         epoch_seconds = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(metrics)]
         rows.append(
             {

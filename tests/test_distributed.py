@@ -96,9 +96,11 @@ def _diverging_worker(rank: int, init_file: str, result_file: str, automatic: bo
         outcome = str(error)
     except Exception:
         outcome = traceback.format_exc()
-    finally:
-        dist.destroy_process_group()
     Path(f"{result_file}.{rank}").write_text(outcome)
+    # Leave without gloo's teardown: after a collective that raised on both ranks, its C++
+    # threads abort the process at exit now and then ("terminate called without an active
+    # exception"), which says nothing about what this test checks (the outcome written above).
+    os._exit(0)
 
 
 @pytest.mark.parametrize("automatic", [False, True])

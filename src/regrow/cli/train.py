@@ -19,8 +19,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Train one run. Start from --preset, then apply dotted key=value overrides, e.g. "
             "`regrow train --preset cifar10_wrn22_2 sparsity.method=set sparsity.sparsity=0.9 "
-            "seed=1 out_dir=runs/set_s1`. The run directory gets config.yaml, provenance.json, "
-            "metrics.jsonl, checkpoint.pt and summary.json. SIGINT/SIGTERM write a checkpoint; "
+            "seed=1 out_dir=runs/set_s1`. The run directory gets config.yaml, provenance.jsonl, "
+            "metrics.jsonl, checkpoint.pt and summary.json (failed.json after an error). SIGINT/SIGTERM write a checkpoint; "
             "`regrow train --resume RUN_DIR` continues it."
         ),
     )

@@ -198,7 +198,6 @@ class TrainingFlopsCounter:
         self._sparse_flops = profile.inference_flops(densities)
         self.train_flops = 0.0
         self.samples = 0
-        self.steps = 0
 
     @classmethod
     def from_model(
@@ -242,7 +241,6 @@ class TrainingFlopsCounter:
         per_sample = 2.0 * f_s + self.dense_flops if dense_backward else 3.0 * f_s
         self.train_flops += per_sample * samples
         self.samples += int(samples)
-        self.steps += 1
         return RunningFlops(self.train_flops, self.ratio)
 
     def count_batch(self, sparsifier: Sparsifier, samples: int) -> RunningFlops:
@@ -258,7 +256,6 @@ class TrainingFlopsCounter:
         return {
             "train_flops": self.train_flops,
             "samples": self.samples,
-            "steps": self.steps,
             "sparse_flops": self._sparse_flops,
         }
 
@@ -266,5 +263,4 @@ class TrainingFlopsCounter:
         """Restore :meth:`state_dict`'s totals (the profile is rebuilt from the model)."""
         self.train_flops = float(state["train_flops"])
         self.samples = int(state["samples"])
-        self.steps = int(state["steps"])
         self._sparse_flops = float(state["sparse_flops"])
