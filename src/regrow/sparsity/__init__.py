@@ -2,17 +2,9 @@
 one base."""
 
 from .args import MethodArgs, arg
-from .base import (
-    METHODS,
-    BatchReport,
-    DynamicArgs,
-    DynamicSparsifier,
-    Sparsifier,
-    Traits,
-    get_method,
-    register,
-)
+from .base import METHODS, BatchReport, Sparsifier, Traits, get_method, register
 from .distributions import DISTRIBUTIONS, active_counts, layer_densities
+from .dynamic import DynamicArgs, DynamicSparsifier
 from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity

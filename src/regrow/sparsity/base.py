@@ -23,10 +23,7 @@ says what the FLOP counter needs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import math
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -36,11 +33,10 @@ import torch.distributed as dist
 from torch import nn
 
 from . import masks as mask_utils
-from .args import MethodArgs, arg, at_least, in_range
-from .optim_state import check_optimizer, momentum_like, zero_state_
+from .args import MethodArgs
+from .optim_state import check_optimizer, zero_state_
 from .plan import AllocationPlan
-from .redistribution import REDISTRIBUTIONS, redistribute
-from .schedules import DROP_SCHEDULES, UpdateSchedule, drop_fraction
+from .selection import seeded_generator, topk_mask
 
 REINITS = ("zero", "kaiming")
 
@@ -83,33 +79,6 @@ def get_method(name: str) -> type[Sparsifier]:
             "(or package.module:ClassName of your own method)."
         )
     return METHODS[key]
-
-
-def seeded_generator(seed: int, step: int, layer: str, device: torch.device) -> torch.Generator:
-    """A generator seeded by (seed, step, layer) alone: the same on every rank and after a resume
-    (SPEC §9), independent of the global RNG."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{layer}".encode(), digest_size=8).digest()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-    return generator
-
-
-def topk_mask(
-    scores: torch.Tensor, k: int, generator: torch.Generator, excluded: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Boolean mask of the ``k`` highest ``scores`` (compared in float32), ``excluded`` never chosen.
-
-    Exact ties are broken by a seeded random permutation rather than by added noise, so values that
-    differ are never reordered and the choice among equal values is reproducible and unbiased.
-    """
-    flat = scores.detach().reshape(-1).float()
-    if excluded is not None:
-        flat = flat.masked_fill(excluded.reshape(-1), -math.inf)
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k > 0:
-        order = torch.randperm(flat.numel(), generator=generator, device=flat.device)
-        chosen[order[torch.topk(flat[order], k, sorted=False).indices]] = True
-    return chosen.view(scores.shape)
 
 
 @dataclass(frozen=True)
@@ -213,20 +182,8 @@ class Sparsifier:
         )
         self.sparsity, self.distribution = self.plan.sparsity, self.plan.distribution
 
-        all_params = dict(model.named_parameters())
         self.names = self.plan.names
-        missing = [name for name in self.names if name not in all_params]
-        if missing:
-            raise ValueError(f"the plan names {missing}, which are not parameters of the model.")
-        self.params = [all_params[name] for name in self.names]
-        masked_already = [name for name in self.names if mask_utils.has_mask(model, name)]
-        if masked_already:
-            raise ValueError(
-                f"the model already has masks for {masked_already[:3]}"
-                f"{' …' if len(masked_already) > 3 else ''} from another sparsifier: build one "
-                "sparsifier per model (to continue a run, build it on a fresh model and call "
-                "load_state_dict)."
-            )
+        self.params = self._sparse_parameters(model)
         check_optimizer(
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
         )
@@ -237,26 +194,46 @@ class Sparsifier:
         self.pending_update = False
         self.last_batch = BatchReport()
         self._stepped = False
-        with torch.no_grad():
-            initial = [
-                torch.ones_like(p, dtype=torch.bool)
-                if self.traits.starts_dense
-                else self._random_mask(p, self.target_counts[name], name)
-                for name, p in zip(self.names, self.params, strict=True)
-            ]
-        self.masks: dict[str, torch.Tensor] = dict(zip(self.names, initial, strict=True))
-        mask_utils.register_masks(model, self.masks)
-        self._mask_values = [m.to(p.dtype) for m, p in zip(initial, self.params, strict=True)]
-        self._active = [int(m.sum()) for m in initial]
-        with torch.no_grad():
-            mask_utils.foreach_mask_(self.params, self._mask_values)
-            zero_state_(optimizer, zip(self.names, self.params, strict=True), initial)
+        self._install_initial_masks()
         self._hook = (
             optimizer.register_step_post_hook(self._after_optimizer_step_hook)
             if attach_hook
             else None
         )
         self.verify_masks_across_ranks("at construction")
+
+    def _sparse_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The plan's tensors, checked to be parameters of ``model`` not yet masked."""
+        all_params = dict(model.named_parameters())
+        missing = [name for name in self.names if name not in all_params]
+        if missing:
+            raise ValueError(f"the plan names {missing}, which are not parameters of the model.")
+        masked_already = [name for name in self.names if mask_utils.has_mask(model, name)]
+        if masked_already:
+            raise ValueError(
+                f"the model already has masks for {masked_already[:3]}"
+                f"{' …' if len(masked_already) > 3 else ''} from another sparsifier: build one "
+                "sparsifier per model (to continue a run, build it on a fresh model and call "
+                "load_state_dict)."
+            )
+        return [all_params[name] for name in self.names]
+
+    @torch.no_grad()
+    def _install_initial_masks(self) -> None:
+        """Full masks (a method that starts dense) or random ones at the plan's counts; weights and
+        optimizer state zeroed where inactive."""
+        initial = [
+            torch.ones_like(p, dtype=torch.bool)
+            if self.traits.starts_dense
+            else self._random_mask(p, self.target_counts[name], name)
+            for name, p in zip(self.names, self.params, strict=True)
+        ]
+        self.masks: dict[str, torch.Tensor] = dict(zip(self.names, initial, strict=True))
+        mask_utils.register_masks(self.model, self.masks)
+        self._mask_values = [m.to(p.dtype) for m, p in zip(initial, self.params, strict=True)]
+        self._active = [int(m.sum()) for m in initial]
+        mask_utils.foreach_mask_(self.params, self._mask_values)
+        zero_state_(self.optimizer, zip(self.names, self.params, strict=True), initial)
 
     # ----------------------------------------------------------------- what a method supplies
     @classmethod
@@ -566,111 +543,3 @@ class Sparsifier:
         """Detach the optimizer hook (the masks stay registered on the model)."""
         if self._hook is not None:
             self._hook.remove()
-
-
-@dataclass(frozen=True)
-class DynamicArgs(MethodArgs):
-    """Arguments every drop-and-grow method shares (Evci et al. 2020, Section 3; SPEC §3, §6)."""
-
-    delta_t: int = arg(100, "optimizer steps between mask updates (ΔT)", at_least(1))
-    alpha: float = arg(0.3, "initial drop fraction α", in_range(0, 1, low_open=True))
-    t_end_fraction: float = arg(
-        0.75, "last mask update, as a fraction of the run (T_end)", in_range(0, 1)
-    )
-    begin_step: int = arg(0, "first step with a mask update", at_least(0))
-    drop_schedule: str = arg("cosine", "how the drop fraction decays", choices=DROP_SCHEDULES)
-    reinit: str = arg("zero", "value of a new connection (kaiming: He normal)", choices=REINITS)
-    redistribution: str = arg(
-        "none",
-        "move regrown weights between layers by a statistic (SPEC §6)",
-        choices=REDISTRIBUTIONS,
-    )
-
-
-class DynamicSparsifier(Sparsifier, ABC):
-    """Drop the smallest-magnitude weights, grow by a method's score (SPEC §3, §4, §6)."""
-
-    Args = DynamicArgs
-    traits = Traits(needs_total_steps=True, conserves_active_counts=True)
-    args: DynamicArgs
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        assert self.total_steps is not None
-        a = self.args
-        self.t_end = int(a.t_end_fraction * self.total_steps)
-        try:
-            self.schedule = UpdateSchedule(a.delta_t, a.begin_step, self.t_end)
-        except ValueError as error:
-            raise ValueError(
-                f"{error} Here begin_step={a.begin_step} and T_end = t_end_fraction × total_steps "
-                f"= {self.t_end}."
-            ) from None
-        if a.delta_t > self.t_end - a.begin_step:
-            raise ValueError(
-                f"delta_t={a.delta_t} is longer than the update window, steps {a.begin_step} to "
-                f"T_end={self.t_end} (t_end_fraction {a.t_end_fraction} of {self.total_steps} "
-                f"steps): only the update at step {a.begin_step} would happen. Allowed values are "
-                f"delta_t <= {max(self.t_end - a.begin_step, 1)} here; lower delta_t or train "
-                "longer."
-            )
-
-    def update_due(self, step: int) -> bool:
-        return self.schedule.is_update_step(step)
-
-    def count_rule(self) -> str | None:
-        return "layer" if self.args.redistribution == "none" else "total"
-
-    def initialize_grown(self, step: int, old: list[torch.Tensor], new: list[torch.Tensor]) -> None:
-        if self.args.reinit != "kaiming":
-            return
-        for name, p, o, n in zip(self.names, self.params, old, new, strict=True):
-            generator = seeded_generator(self.seed, step, "reinit/" + name, p.device)
-            values = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-            p.add_(values * math.sqrt(2.0 / p[0].numel()) * (n & ~o))
-
-    @abstractmethod
-    def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
-        """Score of every position of layer ``index``; the highest among the free ones grow."""
-
-    def drop_fraction(self, step: int) -> float:
-        return drop_fraction(step, self.args.alpha, self.t_end, self.args.drop_schedule)
-
-    def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
-        fraction = self.drop_fraction(step)
-        kept, drops = [], []
-        for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
-            mask, active = self.masks[name], self._active[i]
-            drop = math.floor(fraction * active)
-            generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
-            kept.append(topk_mask(p.abs(), active - drop, generator, excluded=~mask))
-            drops.append(drop)
-        grow_counts = self._grow_counts(drops, kept, grads)
-        new = []
-        for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
-            generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
-            scores = self.grow_scores(step, i, grads[i])
-            new.append(kept[i] | topk_mask(scores, grow_counts[i], generator, excluded=kept[i]))
-        return new
-
-    def _grow_counts(
-        self, drops: list[int], kept: list[torch.Tensor], grads: list[torch.Tensor | None]
-    ) -> list[int]:
-        redistribution = self.args.redistribution
-        if redistribution == "none":
-            return drops
-        stats = []
-        for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
-            source = grads[i] if redistribution == "gradient" else momentum_like(self.optimizer, p)
-            if source is None:
-                raise ValueError(
-                    f"redistribution={redistribution!r} needs a {redistribution} for {name}, "
-                    "and there is none (an optimizer without momentum, or no gradient). Use "
-                    "redistribution='gradient' or None."
-                )
-            mask = self.masks[name]
-            stats.append(
-                float(source.detach().float().abs().mul(mask).sum()) / max(self._active[i], 1)
-            )
-        capacities = [p.numel() - int(k.sum()) for p, k in zip(self.params, kept, strict=True)]
-        return redistribute(sum(drops), stats, capacities)

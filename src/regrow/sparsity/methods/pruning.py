@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from ..args import MethodArgs, arg, at_least
-from ..base import Sparsifier, Traits, register, seeded_generator, topk_mask
+from ..base import Sparsifier, Traits, register
 from ..plan import AllocationPlan
 from ..schedules import PruningSchedule
+from ..selection import seeded_generator, topk_mask
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import DynamicSparsifier, Traits, register
+from ..base import Traits, register
+from ..dynamic import DynamicSparsifier
 
 
 @register

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..base import DynamicSparsifier, register, seeded_generator
+from ..base import register
+from ..dynamic import DynamicSparsifier
+from ..selection import seeded_generator
 
 
 @register

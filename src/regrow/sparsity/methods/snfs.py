@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from ..args import arg, in_range
-from ..base import DynamicArgs, DynamicSparsifier, Traits, register
+from ..base import Traits, register
+from ..dynamic import DynamicArgs, DynamicSparsifier
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Sparsifier, Traits, register, seeded_generator, topk_mask
+from ..base import Sparsifier, Traits, register
+from ..selection import seeded_generator, topk_mask
 
 
 @register
