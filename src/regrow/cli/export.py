@@ -1,0 +1,144 @@
+"""``regrow export RUN_DIR OUT``: the compressed checkpoint and the inference model of a run.
+
+::
+
+    regrow export runs/quickstart exports/quickstart --batch-size 32
+    python -m regrow.cli.export runs/quickstart exports/quickstart
+
+What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built:
+:mod:`regrow.export.inference`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .common import run_harness
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``regrow export``."""
+    from ..export import CSR_MODES
+
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's compressed checkpoint and its inference model",
+        description=(
+            "Export a trained run for deployment. OUT gets compressed.pt (masks bit-packed, only "
+            "active weights stored; regrow.export.load_compressed gives back the state_dict bit "
+            "for bit), model.pt (a torch.fx GraphModule of plain PyTorch modules: dead neurons "
+            "removed, batch norm folded where it follows a conv/linear, linear and 1x1 conv "
+            "layers in CSR where that timed faster at --batch-size; load it with "
+            "torch.load(path, weights_only=False), eval mode only) and export.json (sizes, "
+            "per-layer choices, the output check)."
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a regrow run directory")
+    parser.add_argument("out", metavar="OUT", help="the export directory (new, empty or an export)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="the batch size the CSR-or-dense choice is timed at (default 1)",
+    )
+    parser.add_argument(
+        "--csr",
+        choices=CSR_MODES,
+        default="auto",
+        help="auto: CSR where timed faster (default); always: every eligible layer; never",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
+    )
+    parser.add_argument(
+        "--drop-zero-signs",
+        action="store_true",
+        help="store inactive weights as +0.0 (equal under torch.equal, not bit for bit): saves "
+        "about one bit per inactive weight",
+    )
+    parser.set_defaults(handler=run_export)
+    return parser
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:,.1f} KiB ({size:,} bytes)"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handle ``regrow export``."""
+    from ..export import export_run, load_run
+    from ..export.artifacts import check_out_dir
+
+    def work() -> int:
+        import torch
+
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size}: allowed values are >= 1")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads {args.threads}: allowed values are >= 1")
+            torch.set_num_threads(args.threads)
+        check_out_dir(args.out)  # before the (slow) export
+        masked = load_run(args.run_dir)
+        info, report = export_run(
+            masked, args.out, args.batch_size, args.csr, zero_signs=not args.drop_zero_signs
+        )
+        sizes = info["sizes"]
+        sparsity = "" if masked.sparsity is None else f", sparsity {masked.sparsity:.3f}"
+        print(f"regrow export: {masked.source} ({masked.name}, width {masked.width:g}{sparsity})")
+        print(
+            f"  compressed checkpoint {args.out}/compressed.pt: {_kib(sizes['compressed_bytes'])}"
+        )
+        print(f"  dense checkpoint (model weights, fp32):  {_kib(sizes['dense_bytes'])}")
+        print(f"  ratio compressed/dense: {sizes['ratio']:.3f} ({1 / sizes['ratio']:.1f}x smaller)")
+        print(
+            f"  inference model {args.out}/model.pt (timed at batch size {args.batch_size}, "
+            f"{report.threads} thread(s)):"
+        )
+        print(layer_table(report))
+        if report.model_ms is not None:
+            kept = "kept" if report.csr_layers() else "dropped: every layer dense"
+            print(
+                f"  whole model at batch {args.batch_size}: {report.model_ms['csr']:.4g} ms with "
+                f"the CSR layers, {report.model_ms['dense']:.4g} ms without ({kept})"
+            )
+        for name, (count, why) in report.kept_dead.items():
+            print(f"  {name}: {count} dead output channel(s) kept at full size: {why}")
+        print(f"  outputs match the masked model: max |difference| {report.max_abs_diff:.3g}")
+        return 0
+
+    return run_harness("export", work)
+
+
+def layer_table(report: Any) -> str:
+    """One Markdown table of the exported layers: shape before → after, density, format."""
+    rows = [
+        "| layer | weight before | after | density | format | export timing dense / CSR ms |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for layer in report.layers:
+        timing = f"{layer.dense_ms:.4g} / {layer.csr_ms:.4g}" if layer.csr_ms is not None else "—"
+        fmt = layer.format + (f" (+{layer.folded_batch_norm})" if layer.folded_batch_norm else "")
+        rows.append(
+            f"| {layer.name} | {'×'.join(map(str, layer.shape_before))} | "
+            f"{'×'.join(map(str, layer.shape_after))} | {layer.density:.3f} | {fmt} | {timing} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m regrow.cli.export RUN_DIR OUT [...]`` (the subcommand on its own)."""
+    parser = argparse.ArgumentParser(prog="regrow")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    try:
+        args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

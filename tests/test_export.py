@@ -1,0 +1,342 @@
+"""regrow.export: the compressed checkpoint round-trips bit for bit; the inference model (dead
+neurons removed, batch norm folded, CSR layers) computes what the masked model computes;
+``regrow export`` and ``regrow bench-inference`` on a real run directory; bad inputs exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import regrow
+from helpers import conv_net
+from regrow.cli.bench import add_bench_parser
+from regrow.cli.export import add_export_parser
+from regrow.export import (
+    compress_state_dict,
+    decompress_state_dict,
+    export_model,
+    load_compressed,
+    load_run,
+    pack_bits,
+    size_report,
+    strip_masks,
+    unpack_bits,
+)
+from regrow.export.compress import save_compressed
+from regrow.export.inference import TOLERANCE
+from regrow.models import get_model
+from regrow.sparsity.masks import register_masks
+from regrow.train import load_config, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (the machine may be shared; restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def masked(model: nn.Module, sparsity: float, seed: int = 0, **plan) -> nn.Module:
+    """``model`` with Static (random) masks at ``sparsity``, and random BN statistics (so folding
+    and dead-channel constants are exercised), in eval mode."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    regrow.Static(model, optimizer, sparsity=sparsity, seed=seed, **plan).remove()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                count = module.num_features
+                module.weight.copy_(0.5 + torch.rand(count, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(count, generator=generator))
+                module.running_mean.copy_(0.1 * torch.randn(count, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(count, generator=generator))
+    return model.eval()
+
+
+def ablate(model: nn.Module, layer: str, rows: list[int]) -> None:
+    """Switch off every connection of output neurons ``rows`` of ``layer`` (mask and weight)."""
+    module = model.get_submodule(layer)
+    with torch.no_grad():
+        module.weight_mask[rows] = False
+        module.weight[rows] = 0.0
+
+
+def assert_same_outputs(reference: nn.Module, exported: nn.Module, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        expected, got = reference.eval()(x), exported(x)
+    bound = TOLERANCE * (1 + float(expected.abs().max()))
+    assert float((expected - got).abs().max()) <= bound
+
+
+def batch(shape: tuple[int, ...], size: int = 5) -> torch.Tensor:
+    return torch.randn((size, *shape), generator=torch.Generator().manual_seed(7))
+
+
+# ---------------------------------------------------------------- compressed checkpoint
+def test_bits_are_packed_like_numpy_and_unpack_to_the_same_mask():
+    for count in (1, 7, 8, 9, 301):
+        bits = torch.rand(count, generator=torch.Generator().manual_seed(count)) > 0.5
+        packed = pack_bits(bits)
+        assert packed.dtype == torch.uint8 and packed.numel() == (count + 7) // 8
+        assert np.array_equal(packed.numpy(), np.packbits(bits.numpy()))
+        assert torch.equal(unpack_bits(packed, (count,)), bits)
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return torch.equal(a.view(torch.int32), b.view(torch.int32))
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+def test_compressed_checkpoint_round_trips_bit_for_bit(sparsity):
+    model = masked(get_model("wrn22_2", width=0.25), sparsity)
+    state = model.state_dict()
+    assert any(k.endswith("_mask") for k in state)
+    back = decompress_state_dict(compress_state_dict(state))
+    assert list(back) == list(state)  # every key, masks included, in order
+    for key in state:
+        assert torch.equal(back[key], state[key]), key
+        assert bitwise_equal(back[key], state[key]), key  # -0.0 where a weight was masked too
+    rebuilt = get_model("wrn22_2", width=0.25)
+    register_masks(rebuilt, {k[:-5]: v for k, v in back.items() if k.endswith("_mask")})
+    rebuilt.load_state_dict(back)
+
+
+def test_compressed_file_is_smaller_than_the_dense_one_at_90_percent(tmp_path):
+    model = masked(get_model("wrn22_2", width=0.5), 0.9)
+    state = model.state_dict()
+    sizes = size_report(state)
+    assert sizes["compressed_bytes"] < 0.25 * sizes["dense_bytes"]
+    path = tmp_path / "compressed.pt"
+    save_compressed(state, path)
+    assert path.stat().st_size == sizes["compressed_bytes"]
+    torch.load(path, weights_only=True)  # plain data: no pickled code needed
+    back = load_compressed(path)
+    assert all(bitwise_equal(back[k], state[k]) for k in state)
+    # without the signs of the zeros: smaller, still equal tensor for tensor
+    unsigned = size_report(state, zero_signs=False)
+    assert unsigned["compressed_bytes"] < sizes["compressed_bytes"]
+    plain = decompress_state_dict(compress_state_dict(state, zero_signs=False))
+    assert all(torch.equal(plain[k], state[k]) for k in state)
+
+
+def test_a_tensor_not_zero_where_its_mask_is_off_is_kept_whole():
+    state = {"w": torch.tensor([1.0, 2.0, 3.0]), "w_mask": torch.tensor([True, False, True])}
+    compressed = compress_state_dict(state)
+    assert compressed["entries"]["w"]["kind"] == "tensor"
+    back = decompress_state_dict(compressed)
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["w_mask"], state["w_mask"])
+    with pytest.raises(ValueError, match="not a regrow compressed checkpoint"):
+        decompress_state_dict({"model": {}})
+
+
+# ------------------------------------------------------------------- inference model
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
+@pytest.mark.parametrize("csr", ["never", "always", "auto"])
+def test_mlp_exported_outputs_match(sparsity, csr):
+    model = masked(get_model("digits_mlp"), sparsity, dense_layers=[]).train()
+    exported, report = export_model(model, (64,), batch_size=1, csr=csr, rounds=2)
+    assert model.training  # left in the mode it was in
+    assert_same_outputs(model, exported, batch((64,), 9))  # another batch size than timed
+    formats = {layer.name: layer.format for layer in report.layers}
+    if csr == "auto":  # timed where sparse enough; the choice itself depends on the machine
+        timed = [layer for layer in report.layers if layer.csr_ms is not None]
+        assert {layer.name for layer in timed} == {
+            layer.name for layer in report.layers if layer.density <= 0.5
+        }
+    else:
+        assert set(formats.values()) == ({"dense"} if csr == "never" else {"csr"})
+    assert "regrow" not in exported.code
+
+
+def test_mlp_ablated_neurons_are_removed_and_their_bias_folded():
+    model = masked(get_model("digits_mlp"), 0.9, dense_layers=[])
+    with torch.no_grad():  # non-zero biases: an ablated neuron carries relu(bias) onward
+        model.fc1.bias.copy_(torch.linspace(-0.5, 0.5, 300))
+        model.fc2.bias.copy_(torch.linspace(-0.3, 0.7, 100))
+    ablate(model, "fc1", list(range(0, 300, 3)))  # 100 neurons
+    ablate(model, "fc2", [1, 2, 3, 50])
+    exported, report = export_model(model, (64,), csr="never")
+    assert exported.fc1.out_features <= 200 and exported.fc2.in_features <= 200
+    assert exported.fc2.out_features <= 96 and exported.fc3.in_features <= 96
+    assert exported.fc1.weight.shape[0] == exported.fc2.weight.shape[1]
+    assert report.removed_channels["fc1"] >= 100 and report.removed_channels["fc2"] >= 4
+    assert_same_outputs(model, exported, batch((64,)))
+    # the masked model itself is untouched
+    assert model.fc1.out_features == 300 and model.fc1.weight_mask.shape == (300, 64)
+
+
+@pytest.mark.parametrize("sparsity", [0.7, 0.95])
+def test_small_conv_net_exported_outputs_match(sparsity):
+    model = masked(conv_net(), sparsity)
+    # conv 1 (stride 2, bias) feeds ReLU → the 1×1 conv: ablated rows are folded and removed
+    ablate(model, "3", [0, 5, 9])
+    for csr in ("never", "always"):
+        exported, report = export_model(model, (3, 8, 8), csr=csr)
+        assert_same_outputs(model, exported, batch((3, 8, 8)))
+        assert report.removed_channels.get("3", 0) >= 3
+        assert report.layers[0].folded_batch_norm == "1"  # conv → BN: folded
+    assert {layer.name: layer.format for layer in report.layers}["5"] == "csr"  # the 1×1 conv
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
+def test_wrn_exported_outputs_match(sparsity):
+    model = masked(get_model("wrn22_2", width=0.25), sparsity, seed=3)
+    for csr in ("never", "always"):
+        exported, report = export_model(model, (3, 32, 32), batch_size=2, csr=csr)
+        assert_same_outputs(model, exported, batch((3, 32, 32), 3))
+    csr_layers = report.csr_layers()
+    assert "fc" in csr_layers and "group2.0.shortcut" in csr_layers  # 1×1, stride 2
+    folded = {layer.name: layer.folded_batch_norm for layer in report.layers}
+    assert folded["group1.1.conv1"] == "group1.1.bn2"  # conv → BN folded; pre-activation BN kept
+
+
+def test_wrn_full_width_exported_outputs_match():
+    model = masked(get_model("wrn22_2"), 0.9, seed=1)
+    exported, _ = export_model(model, (3, 32, 32), csr="always")
+    assert_same_outputs(model, exported, batch((3, 32, 32), 2))
+
+
+def test_wrn_ablated_channels_are_removed_where_safe():
+    model = masked(get_model("wrn22_2", width=0.25), 0.9, seed=2)
+    block = model.group2[1]  # conv1 (3×3) → bn2 → relu → dropout → conv2 (3×3, padded)
+    channels = block.conv1.out_channels
+    rows = list(range(0, channels, 2))
+    ablate(model, "group2.1.conv1", rows)
+    with torch.no_grad():  # a dead channel leaves bn2 as β (running mean 0): relu(β) reaches conv2
+        block.bn2.running_mean[rows] = 0.0
+        block.bn2.bias[rows[: len(rows) // 2]] = -0.5  # relu → 0: safe to remove
+        block.bn2.bias[rows[len(rows) // 2 :]] = 0.5  # a constant 0.5 into a padded conv: kept
+    ablate(model, "group3.0.shortcut", [0, 1])  # feeds a residual add: kept at full size
+    exported, report = export_model(model, (3, 32, 32), csr="never")
+    assert_same_outputs(model, exported, batch((3, 32, 32), 2))
+    removed = len(rows) // 2
+    conv1 = exported.get_submodule("group2.1.conv1")
+    assert conv1.out_channels == channels - removed
+    assert exported.get_submodule("group2.1.conv2").in_channels == channels - removed
+    assert report.kept_dead["group2.1.conv1"][0] == len(rows) - removed
+    assert "padded conv" in report.kept_dead["group2.1.conv1"][1]
+    assert exported.get_submodule("group3.0.shortcut").out_channels == 32
+    assert "add" in report.kept_dead["group3.0.shortcut"][1]
+
+
+def test_strip_masks_gives_the_plain_model_with_the_same_weights():
+    model = masked(get_model("digits_mlp"), 0.9)
+    plain = strip_masks(model)
+    assert not [n for n, _ in plain.named_buffers() if n.endswith("_mask")]
+    assert torch.equal(plain.fc2.weight, model.fc2.weight)
+    assert_same_outputs(model, plain, batch((64,)))
+
+
+# ----------------------------------------------------------------- the two commands
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="regrow")
+    subparsers = parser.add_subparsers(dest="command")
+    add_export_parser(subparsers)
+    add_bench_parser(subparsers)
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "quickstart"
+    overrides = [
+        f"out_dir={out}",
+        "train.epochs=1",
+        "sparsity.sparsity=0.9",
+        "sparsity.args.delta_t=10",
+    ]
+    train(load_config("quickstart", overrides))
+    return out
+
+
+def test_export_writes_the_files_and_the_exported_model_matches(digits_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert cli("export", str(digits_run), str(out), "--batch-size", "4") == 0
+    printed = capsys.readouterr().out
+    assert "compressed checkpoint" in printed and "dense checkpoint" in printed
+    assert "ratio compressed/dense" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["compressed.pt", "export.json", "model.pt"]
+    info = json.loads((out / "export.json").read_text())
+    assert info["model"] == "digits_mlp" and info["export"]["batch_size"] == 4
+    assert info["sizes"]["compressed_bytes"] < info["sizes"]["dense_bytes"]
+    # the compressed checkpoint is the run's model state_dict, bit for bit
+    saved = torch.load(digits_run / "checkpoint.pt", weights_only=False)["model"]
+    back = load_compressed(out / "compressed.pt")
+    assert list(back) == list(saved) and all(bitwise_equal(back[k], saved[k]) for k in saved)
+    # the inference model computes what the trained masked model computes
+    exported = torch.load(out / "model.pt", weights_only=False)
+    assert_same_outputs(load_run(digits_run).model, exported, batch((64,), 6))
+    # exporting again into the same OUT overwrites that export
+    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0
+
+
+def test_the_exported_model_loads_without_regrow(digits_run, tmp_path):
+    out = tmp_path / "export"
+    assert cli("export", str(digits_run), str(out), "--csr", "always") == 0
+    script = (
+        "import sys; sys.modules['regrow'] = None\n"  # any import of regrow fails
+        "import torch\n"
+        f"m = torch.load({str(out / 'model.pt')!r}, weights_only=False)\n"
+        "print(tuple(m(torch.rand(3, 64)).shape))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 10)"
+
+
+def test_bench_inference_prints_one_table(digits_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert cli("export", str(digits_run), str(out)) == 0
+    capsys.readouterr()
+    for source in ([str(out)], [str(digits_run)], ["--model", "digits_mlp"]):
+        assert cli("bench-inference", *source, "--rounds", "2", "--threads", "1") == 0
+        printed = capsys.readouterr().out
+        assert "1 thread(s)" in printed and "compressed" in printed
+        table = [line for line in printed.splitlines() if line.startswith("| ")]
+        assert [line.split("|")[1].strip() for line in table[1:]] == [
+            "dense",
+            "masked",
+            "exported",
+        ]
+    assert cli("bench-inference", str(digits_run), "--rounds", "1", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in result["timings"]] == ["dense", "masked", "exported"]
+
+
+def test_bad_inputs_are_one_line_and_exit_2(digits_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (("export", str(empty), str(tmp_path / "o1")), "has no checkpoint.pt"),
+        (("export", str(tmp_path / "missing"), str(tmp_path / "o2")), "not a directory"),
+        (("export", str(digits_run), str(a_file)), "is not a directory"),
+        (("export", str(digits_run), str(digits_run)), "holds no export"),
+        (("export", str(digits_run), str(tmp_path / "o3"), "--batch-size", "0"), "batch-size"),
+        (("bench-inference",), "give RUN_DIR or EXPORT"),
+        (("bench-inference", str(empty)), "has no checkpoint.pt"),
+        (("bench-inference", "--model", "nope"), "allowed values"),
+    ]
+    for argv, message in cases:
+        assert cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err and message in err, (argv, err)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
