@@ -99,6 +99,11 @@ def run_export(args: argparse.Namespace) -> int:
             f"{report.threads} thread(s)):"
         )
         print(layer_table(report))
+        folded = sum(1 for layer in report.layers if layer.folded_batch_norm)
+        print(
+            f"  batch norm: folded into {folded} layer(s) (+name above); the others kept, eval "
+            "mode (running statistics)"
+        )
         if report.model_ms is not None:
             kept = "kept" if report.csr_layers() else "dropped: every layer dense"
             print(

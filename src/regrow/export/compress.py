@@ -16,7 +16,8 @@ Each entry is one of
     a tensor whose mask is the ``bits`` entry ``key``: ``values`` are its elements where the mask is
     set, row-major; every other element is zero. Masking multiplies by 0, which leaves ``-0.0``
     where a weight was negative; ``negative_zeros`` (only when there is one) packs, over the
-    inactive positions, which zeros are negative, so the tensor comes back bit for bit.
+    inactive positions, which zeros are negative, so the tensor comes back bit for bit
+    (``zero_signs=False`` leaves it out: +0.0 everywhere, equal under ``torch.equal``, not bitwise).
 ``{"kind": "tensor", "tensor": tensor}``
     any other tensor as it is (biases, normalisation, a sparse layer's weight that is not zero
     everywhere its mask is off).
