@@ -5,7 +5,7 @@ from .args import MethodArgs, arg
 from .base import METHODS, BatchReport, Sparsifier, Traits, get_method, register
 from .distributions import DISTRIBUTIONS, active_counts, layer_densities
 from .dynamic import DynamicArgs, DynamicSparsifier
-from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, Static
+from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, SRigL, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
 
@@ -25,6 +25,7 @@ __all__ = [
     "Pruning",
     "PruningSchedule",
     "RigL",
+    "SRigL",
     "SmallDense",
     "Sparsifier",
     "Static",

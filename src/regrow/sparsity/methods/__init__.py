@@ -7,6 +7,7 @@ from .set import SET
 from .small_dense import SmallDense
 from .snfs import SNFS
 from .snip import SNIP
+from .srigl import SRigL
 from .static import Static
 
-__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SmallDense", "Static"]
+__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SRigL", "SmallDense", "Static"]

@@ -1,0 +1,287 @@
+"""SRigL: RigL with a constant fan-in and neuron ablation (Lasby et al., "Dynamic Sparse Training
+with Structured Sparsity", ICLR 2024; SPEC §11).
+
+A layer's weight is read as ``[out, fan_in]`` (a conv: out channels × ``c_in·k_h·k_w``); each row
+is one output neuron. Every active neuron has the same number ``k`` of active weights, so the
+layer is a dense ``[out_active, k]`` block of values plus indices (a variant of N:M sparsity).
+
+**Budget.** The distribution gives a layer ``C`` active weights; SRigL gives each of its ``out``
+neurons ``k = round(C / out)`` (halves up), so the layer's budget is ``B = out · k``, within
+``out / 2`` of ``C``. (The authors' reference code rounds down, ``C // out``; the nearest value
+keeps the model's overall density at the requested one instead of always below it, which matters
+for small layers.) :attr:`SRigL.plan`, ``target_counts`` and ``regrow flops`` use these budgets;
+``distribution_counts`` keeps ``C``. A layer with ``k = 0`` is refused. The initial masks pick
+``k`` random positions in every row (seeded per layer).
+
+**The update** (RigL's schedule: α, ΔT, T_end, cosine decay; on the update batch with its dense
+gradient, like RigL). With ``n`` active weights and drop fraction ``f``, ``K = floor(f · n)``:
+
+1. *Saliency* (``ablation=True``). The weights RigL would keep (the ``n − K`` largest ``|w|`` of
+   the active ones, over the layer) or grow (the ``K`` largest ``|∇L|`` of the others) are
+   salient. A neuron with fewer than ``γ_sal · k`` salient weights (``min_salient_fraction``;
+   ``k`` the layer's initial fan-in, as the reference's ``use_sparse_const_fan_in_for_ablation``)
+   is ablated: its row is emptied. Ablation is decided anew at every update, so a neuron whose
+   gradient becomes salient again comes back. At least ``ceil(B / fan_in)`` neurons stay active
+   (the most salient), so that the fan-in fits in a row.
+2. *Fan-in.* With ``a`` active neurons the fan-in is ``k' = B // a``: the layer holds
+   ``a · k' <= B`` weights, its budget up to what a constant fan-in allows.
+3. *Drop* the ``K`` smallest ``|w|`` over the layer (as RigL) and every weight of an ablated
+   neuron; a row still holding more than ``k'`` keeps its ``k'`` largest ``|w|``.
+4. *Grow* each active row back to exactly ``k'`` weights by the largest ``|∇L|`` among its
+   positions not kept (the ones just dropped included). Ties: a seeded random order per row.
+
+**First and last layers.** The stem stays dense through the plan's default (``dense_layers``:
+RigL's convention, and ``keep_first_layer_dense=True`` in the reference README's ResNet-50
+command); made sparse, it is treated as any hidden layer. The output layer (the model's last
+candidate layer in registration order, whose neurons are the classes) is sparse with a constant
+fan-in but never ablated (the reference skips neuron ablation for the last layer).
+
+**Counts.** An update that leaves a layer's number of active neurons unchanged keeps its count
+exactly (always so with ``ablation=False``: ``B``); one that ablates or revives neurons moves it
+to ``a · (B // a)``, which equals ``B`` only when ``a`` divides it. The base class's per-layer
+rule cannot express that, so :meth:`SRigL._check_new_masks` checks SRigL's own invariant.
+
+Which neurons are ablated is a function of the masks alone (their empty rows), so
+:func:`ablated_neurons` works on a checkpoint's ``sparsifier["masks"]`` as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..args import MethodArgs, arg, in_range
+from ..base import Traits, register
+from ..dynamic import DynamicArgs, DynamicSparsifier
+from ..plan import AllocationPlan
+from ..selection import seeded_generator, topk_mask
+
+
+@dataclass(frozen=True)
+class SRigLArgs(DynamicArgs):
+    """RigL's arguments (α, ΔT, T_end, schedule, reinit) plus neuron ablation."""
+
+    min_salient_fraction: float = arg(
+        0.3,
+        "γ_sal: a neuron with fewer salient weights than this fraction of the layer's constant "
+        "fan-in is ablated (0.3: the reference's configs/config.yaml and README ResNet-50 run; "
+        "its ViT config uses 0.95)",
+        in_range(0, 1, low_open=True),
+    )
+    ablation: bool = arg(
+        True, "ablate neurons with too few salient weights (false: constant fan-in only)"
+    )
+
+    def check(self) -> None:
+        if self.redistribution != "none":
+            raise ValueError(
+                f"redistribution={self.redistribution!r} is not available for srigl: with a "
+                "constant fan-in a layer's count is fixed by its neurons, so weights cannot move "
+                "between layers. Allowed value: 'none'."
+            )
+
+
+def fan_in_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """``(out, fan_in)`` of a weight: its first dimension and the product of the others."""
+    return int(shape[0]), math.prod(int(d) for d in shape[1:])
+
+
+def constant_fan_in_count(shape: tuple[int, ...], count: int, name: str = "") -> int:
+    """The constant-fan-in count nearest ``count``: ``out · k`` with ``k = round(count / out)``
+    (halves round up), so ``|out · k − count| <= out / 2``."""
+    out, _ = fan_in_shape(shape)
+    fan_in = (2 * count + out) // (2 * out)
+    if fan_in < 1:
+        raise ValueError(
+            f"layer {name or tuple(shape)} has {out} output neurons but only {count} active "
+            "weights in the plan: a constant fan-in needs at least one weight per neuron. Lower "
+            "the sparsity, use another distribution, or keep the layer dense (dense_layers)."
+        )
+    return out * fan_in
+
+
+def constant_fan_in_plan(plan: AllocationPlan) -> AllocationPlan:
+    """``plan`` with every masked layer's count rounded to the nearest constant fan-in."""
+    layers = []
+    for layer in plan.layers:
+        if layer.role != "dense":
+            active = constant_fan_in_count(layer.shape, layer.active, layer.name)
+            layer = dataclasses.replace(layer, active=active, density=active / layer.size)
+        layers.append(layer)
+    return dataclasses.replace(plan, layers=tuple(layers))
+
+
+def ablated_neurons(masks: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Each layer's ablated neurons: the rows of its mask (viewed as ``[out, fan_in]``) with no
+    active weight. Works on live masks and on a saved ``state_dict()["masks"]``."""
+    return {
+        name: torch.nonzero(~mask.reshape(mask.shape[0], -1).any(dim=1)).flatten().tolist()
+        for name, mask in masks.items()
+    }
+
+
+def rowwise_topk(
+    scores: torch.Tensor, counts: torch.Tensor, generator: torch.Generator, excluded: torch.Tensor
+) -> torch.Tensor:
+    """Boolean ``[rows, cols]`` mask of the ``counts[r]`` highest ``scores`` of each row ``r``,
+    ``excluded`` never chosen (each row must have enough other positions). Compared in float32;
+    exact ties are broken by an independent seeded random order per row."""
+    rows, cols = scores.shape
+    values = scores.detach().float().masked_fill(excluded, -math.inf)
+    shuffle = torch.rand(rows, cols, generator=generator, device=values.device).argsort(dim=1)
+    order = values.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)
+    take = torch.arange(cols, device=values.device).unsqueeze(0) < counts.unsqueeze(1)
+    chosen = torch.zeros(rows, cols, dtype=torch.bool, device=values.device)
+    return chosen.scatter_(1, shuffle.gather(1, order), take)
+
+
+@register
+class SRigL(DynamicSparsifier):
+    """RigL with a constant fan-in per neuron and neuron ablation (see the module docstring).
+
+    Extra inspection: :meth:`ablated_neurons` (name → empty rows) and :meth:`fan_ins` (name → the
+    constant fan-in of the layer's active neurons).
+    """
+
+    name = "srigl"
+    Args = SRigLArgs
+    traits = Traits(
+        needs_total_steps=True,
+        conserves_active_counts=True,
+        updates_before_step=True,
+        dense_backward="on_update",
+    )
+    args: SRigLArgs
+
+    # --------------------------------------------------------------- initial masks and budget
+    def _install_initial_masks(self) -> None:
+        #: The distribution's counts, before rounding to a constant fan-in.
+        self.distribution_counts: dict[str, int] = self.plan.active_counts()
+        self.plan = constant_fan_in_plan(self.plan)
+        #: Each layer's budget ``B = out · k``, from which every fan-in is derived.
+        self.target_counts = self.plan.active_counts()
+        output = self.plan.layers[-1].name if self.plan.layers else None
+        #: The layer whose neurons are never ablated (the model's last candidate: the classes).
+        self.output_layer: str | None = output if output in self.names else None
+        super()._install_initial_masks()
+
+    def _random_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
+        """``count // out`` random positions in every row (``count`` is a multiple of ``out``)."""
+        out, fan_in = fan_in_shape(param.shape)
+        generator = seeded_generator(self.seed, -1, name, param.device)
+        scores = torch.rand(out, fan_in, generator=generator, device=param.device)
+        counts = torch.full((out,), count // out, device=param.device)
+        nothing = torch.zeros(out, fan_in, dtype=torch.bool, device=param.device)
+        return rowwise_topk(scores, counts, generator, nothing).view(param.shape)
+
+    @classmethod
+    def mean_inference_flops(
+        cls, profile: Any, plan: AllocationPlan, args: MethodArgs, total_steps: int
+    ) -> float:
+        """At the constant-fan-in budgets ``out · k`` (the counts before any ablation)."""
+        return profile.inference_flops(constant_fan_in_plan(plan))
+
+    # -------------------------------------------------------------------------- the update
+    def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
+        param = self.params[index]
+        return torch.zeros_like(param) if grad is None else grad.abs()
+
+    def min_active_neurons(self, name: str) -> int:
+        """The fewest active neurons whose fan-in ``B // a`` still fits in a row."""
+        _, fan_in = fan_in_shape(self.masks[name].shape)
+        return max(1, math.ceil(self.target_counts[name] / fan_in))
+
+    def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        fraction = self.drop_fraction(step)
+        new = []
+        for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
+            out, fan_in = fan_in_shape(p.shape)
+            mask, active = self.masks[name], self._active[i]
+            drop = math.floor(fraction * active)
+            generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
+            kept = topk_mask(p.abs(), active - drop, generator, excluded=~mask).view(out, fan_in)
+            scores = self.grow_scores(step, i, grads[i]).reshape(out, fan_in)
+            alive = self._surviving_neurons(step, name, kept, scores, drop)
+            fan = self.target_counts[name] // int(alive.sum())
+            kept &= alive.unsqueeze(1)
+            generator = seeded_generator(self.seed, step, "cap/" + name, p.device)
+            limit = torch.clamp(kept.sum(dim=1), max=fan)
+            kept = rowwise_topk(p.detach().abs().reshape(out, fan_in), limit, generator, ~kept)
+            generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
+            missing = torch.where(alive, fan - kept.sum(dim=1), 0)
+            new.append((kept | rowwise_topk(scores, missing, generator, kept)).view(p.shape))
+        return new
+
+    def _surviving_neurons(
+        self, step: int, name: str, kept: torch.Tensor, scores: torch.Tensor, grow: int
+    ) -> torch.Tensor:
+        """Bool ``[out]``: the neurons that stay (or become) active in this update."""
+        out = kept.shape[0]
+        if not self.args.ablation or name == self.output_layer:
+            return torch.ones(out, dtype=torch.bool, device=kept.device)
+        generator = seeded_generator(self.seed, step, "salient/" + name, kept.device)
+        grown = topk_mask(scores, grow, generator, excluded=kept)
+        salient = (kept | grown).sum(dim=1)
+        threshold = self.args.min_salient_fraction * (self.target_counts[name] // out)
+        alive = salient >= threshold
+        fewest = self.min_active_neurons(name)
+        if int(alive.sum()) < fewest:  # keep the most salient neurons, ties in a seeded order
+            generator = seeded_generator(self.seed, step, "neurons/" + name, kept.device)
+            shuffle = torch.randperm(out, generator=generator, device=kept.device)
+            best = shuffle[salient[shuffle].argsort(descending=True, stable=True)[:fewest]]
+            alive = torch.zeros_like(alive).index_fill_(0, best, True)
+        return alive
+
+    # ------------------------------------------------------------------------ the contract
+    def _check_new_masks(self, new: list[torch.Tensor]) -> None:
+        """SRigL's own invariant in place of the base class's per-layer count rule: in every layer
+        each active row holds exactly ``B // a`` weights (``a`` active rows), at least
+        :meth:`min_active_neurons` rows are active, and none is ablated in the output layer or
+        with ``ablation=False``. An update that changes no layer's number of active neurons must,
+        in addition, keep every count exactly (the base class's check runs then)."""
+        same_neurons = True
+        for name, mask in zip(self.names, new, strict=True):
+            if mask.dtype != torch.bool or mask.shape != self.masks[name].shape:
+                raise RuntimeError(
+                    f"{type(self).__name__} produced a {mask.dtype} mask of shape "
+                    f"{tuple(mask.shape)} for {name}, not a bool mask of "
+                    f"{tuple(self.masks[name].shape)}."
+                )
+            rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+            before = int(self.masks[name].reshape(mask.shape[0], -1).any(dim=1).sum())
+            neurons = int((rows > 0).sum())
+            fan = self.target_counts[name] // max(neurons, 1)
+            problem = None
+            if neurons < self.min_active_neurons(name):
+                problem = f"only {neurons} active neurons"
+            elif neurons != mask.shape[0] and name == self.output_layer:
+                problem = "ablated neurons in the output layer"
+            elif neurons != mask.shape[0] and not self.args.ablation:
+                problem = "ablated neurons with ablation=False"
+            elif not bool((rows[rows > 0] == fan).all()):
+                problem = f"fan-ins {sorted(set(rows[rows > 0].tolist()))}, not all {fan}"
+            if problem:
+                raise RuntimeError(
+                    f"{type(self).__name__} broke its constant fan-in in {name}: {problem}."
+                )
+            same_neurons = same_neurons and neurons == before
+        if same_neurons:
+            super()._check_new_masks(new)
+
+    # -------------------------------------------------------------------------- inspection
+    def ablated_neurons(self) -> dict[str, list[int]]:
+        """Each sparse layer's ablated neurons (row indices of its weight), from the masks."""
+        return ablated_neurons(self.masks)
+
+    def fan_ins(self) -> dict[str, int]:
+        """Each sparse layer's constant fan-in: the active weights of each of its active rows."""
+        result = {}
+        for name, mask in self.masks.items():
+            rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+            result[name] = int(rows.max()) if rows.numel() else 0
+        return result
