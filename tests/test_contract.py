@@ -3,7 +3,8 @@
 For each method × model × optimizer (SGD plain, with momentum and Nesterov; Adam; AdamW), hundreds of
 steps with weight decay, checking:
 - active counts follow the method's count rule: per layer or in total never change (dynamic
-  methods), or only ever fall (pruning methods), and every masked method ends at the plan's budgets;
+  methods), every active row holds the same share of the layer's budget (constant fan-in), or
+  counts only ever fall (pruning methods); every masked method ends at the plan's budgets;
 - mask updates happen exactly at the steps the method's ``update_due`` names;
 - inactive weights, their gradients at optimizer time and their optimizer state are exactly zero;
 - at every mask update, new connections start at zero with zero state, connections active before
@@ -132,6 +133,11 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
             assert counts == initial_counts, "active counts must never change"
         elif rule == "total":
             assert sum(counts.values()) == sum(initial_counts.values())
+        elif rule == "fan_in":  # every active row holds budget // active rows
+            for name, mask in sp.masks.items():
+                rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+                active = rows[rows > 0]
+                assert torch.all(active == sp.target_counts[name] // len(active)), name
         else:  # a method that prunes only ever removes connections
             assert all(counts[n] <= previous[n] for n in counts)
         previous = counts
@@ -139,7 +145,11 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
     assert updates == [s for s in range(STEPS) if sp.update_due(s)], "updates exactly on schedule"
     if rule is not None and updates:
         assert changed_total > 0, "dynamic methods must actually move connections"
-    if traits.masked:
+    if traits.masked and rule == "fan_in":  # as close to the budget as a constant fan-in allows
+        for name, mask in sp.masks.items():
+            active_rows = int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())
+            assert sp.target_counts[name] - active_rows < counts[name] <= sp.target_counts[name]
+    elif traits.masked:
         assert sp.active_counts() == sp.target_counts, "the run ends at the plan's budgets"
         assert math.isclose(sp.global_density(), 0.2, abs_tol=0.01)
     else:

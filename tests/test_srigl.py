@@ -93,7 +93,7 @@ def test_initial_masks_round_the_plan_count_to_a_constant_fan_in_and_are_seeded(
     other = make("conv", ablation=False, seed=2)
     for name, mask in sp.masks.items():
         out = mask.shape[0]
-        count = sp.distribution_counts[name]
+        count = sp.distribution_counts()[name]
         fan_in = math.floor(count / out + 0.5)  # the nearest, halves up
         assert torch.all(rows(mask) == fan_in), name
         assert sp.target_counts[name] == out * fan_in == constant_fan_in_count(mask.shape, count)
@@ -222,7 +222,7 @@ def test_masks_without_a_constant_fan_in_are_refused(monkeypatch) -> None:
     unstructured[0][0, 4:8] = True
     unstructured[1].copy_(sp.masks["output.weight"])
     monkeypatch.setattr(sp, "new_masks", lambda step, grads: unstructured)
-    with pytest.raises(RuntimeError, match=r"constant fan-in in hidden\.weight"):
+    with pytest.raises(RuntimeError, match=r"broke the constant fan-in of hidden\.weight"):
         update(model, sp, g_hidden, g_output)
 
 

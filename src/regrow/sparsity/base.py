@@ -170,7 +170,7 @@ class Sparsifier:
         self.model, self.optimizer = model, optimizer
         self.total_steps = None if total_steps is None else int(total_steps)
         self.seed = int(seed)
-        self.plan = plan or AllocationPlan.build(
+        plan = plan or AllocationPlan.build(
             model,
             sparsity,
             distribution,
@@ -180,6 +180,7 @@ class Sparsifier:
             sparse_layers,
             masked=self.traits.masked,
         )
+        self.distribution_plan, self.plan = plan, self.adjust_plan(plan)
         self.sparsity, self.distribution = self.plan.sparsity, self.plan.distribution
 
         self.names = self.plan.names
@@ -225,7 +226,7 @@ class Sparsifier:
         initial = [
             torch.ones_like(p, dtype=torch.bool)
             if self.traits.starts_dense
-            else self._random_mask(p, self.target_counts[name], name)
+            else self.initial_mask(p, self.target_counts[name], name)
             for name, p in zip(self.names, self.params, strict=True)
         ]
         self.masks: dict[str, torch.Tensor] = dict(zip(self.names, initial, strict=True))
@@ -244,12 +245,19 @@ class Sparsifier:
         return width
 
     @classmethod
+    def adjust_plan(cls, plan: AllocationPlan) -> AllocationPlan:
+        """The plan this method trains at, from the distribution's (default: unchanged; SRigL
+        rounds each layer to a constant fan-in)."""
+        return plan
+
+    @classmethod
     def mean_inference_flops(
         cls, profile: Any, plan: AllocationPlan, args: MethodArgs, total_steps: int
     ) -> float:
         """``f_S`` of the training-FLOP formula (SPEC §7): the forward FLOPs per sample averaged
-        over the run. Default: at the plan's densities; Pruning averages over its schedule."""
-        return profile.inference_flops(plan)
+        over the run. Default: at the (adjusted) plan's densities; Pruning averages over its
+        schedule."""
+        return profile.inference_flops(cls.adjust_plan(plan))
 
     def update_due(self, step: int) -> bool:
         """Whether the masks change at ``step`` (before the optimizer step if the method
@@ -268,8 +276,14 @@ class Sparsifier:
 
     def count_rule(self) -> str | None:
         """What a mask update must conserve: ``"layer"`` (every layer's active count),
-        ``"total"`` (their sum: redistribution) or ``None`` (nothing: pruning, SNIP)."""
+        ``"total"`` (their sum: redistribution), ``"fan_in"`` (every active row of a layer holds
+        ``B // a`` weights, ``B`` its budget and ``a`` its active rows: a constant fan-in, SRigL)
+        or ``None`` (nothing: pruning, SNIP)."""
         return "layer" if self.traits.conserves_active_counts else None
+
+    def validate_masks(self, new: list[torch.Tensor]) -> None:
+        """A method's own checks of the masks it produced (raise ``RuntimeError``); the base class
+        has already checked dtype, shape and the count rule."""
 
     def method_state(self) -> dict[str, Any]:
         return {}
@@ -396,7 +410,19 @@ class Sparsifier:
                     f"{tuple(mask.shape)} for {name}, not a bool mask of {tuple(self.masks[name].shape)}."
                 )
         rule = self.count_rule()
-        if rule is None:
+        if rule == "fan_in":
+            for name, mask in zip(self.names, new, strict=True):
+                rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+                active = rows[rows > 0]
+                fan_in = self.target_counts[name] // max(active.numel(), 1)
+                if not bool((active == fan_in).all()):
+                    raise RuntimeError(
+                        f"{type(self).__name__} broke the constant fan-in of {name}: its active "
+                        f"rows hold {sorted(set(active.tolist()))} weights, not all "
+                        f"{fan_in} (budget {self.target_counts[name]} over {active.numel()} rows)."
+                    )
+        if rule in (None, "fan_in"):
+            self.validate_masks(new)
             return
         counts = [int(mask.sum()) for mask in new]
         if rule == "layer":
@@ -416,6 +442,7 @@ class Sparsifier:
                 f"{type(self).__name__} changed active counts in a mask update ({', '.join(changed)}); "
                 "a dynamic method must move connections, not add or remove them."
             )
+        self.validate_masks(new)
 
     def mask_checksums(self) -> torch.Tensor:
         """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
@@ -451,7 +478,9 @@ class Sparsifier:
                 "model and configuration, and update from all-reduced gradients."
             )
 
-    def _random_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
+    def initial_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
+        """The mask a method that does not start dense begins with: ``count`` seeded random
+        positions (override for structure, e.g. a constant fan-in)."""
         generator = seeded_generator(self.seed, -1, name, param.device)
         scores = torch.rand(param.shape, generator=generator, device=param.device)
         return topk_mask(scores, count, generator)
