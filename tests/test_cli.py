@@ -79,3 +79,75 @@ def test_print_config_is_loadable_as_a_preset(capsys, tmp_path: Path):
 def test_print_config_of_a_method_without_arguments(capsys, method: str):
     assert main(["train", "out_dir=x", f"sparsity.method={method}", "--print-config"]) == 0
     assert "args: {}" in capsys.readouterr().out
+
+
+def test_version_and_bare_regrow_exit_0(capsys):
+    import regrow
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"regrow {regrow.__version__}\n"
+    assert main([]) == 0  # no subcommand: the help, on stdout, not an error
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("usage: regrow")
+    for command in ("train", "quickstart", "flops", "--version"):
+        assert command in captured.out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["flops", "--num-classes", "abc"], "--num-classes: invalid int value: 'abc'"),
+        (["quickstart", "--seeds"], "--seeds: expected one argument"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_argparse_errors_are_one_line_without_the_usage_block(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err and needle in err
+    assert err.startswith("regrow") and "--help" in err
+
+
+class _Stopped(Exception):
+    """An exception the harness does not know, carrying its exit status (e.g. SIGTERM's)."""
+
+    exit_code = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    exit_code = 143
+
+
+def test_run_harness_maps_statuses_to_one_line(capsys):
+    from regrow.cli.common import run_harness
+    from regrow.train import NonFiniteLossError
+
+    def raising(error: BaseException):
+        def work() -> int:
+            raise error
+
+        return work
+
+    cases = [
+        (_Stopped("stopped (SIGTERM) at step 7; resume with regrow train --resume r"), 143),
+        (_Terminated("stopped (SIGTERM)"), 143),
+        (KeyboardInterrupt(), 130),
+        (NonFiniteLossError("loss is nan at step 3"), 3),
+        (ValueError("line one\nline two"), 2),
+        (PermissionError(13, "Permission denied", "/root/x"), 2),
+    ]
+    for error, status in cases:
+        assert run_harness("train", raising(error)) == status
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("regrow train: "), err
+    assert run_harness("train", raising(PermissionError(13, "Permission denied", "/x"))) == 2
+    assert capsys.readouterr().err == "regrow train: error: Permission denied: /x\n"
+    assert run_harness("train", raising(ValueError("a\nb"))) == 2
+    assert capsys.readouterr().err == "regrow train: error: a; b\n"
+    assert run_harness("train", raising(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "regrow train: interrupted\n"
+    with pytest.raises(RuntimeError):  # a bug keeps its traceback
+        run_harness("train", raising(RuntimeError("bug")))
+    with pytest.raises(BrokenPipeError):  # main() ends quietly with 141
+        run_harness("flops", raising(BrokenPipeError()))

@@ -8,7 +8,9 @@ import hashlib
 import io
 import os
 import pickle
+import socket
 import tarfile
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from helpers import fake_rows, write_cifar10, write_cifar100, write_record
 from regrow.data import (
     DATASETS,
     DeviceLoader,
+    DownloadError,
     crop_flip,
     download_and_extract,
     draw_crop_flip,
@@ -128,6 +131,45 @@ def test_reader_rejects_wrong_shape(tmp_path):
         read_cifar_file(path)
 
 
+@pytest.mark.parametrize(
+    ("bad", "shown"), [([10], "10"), ([-1], "-1"), ([3, 12, -5], "-5, 12")], ids=str
+)
+def test_labels_out_of_range_name_the_file_the_values_and_the_range(tmp_path, bad, shown):
+    write_cifar10(tmp_path, per_batch=3)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    labels = [0] * (3 - len(bad)) + bad
+    write_record(path, {"data": fake_rows(3, seed=0), "labels": labels}, bytes_keys=True)
+    with pytest.raises(ValueError) as info:
+        load_cifar10(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 'labels' holds") and shown in message
+    assert "allowed values are 0 to 9 (10 classes)" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("key", "label", "limit"), [("fine", 100, 99), ("coarse", 20, 19)])
+def test_cifar100_label_ranges_follow_the_label_kind(tmp_path, key, label, limit):
+    write_cifar100(tmp_path, train=2, test=1)
+    path = tmp_path / "cifar-100-python" / "train"
+    record = {"data": fake_rows(2, seed=0), "fine_labels": [1, 2], "coarse_labels": [0, 1]}
+    record[f"{key}_labels"] = [label, 0]
+    write_record(path, record, bytes_keys=False)
+    with pytest.raises(
+        ValueError, match=rf"'{key}_labels' holds 1 value\(s\) out of range \({label};"
+    ):
+        load_cifar100(tmp_path, labels=key)
+    with pytest.raises(ValueError, match=f"0 to {limit}"):
+        read_cifar_file(path, f"{key}_labels")
+    assert read_cifar_file(path, f"{key}_labels", classes=label + 1)[1].tolist() == [label, 0]
+
+
+def test_labels_must_be_integers(tmp_path):
+    path = tmp_path / "test_batch"
+    record = {"data": fake_rows(2, seed=0), "labels": np.array([0.5, 1.0])}
+    write_record(path, record, bytes_keys=False)
+    with pytest.raises(ValueError, match="'labels' must hold integers, got float64"):
+        read_cifar_file(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Downloading
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +267,71 @@ def test_archive_members_cannot_escape_the_root(tmp_path, extraction):
     assert os.listdir(root) == []
 
 
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution")),
+         "Temporary failure in name resolution"),
+        (urllib.error.HTTPError("u", 404, "Not Found", None, None), "HTTP 404 Not Found"),
+        (TimeoutError("timed out"), "timed out"),
+    ],
+    ids=["no-dns", "http-404", "timeout"],
+)  # fmt: skip
+def test_a_failed_download_says_where_to_put_the_archive(tmp_path, monkeypatch, failure, reason):
+    def offline(url, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(cifar_module.urllib.request, "urlopen", offline)
+    url = "https://example.invalid/cifar-10-python.tar.gz"  # never contacted: urlopen is patched
+    root = tmp_path / "root"
+    with pytest.raises(DownloadError) as info:
+        download_and_extract(url, "0" * 32, root, "cifar-10-batches-py")
+    message = str(info.value)
+    assert isinstance(info.value, OSError) and "\n" not in message
+    assert message.startswith(f"could not download cifar-10-python.tar.gz from {url} ({reason})")
+    assert f"put it in {root}" in message
+    assert f"so {root / 'cifar-10-batches-py'} exists" in message
+    assert os.listdir(root) == []  # the partial file is gone
+
+
+def test_a_missing_local_file_url_is_a_download_error_too(tmp_path):
+    url = (tmp_path / "nowhere" / "cifar-10-python.tar.gz").as_uri()
+    with pytest.raises(DownloadError, match=r"could not download cifar-10-python\.tar\.gz"):
+        download_and_extract(url, "0" * 32, tmp_path / "root", "cifar-10-batches-py")
+
+
+def test_an_archive_placed_by_hand_is_checked_and_extracted(tmp_path, cifar10_archive, monkeypatch):
+    """What the download error says to do works: the archive in the root is used, no network."""
+    url, md5, written = cifar10_archive
+    root = tmp_path / "root"
+    root.mkdir()
+    placed = root / "cifar-10-python.tar.gz"
+    placed.write_bytes(Path(url.removeprefix("file://")).read_bytes())
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing should be downloaded")
+
+    monkeypatch.setattr(cifar_module.urllib.request, "urlopen", no_network)
+    spec = dataclasses.replace(cifar_module.ARCHIVES["cifar10"], md5="f" * 32)
+    monkeypatch.setitem(cifar_module.ARCHIVES, "cifar10", spec)
+    with pytest.raises(ValueError) as info:  # not the official archive: said so, and kept
+        load_cifar10(root)
+    assert f"{placed} has md5 {md5}, expected {'f' * 32}" in str(info.value)
+    assert spec.url in str(info.value)
+    assert sorted(os.listdir(root)) == ["cifar-10-python.tar.gz"]
+
+    monkeypatch.setitem(cifar_module.ARCHIVES, "cifar10", dataclasses.replace(spec, md5=md5))
+    _, train_y, _, _ = load_cifar10(root)  # download=False: the placed archive is enough
+    assert train_y.tolist() == written["train_labels"]
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_missing_folder_message_names_the_archive_to_place(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_cifar10(tmp_path / "nowhere")
+    assert f"put cifar-10-python.tar.gz in {tmp_path / 'nowhere'}" in str(info.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits and the registry
 # ----------------------------------------------------------------------------------------------
@@ -254,6 +361,30 @@ def test_load_dataset_validation_and_limit(tmp_path):
     assert torch.equal(full.val_y, data.val_y)  # the validation set does not depend on the limit
     assert torch.equal(full.train_x[:30], data.train_x)
     assert load_dataset("cifar10", root=tmp_path).val_x is None
+
+
+def test_load_dataset_errors_are_worded_in_config_keys(tmp_path):
+    write_cifar10(tmp_path, per_batch=2, test=1)
+    with pytest.raises(ValueError, match=r"data.validation_size=10 is out of range for cifar10: "
+                       r"allowed values are 0 <= x < 10"):  # fmt: skip
+        load_dataset("cifar10", root=tmp_path, validation_size=10)
+    with pytest.raises(ValueError, match=r"data.limit_train=0"):
+        load_dataset("cifar10", root=tmp_path, limit_train=0)
+    data = load_dataset("cifar10", root=tmp_path)
+    with pytest.raises(ValueError) as info:
+        data.train_loader(batch_size=11)
+    message = str(info.value)
+    assert message.startswith(
+        "train.batch_size=11 is larger than the 10 training images of cifar10: lower "
+        "train.batch_size to at most 10"
+    )
+    assert "drop_last" not in message
+    with pytest.raises(ValueError, match=r"train.batch_size=4 × 3 processes = 12 is larger"):
+        data.train_loader(batch_size=4, world_size=3)
+    assert len(data.train_loader(batch_size=10)) == 1
+    assert len(data.train_loader(batch_size=11, drop_last=False)) == 1
+    with pytest.raises(ValueError, match=r"set data\.validation_size > 0"):
+        data.eval_loader("validation")
 
 
 def test_unknown_dataset_lists_the_registry():

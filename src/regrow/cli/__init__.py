@@ -3,8 +3,11 @@
 :func:`build_parser`.
 
 Bad input prints one line, ``regrow <cmd>: error: ...``, naming what was wrong and the allowed
-values, and exits with status 2. Output cut short by its reader (``regrow flops ... | head``) ends
-quietly with status 141 (128 + SIGPIPE), without a traceback.
+values, and exits with status 2 (argparse's own errors too: one line, no usage block). A run
+stopped for a non-finite loss exits 3, an interrupted one 130 (SIGINT) or 143 (SIGTERM). Output
+cut short by its reader (``regrow flops ... | head``) ends quietly with status 141
+(128 + SIGPIPE), without a traceback. ``regrow --version`` prints the version; ``regrow`` alone
+prints the help.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .common import UsageError
 from .flops import add_flops_parser, run_flops
@@ -20,6 +24,7 @@ from .quickstart import add_quickstart_parser, run_quickstart
 from .train import add_train_parser, run_train
 
 __all__ = [
+    "OneLineParser",
     "UsageError",
     "add_flops_parser",
     "add_quickstart_parser",
@@ -35,14 +40,24 @@ __all__ = [
 BROKEN_PIPE_STATUS = 141
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (no usage block), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``regrow`` parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    from .. import __version__
+
+    parser = OneLineParser(
         prog="regrow",
         description="Sparse training for PyTorch: RigL and its baselines, exact to the paper.",
     )
+    parser.add_argument("--version", action="version", version=f"regrow {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
     add_train_parser(subparsers)
     add_quickstart_parser(subparsers)
     add_flops_parser(subparsers)
@@ -63,8 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:  # bare `regrow`: what it can do
+        parser.print_help()
+        return 0
     try:
         status = int(args.handler(args))
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

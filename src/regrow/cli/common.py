@@ -1,5 +1,14 @@
 """What every subcommand shares: the usage error and the mapping of harness errors to exit
-statuses (one line on stderr, ``regrow <cmd>: error: ...``)."""
+statuses (one line on stderr, ``regrow <cmd>: error: ...``, never a traceback).
+
+=====  ================================================================================
+ 0     done
+ 2     bad input: a config key or value, a preset, a data file, a download, a run directory
+ 3     the run stopped for a non-finite loss (the last good checkpoint is kept)
+ 130   interrupted by SIGINT (Ctrl-C); 143 for SIGTERM
+ N     any exception that carries an ``exit_code`` attribute (an ``int``) exits with it
+=====  ================================================================================
+"""
 
 from __future__ import annotations
 
@@ -11,18 +20,49 @@ class UsageError(ValueError):
     """Bad command-line input; the message names the input and the allowed values."""
 
 
+#: Exit status of a run stopped for a non-finite loss.
+NON_FINITE_STATUS = 3
+#: Exit status after SIGINT (128 + 2), as a shell reports it.
+SIGINT_STATUS = 130
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a multi-line message joined with ``; ``)."""
+    if isinstance(error, OSError) and error.strerror:  # "[Errno 13] ..." as "Permission denied: x"
+        files = [str(f) for f in (error.filename, error.filename2) if f is not None]
+        text = error.strerror + (f": {' -> '.join(files)}" if files else "")
+    else:
+        text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _exit_code(error: BaseException) -> int | None:
+    code = getattr(error, "exit_code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 def run_harness(command: str, work: Callable[[], int]) -> int:
     """Run ``work()`` and map the harness's errors to exit statuses with one clear line."""
     from ..train import CheckpointError, ConfigError, NonFiniteLossError
 
     try:
         return int(work())
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"regrow {command}: error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"regrow {command}: error: {exc}", file=sys.stderr)
-        return 3
+    except BrokenPipeError:
+        raise  # stdout's reader went away: :func:`regrow.cli.main` ends quietly (141)
     except KeyboardInterrupt as exc:
-        print(f"regrow {command}: interrupted {exc}", file=sys.stderr)
-        return 130
+        detail = one_line(exc) if str(exc) else ""
+        print(f"regrow {command}: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
+        return _exit_code(exc) or SIGINT_STATUS
+    except NonFiniteLossError as exc:
+        print(f"regrow {command}: error: {one_line(exc)}", file=sys.stderr)
+        return _exit_code(exc) or NON_FINITE_STATUS
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            user_error = (ConfigError, CheckpointError, ValueError, OSError)
+            if not isinstance(exc, user_error):
+                raise  # a bug: keep the traceback
+            code = 2
+        print(f"regrow {command}: error: {one_line(exc)}", file=sys.stderr)
+        return code

@@ -30,6 +30,25 @@ def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+#: Keys quickstart sets for each run itself; an override of one would be silently replaced (seed,
+#: out_dir) or would train one method under every method's name (sparsity.method).
+OWN_KEYS = {
+    "sparsity.method": "it trains dense, static, set and rigl",
+    "seed": "use --seeds",
+    "out_dir": "use --out-dir",
+}
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in OWN_KEYS:
+            raise UsageError(
+                f"{item!r}: quickstart sets {key} for each run itself ({OWN_KEYS[key]}); drop it, "
+                f"or train one run with `regrow train --preset quickstart {item} out_dir=...`."
+            )
+
+
 def run_quickstart(args: argparse.Namespace) -> int:
     """Handle ``regrow quickstart``."""
     from ..experiments.quickstart import run_quickstart as quickstart
@@ -37,6 +56,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     def work() -> int:
         if args.seeds < 1:
             raise UsageError(f"--seeds {args.seeds}: allowed values are integers >= 1.")
+        _check_overrides(args.overrides)
         print(quickstart(args.out_dir, args.seeds, args.overrides), end="")
         print(f"plot: {Path(args.out_dir) / 'accuracy.png'}")
         return 0

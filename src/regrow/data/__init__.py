@@ -27,7 +27,9 @@ from .cifar import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    DownloadError,
     download_and_extract,
+    extract_archive,
     load_cifar10,
     load_cifar100,
     read_cifar_file,
@@ -45,10 +47,12 @@ __all__ = [
     "DATASETS",
     "DatasetSplits",
     "DeviceLoader",
+    "DownloadError",
     "crop_flip",
     "download_and_extract",
     "draw_crop_flip",
     "epoch_generator",
+    "extract_archive",
     "load_cifar10",
     "load_cifar100",
     "load_dataset",
@@ -96,7 +100,18 @@ class DatasetSplits:
     ) -> DeviceLoader:
         """A shuffling loader over the training split, augmenting if the dataset does (or
         ``augment``), normalising with the dataset's constants; ``rank``/``world_size`` shard
-        each global batch of ``batch_size × world_size`` across data-parallel ranks."""
+        each global batch of ``batch_size × world_size`` across data-parallel ranks.
+
+        A global batch larger than the training split (which would yield no batches) is a
+        ``ValueError`` worded in the config's keys (``train.batch_size``)."""
+        count, batch = int(self.train_x.shape[0]), batch_size * world_size
+        if drop_last and batch > count:
+            processes = f" × {world_size} processes = {batch}" if world_size > 1 else ""
+            raise ValueError(
+                f"train.batch_size={batch_size}{processes} is larger than the {count} training "
+                f"images of {self.name}: lower train.batch_size to at most {count // world_size}"
+                " (data.limit_train and data.validation_size also shrink the training split)."
+            )
         return DeviceLoader(
             self.train_x,
             self.train_y,
@@ -134,7 +149,8 @@ class DatasetSplits:
         images, labels = tensors[split]
         if images is None or labels is None:
             raise ValueError(
-                f"{self.name} has no validation split: load it with validation_size > 0"
+                f"{self.name} has no validation split: set data.validation_size > 0 "
+                "(load_dataset(validation_size=...))"
             )
         return DeviceLoader(
             images,
@@ -200,13 +216,20 @@ def load_dataset(
     key = str(name).lower()
     if key not in DATASETS:
         raise ValueError(
-            f"dataset={name!r} is unknown: allowed values are {', '.join(sorted(DATASETS))}."
+            f"data.name={name!r} is unknown: allowed values are {', '.join(sorted(DATASETS))}."
         )
     if limit_train is not None and limit_train < 1:
         raise ValueError(
-            f"limit_train={limit_train} is out of range: allowed values are >= 1, or None for all."
+            f"data.limit_train={limit_train} is out of range: allowed values are >= 1, or null "
+            "(None) for all."
         )
     data = DATASETS[key](root, download)
+    count = int(data.train_x.shape[0])
+    if not 0 <= validation_size < count:
+        raise ValueError(
+            f"data.validation_size={validation_size} is out of range for {key}: allowed values "
+            f"are 0 <= x < {count} (its training images)."
+        )
     if validation_size:
         train_x, train_y, val_x, val_y = split_train_validation(
             data.train_x, data.train_y, validation_size, seed

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -41,7 +42,9 @@ __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CifarArchive",
+    "DownloadError",
     "download_and_extract",
+    "extract_archive",
     "load_cifar10",
     "load_cifar100",
     "read_cifar_file",
@@ -58,6 +61,14 @@ CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 
 IMAGE_SHAPE = (3, 32, 32)
 _CHUNK = 1 << 20
+
+#: Classes behind each label entry of the official files (labels are 0 … classes - 1).
+LABEL_CLASSES = {"labels": 10, "fine_labels": 100, "coarse_labels": 20}
+
+
+class DownloadError(OSError):
+    """An archive could not be fetched (no network, HTTP error, timeout); the message says where
+    to put the archive by hand."""
 
 
 @dataclass(frozen=True)
@@ -146,14 +157,37 @@ def _get(record: dict[Any, Any], key: str, path: Path) -> Any:
     raise ValueError(f"{path}: no {key!r} entry (found {keys}); is this an official CIFAR file?")
 
 
+def _check_labels(path: Path, label_key: str, labels: np.ndarray, classes: int | None) -> None:
+    """Integer labels in ``0 … classes - 1`` (a bad one would be a device-side assert on CUDA)."""
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: {label_key!r} must hold integers, got {labels.dtype}; is this an official "
+            "CIFAR file?"
+        )
+    if classes is None or not labels.size:
+        return
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(map(str, values[:5].tolist())) + (", …" if values.size > 5 else "")
+        raise ValueError(
+            f"{path}: {label_key!r} holds {int(bad.sum())} value(s) out of range ({shown}; first "
+            f"at image {int(np.argmax(bad))}): allowed values are 0 to {classes - 1} ({classes} "
+            "classes). The file is corrupt or not an official CIFAR file: replace it with the "
+            "official one."
+        )
+
+
 def read_cifar_file(
-    path: str | os.PathLike[str], label_key: str = "labels"
+    path: str | os.PathLike[str], label_key: str = "labels", classes: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one official CIFAR python file: uint8 images ``[N, 3, 32, 32]`` and int64 labels ``[N]``.
 
     ``label_key`` is ``"labels"`` for CIFAR-10, ``"fine_labels"`` or ``"coarse_labels"`` for
     CIFAR-100. The flat 3072 values of a row are the R, G and B planes, each 32×32 row-major, so a
-    reshape gives channel-first images without copying pixels around.
+    reshape gives channel-first images without copying pixels around. Labels must be integers in
+    ``0 … classes - 1`` (``classes`` defaults to the entry's: 10, 100 or 20), else ``ValueError``
+    names the file and the values.
     """
     path = Path(path)
     try:
@@ -164,7 +198,7 @@ def read_cifar_file(
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
         raise ValueError(
             f"{path} is not a readable CIFAR python file ({error}); delete the folder and load "
-            f"with download=True to fetch a fresh copy"
+            f"with download=True (CLI: data.download=true) to fetch a fresh copy"
         ) from error
     if not isinstance(record, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(record).__name__}")
@@ -178,6 +212,8 @@ def read_cifar_file(
         raise ValueError(
             f"{path}: {label_key!r} has {labels.size} entries for {data.shape[0]} images"
         )
+    known = LABEL_CLASSES.get(label_key)
+    _check_labels(path, label_key, labels, classes if classes is not None else known)
     images = torch.from_numpy(np.array(data, copy=True)).view(-1, *IMAGE_SHAPE)
     return images, torch.from_numpy(labels.astype(np.int64))
 
@@ -196,7 +232,8 @@ def _resolve_root(root: str | os.PathLike[str] | None) -> Path:
 
 
 def _ensure_folder(archive: CifarArchive, root: Path, download: bool) -> Path:
-    """The extracted folder, downloading it first if asked; a helpful error if it is missing."""
+    """The extracted folder: there already, extracted from the archive placed in ``root`` by hand,
+    or downloaded if asked; a helpful error if it is missing."""
     folder = root / archive.folder
     if folder.is_dir():
         missing = [
@@ -205,15 +242,20 @@ def _ensure_folder(archive: CifarArchive, root: Path, download: bool) -> Path:
         if missing:
             raise FileNotFoundError(
                 f"{folder} is incomplete: missing {', '.join(missing)}. Delete the folder and load "
-                f"again with download=True, or extract {archive.url} into {root} yourself."
+                f"again with download=True (CLI: data.download=true), or extract {archive.url} "
+                f"into {root} yourself."
             )
         return folder
+    placed = root / archive.filename
+    if placed.is_file():  # downloaded by hand (no network here): check it and extract it
+        return extract_archive(placed, archive.md5, root, archive.folder, url=archive.url)
     if not download:
         raise FileNotFoundError(
             f"{archive.name} not found: expected the extracted folder {folder}. Load with "
             f"download=True (CLI: data.download=true) to fetch {archive.url} "
-            f"(md5 {archive.md5}) into {root}, point data.root at a folder that holds "
-            f"{archive.folder}/, or download and extract the archive there yourself."
+            f"(md5 {archive.md5}) into {root}, put {archive.filename} in {root} (it is checked "
+            f"and extracted on load), point data.root at a folder that holds {archive.folder}/, "
+            "or extract the archive there yourself."
         )
     download_and_extract(archive.url, archive.md5, root, archive.folder)
     return folder
@@ -305,6 +347,41 @@ def _extract(archive_path: Path, into: Path) -> None:
         tar.extractall(into)  # members checked above
 
 
+def _install(archive_path: Path, filename: str, origin: str, root: Path, folder: str) -> Path:
+    """Extract a verified archive so ``root/folder`` appears whole (staged, then renamed)."""
+    final = root / folder
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extracting", dir=root))
+    try:
+        try:
+            _extract(archive_path, staging)
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise ValueError(
+                f"could not extract {filename} from {origin} ({error}); nothing was kept. Run "
+                f"again, or download and extract the archive into {root} yourself."
+            ) from error
+        extracted = staging / folder
+        if not extracted.is_dir():
+            raise ValueError(f"{filename} from {origin} does not contain the folder {folder}/")
+        try:
+            os.replace(extracted, final)
+        except OSError:
+            if not final.is_dir():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _reason(error: BaseException) -> str:
+    """Why a download failed, in a few words (``HTTP 404 Not Found``, ``timed out``, ...)."""
+    code = getattr(error, "code", None)
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+    if isinstance(reason, BaseException):
+        reason = getattr(reason, "strerror", None) or reason
+    text = f"HTTP {code} {reason}" if isinstance(code, int) else str(reason)
+    return " ".join(text.split()) or type(error).__name__
+
+
 def download_and_extract(
     url: str,
     md5: str,
@@ -321,47 +398,62 @@ def download_and_extract(
     checksum mismatch, corrupt archive, interruption — the temporaries are removed. If another
     process finished the same download first, its folder is kept. Returns ``root/folder``.
 
-    ``url`` may be any URL urllib opens (``file://`` in tests). A checksum mismatch raises
-    ``ValueError`` naming the file and both checksums.
+    ``url`` may be any URL urllib opens (``file://`` in tests). A network failure raises
+    :class:`DownloadError` naming the address and where to put the archive by hand; a checksum
+    mismatch raises ``ValueError`` naming the file and both checksums.
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / folder
     filename = url.rsplit("/", 1)[-1] or "archive.tar.gz"
     archive_fd, archive_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=root)
     archive_path = Path(archive_name)
-    staging: Path | None = None
     try:
         with os.fdopen(archive_fd, "wb") as handle:
-            actual = _fetch(url, handle, timeout)
+            try:
+                actual = _fetch(url, handle, timeout)
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                raise DownloadError(
+                    f"could not download {filename} from {url} ({_reason(error)}). Without a "
+                    f"network: download {filename} from {url} elsewhere and put it in {root} (it "
+                    f"is checked and extracted on the next load), or extract it there so "
+                    f"{root / folder} exists."
+                ) from error
         if actual != md5.lower():
             raise ValueError(
                 f"checksum mismatch for {filename} downloaded from {url}: expected md5 {md5}, got "
                 f"{actual}. The download is corrupt or incomplete (it has been deleted); run again, "
                 f"or download and extract the archive into {root} yourself."
             )
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extracting", dir=root))
-        try:
-            _extract(archive_path, staging)
-        except (tarfile.TarError, EOFError, OSError) as error:
-            raise ValueError(
-                f"could not extract {filename} from {url} ({error}); nothing was kept. Run again, "
-                f"or download and extract the archive into {root} yourself."
-            ) from error
-        extracted = staging / folder
-        if not extracted.is_dir():
-            raise ValueError(f"{filename} from {url} does not contain the folder {folder}/")
-        try:
-            os.replace(extracted, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another process: a real failure
-                raise
+        return _install(archive_path, filename, url, root, folder)
     finally:
         with contextlib.suppress(FileNotFoundError):
             archive_path.unlink()
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+
+
+def extract_archive(
+    archive_path: str | os.PathLike[str],
+    md5: str,
+    root: str | os.PathLike[str],
+    folder: str,
+    *,
+    url: str | None = None,
+) -> Path:
+    """Check the MD5 of an archive already on disk (downloaded by hand) and extract it so
+    ``root/folder`` appears, as :func:`download_and_extract` does; the archive itself is kept.
+    ``url`` (where the official copy lives) goes into the error of a checksum mismatch."""
+    archive_path, root = Path(archive_path).expanduser(), Path(root).expanduser()
+    digest = hashlib.md5(usedforsecurity=False)
+    with archive_path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != md5.lower():
+        again = f"download it again from {url}" if url else "download it again"
+        raise ValueError(
+            f"{archive_path} has md5 {digest.hexdigest()}, expected {md5}: it is incomplete or "
+            f"not the official archive; {again}, or extract the official archive into {root}."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    return _install(archive_path, archive_path.name, str(archive_path), root, folder)
 
 
 # --------------------------------------------------------------------------------------------

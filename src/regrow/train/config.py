@@ -9,11 +9,18 @@ dataclasses; :func:`validate` checks values (ranges, names) and says what is all
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -158,8 +165,17 @@ def presets() -> list[str]:
 
 def _preset_text(preset: str) -> str:
     path = Path(preset)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(
+                f"preset file {preset} does not exist: give the path of a .yaml file or one of "
+                f"{', '.join(presets())}."
+            )
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise ConfigError(f"preset file {preset} cannot be read: {reason}.") from None
     folder = resources.files("regrow") / "configs"
     candidate = folder / f"{preset}.yaml"
     if not candidate.is_file():
@@ -167,7 +183,54 @@ def _preset_text(preset: str) -> str:
             f"preset {preset!r} is unknown: allowed values are {', '.join(presets())} "
             "(or the path of a .yaml file)."
         )
-    return candidate.read_text()
+    return candidate.read_text(encoding="utf-8")
+
+
+def _yaml_problem(preset: str, error: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as one line naming the file, the line and the column."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    detail = f"{context}, {problem}" if context else str(problem)
+    return ConfigError(f"preset {preset} is not valid YAML{where}: {detail}.")
+
+
+def _preset_layer(preset: str) -> tuple[Any, Any]:
+    """The preset as an OmegaConf mapping and its YAML node tree (for line numbers); a clear
+    error if it is not YAML or not a mapping."""
+    text = _preset_text(preset)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)  # syntax, and what the top level is
+    except yaml.YAMLError as error:
+        raise _yaml_problem(preset, error) from None
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else f"the value {root.value!r}"
+        raise ConfigError(
+            f"preset {preset} holds {kind} (line {root.start_mark.line + 1}), not a mapping of "
+            "config keys: write one `key: value` per line, sections indented (train:, then "
+            "`  epochs: 30`)."
+        )
+    try:
+        layer = OmegaConf.create(text)  # OmegaConf's own YAML rules (1e-3 is a float)
+    except yaml.YAMLError as error:  # what only its loader refuses (a duplicate key)
+        raise _yaml_problem(preset, error) from None
+    return layer, root
+
+
+def _line_of(root: Any, key: str) -> int | None:
+    """The line (1-based) of dotted ``key`` in a composed YAML mapping, if it is there."""
+    node, line = root, None
+    for part in key.split("[")[0].split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for name, value in node.value:
+            if getattr(name, "value", None) == part:
+                node, line = value, name.start_mark.line + 1
+                break
+        else:
+            break
+    return line
 
 
 def _known_keys(node: Any, prefix: str = "") -> list[str]:
@@ -181,48 +244,185 @@ def _known_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def _field_types(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
+    """Each leaf key's type hint by dotted name (``"train.epochs": int``)."""
+    found: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            found.update(_field_types(hint, f"{prefix}{f.name}."))
+        else:
+            found[f"{prefix}{f.name}"] = hint
+    return found
+
+
+_SCALARS = {
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    bool: ("true or false", "true or false"),
+    str: ("a string", "strings"),
+}
+
+
+def _type_phrase(hint: Any) -> str:
+    """``int`` → "an integer", ``list[float]`` → "a list of numbers", ``X | None`` → "... or null"."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        return f"{_type_phrase(args[0])} or null"
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_SCALARS.get(args[0], ('', 'values'))[1]}" if args else "a list"
+    if origin is dict:
+        value = args[1] if len(args) == 2 else Any
+        return f"a mapping of names to {_SCALARS[value][1]}" if value in _SCALARS else "a mapping"
+    return _SCALARS.get(hint, ("a value of the right type",))[0]
+
+
+#: Command that prints every key with its value and description.
+LIST_KEYS = "`regrow train [--preset P] out_dir=x --print-config`"
+
+
+def _close_keys(key: str, known: list[str]) -> list[str]:
+    """Known dotted keys that look like ``key``, closest first: each scored by the better of the
+    whole name and the last part alone (``optim.lr`` finds ``train.lr``), only those about as
+    close as the best (``sparsity.sparsty`` gives ``sparsity.sparsity``, not ``sparsity.args``)."""
+
+    def ratio(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    leaf = key.rsplit(".", 1)[-1]
+    scores = {name: max(ratio(key, name), ratio(leaf, name.rsplit(".", 1)[-1])) for name in known}
+    best = max(scores.values(), default=0.0)
+    close = [name for name, score in scores.items() if score >= max(0.75, best - 0.05)]
+    return sorted(close, key=lambda name: -scores[name])[:3]
+
+
+#: Where a key was set, as text to insert after it: ``" (in preset P, line 3)"`` or ``""``.
+Source = Callable[[str], str]
+
+
+def _in_override(key: str) -> str:
+    return ""  # the message shows key=value as typed
+
+
+def _in_preset(preset: str, nodes: Any, key: str) -> str:
+    line = _line_of(nodes, key)
+    return f" (in preset {preset}, line {line})" if line else f" (in preset {preset})"
+
+
+def _unknown_key(key: str, source: Source) -> ConfigError:
+    known = _known_keys(RunConfig(out_dir=""))
+    matches = _close_keys(key, known)
+    hint = f"did you mean {' or '.join(matches)}? List" if matches else "list"
+    return ConfigError(
+        f"config key {key!r}{source(key)} is unknown: {hint} every key with {LIST_KEYS}."
+    )
+
+
+def _check_layer(tree: Any, cls: type, prefix: str, source: Source) -> None:
+    """Unknown keys, and values given to a whole section, before OmegaConf words them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if key not in names:
+            while isinstance(value, dict) and len(value) >= 1:  # name the key as typed: a.b.c
+                key, value = next(iter(value.items()))
+                name = f"{name}.{key}"
+            raise _unknown_key(name, source)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                first = dataclasses.fields(hint)[0]
+                raise ConfigError(
+                    f"{name}={_show(value)}{source(name)}: {name} is a section, not a value: set its keys, "
+                    f"e.g. {name}.{first.name}=... (list them with {LIST_KEYS})."
+                )
+            _check_layer(value, hint, f"{name}.", source)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it (``null``, not ``None``)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=False)
+    return "null" if value is None else repr(value)
+
+
+def _type_error(error: OmegaConfBaseException, layer: Any, source: Source) -> ConfigError:
+    """OmegaConf's conversion error as ``key=value is not <type>: allowed values are ...``."""
+    types_ = _field_types()
+    full = str(getattr(error, "full_key", "") or "")
+    key = max((k for k in types_ if full == k or full.startswith((f"{k}.", f"{k}["))), key=len,
+              default=None)  # fmt: skip
+    if key is None:  # not one of ours (should not happen): still one line, still the source
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return ConfigError(f"config{source(full)}: {text}.")
+    value = OmegaConf.select(layer, key, default=None, throw_on_missing=False)
+    expected = _type_phrase(types_[key])
+    allowed = f": allowed values are {RANGES[key][1]}" if key in RANGES else ""
+    return ConfigError(f"{key}={_show(value)}{source(key)} is not {expected}{allowed}.")
+
+
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the preset, then ``key=value`` overrides; validated."""
-    base = OmegaConf.structured(RunConfig)
-    try:
-        layers = [base]
-        if preset:
-            layers.append(OmegaConf.create(_preset_text(preset)))
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(
-                    f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
-                )
-            layers.append(OmegaConf.from_dotlist([item]))
-        merged = OmegaConf.merge(*layers)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        raise ConfigError(
-            f"config key {key!r}: {str(error).splitlines()[0]}. Known keys: "
-            f"{', '.join(_known_keys(RunConfig(out_dir='')))}."
-        ) from None
+    layers: list[tuple[Any, Source]] = []
+    if preset:
+        layer, nodes = _preset_layer(preset)
+        layers.append((layer, partial(_in_preset, preset, nodes)))
+    for item in overrides or []:
+        if not item.split("=", 1)[0].strip() or "=" not in item:
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
+            )
+        try:
+            layers.append((OmegaConf.from_dotlist([item]), _in_override))
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
+            reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r} cannot be read: {reason or type(error).__name__}."
+            ) from None
+    merged = OmegaConf.structured(RunConfig)
+    for layer, source in layers:
+        _check_layer(OmegaConf.to_container(layer, resolve=False), RunConfig, "", source)
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as error:
+            raise _type_error(error, layer, source) from None
     if OmegaConf.is_missing(merged, "out_dir"):
         raise ConfigError("out_dir is not set: give the run directory, e.g. out_dir=runs/rigl_s0.")
-    config = OmegaConf.to_object(merged)
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # an interpolation (${...}) that does not resolve
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"config: {text}.") from None
     assert isinstance(config, RunConfig)
     validate(config)
     return config
 
 
-INT_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+INT_AT_LEAST_1 = (lambda v: v >= 1, "integers >= 1")
 #: Value checks the types cannot make: key → (predicate, allowed values). ``None`` always passes.
 RANGES: dict[str, tuple[Any, str]] = {
     "sparsity.sparsity": (lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "model.width": (lambda v: v > 0, "x > 0 (the channel multiplier)"),
     "train.epochs": INT_AT_LEAST_1,
     "train.multiplier": (lambda v: v > 0, "x > 0"),
     "train.batch_size": INT_AT_LEAST_1,
     "train.lr": (lambda v: v > 0, "x > 0"),
+    "train.momentum": (lambda v: 0 <= v < 1, "0 <= x < 1"),
+    "train.weight_decay": (lambda v: v >= 0, "x >= 0"),
+    "train.lr_gamma": (
+        lambda v: v > 0,
+        "x > 0 (the factor the learning rate is multiplied by at each milestone)",
+    ),
+    "train.warmup_epochs": (lambda v: v >= 0, "x >= 0 (0: no warm-up)"),
     "train.eval_every": INT_AT_LEAST_1,
     "train.checkpoint_every": INT_AT_LEAST_1,
     "train.stop_at_step": INT_AT_LEAST_1,
     "train.label_smoothing": (lambda v: 0 <= v < 1, "0 <= x < 1"),
     "train.lr_milestones": (lambda v: all(0 < m < 1 for m in v), "fractions of the run in (0, 1)"),
-    "data.validation_size": (lambda v: v >= 0, "an integer >= 0"),
+    "data.validation_size": (lambda v: v >= 0, "integers >= 0"),
     "data.limit_train": INT_AT_LEAST_1,
 }
 
@@ -250,10 +450,20 @@ def validate(config: RunConfig) -> None:
                 f"{key}={_get(config, key)!r} is not allowed: allowed values are "
                 f"{', '.join(map(str, allowed))}."
             )
+    for key in _field_types():
+        value = _get(config, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} is not a finite number.")
     for key, (ok, allowed) in RANGES.items():
         value = _get(config, key)
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
+    t = config.train
+    if t.nesterov and t.momentum == 0:
+        raise ConfigError(
+            "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "
+            "SGD, or a momentum in (0, 1)."
+        )
     try:
         cls = config.sparsity.method_class()
     except ValueError as error:
