@@ -4,7 +4,6 @@ neurons removed, batch norm folded, CSR layers) computes what the masked model c
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from torch import nn
 
 import regrow
 from helpers import conv_net
-from regrow.cli.bench import add_bench_parser
-from regrow.cli.export import add_export_parser
+from regrow.cli import main
 from regrow.export import (
     compress_state_dict,
     decompress_state_dict,
@@ -243,12 +241,8 @@ def test_strip_masks_gives_the_plain_model_with_the_same_weights():
 
 # ----------------------------------------------------------------- the two commands
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="regrow")
-    subparsers = parser.add_subparsers(dest="command")
-    add_export_parser(subparsers)
-    add_bench_parser(subparsers)
-    args = parser.parse_args(list(argv))
-    return args.handler(args)
+    """``regrow ARGV`` through the real entry point."""
+    return main(list(argv))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The ``regrow`` command line: one module per subcommand (:mod:`.train`, :mod:`.quickstart`,
-:mod:`.flops`), each an ``add_<name>_parser`` / ``run_<name>`` pair, wired together in
+:mod:`.flops`, :mod:`.export`, :mod:`.bench`), each an ``add_<name>_parser`` / ``run_<name>`` pair, wired together in
 :func:`build_parser`.
 
 Bad input prints one line, ``regrow <cmd>: error: ...``, naming what was wrong and the allowed
@@ -18,7 +18,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .bench import add_bench_parser, run_bench
 from .common import UsageError
+from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
 from .train import add_train_parser, run_train
@@ -26,11 +28,15 @@ from .train import add_train_parser, run_train
 __all__ = [
     "OneLineParser",
     "UsageError",
+    "add_bench_parser",
+    "add_export_parser",
     "add_flops_parser",
     "add_quickstart_parser",
     "add_train_parser",
     "build_parser",
     "main",
+    "run_bench",
+    "run_export",
     "run_flops",
     "run_quickstart",
     "run_train",
@@ -61,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_quickstart_parser(subparsers)
     add_flops_parser(subparsers)
+    add_export_parser(subparsers)
+    add_bench_parser(subparsers)
     return parser
 
 
