@@ -35,7 +35,7 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         "flops",
         help="inference and training FLOPs of a sparse model (RigL paper conventions)",
         description=(
-            "Per-layer and total inference FLOPs (MicroNet conventions, SPEC §7) of the model a "
+            "Per-layer and total inference FLOPs (MicroNet conventions, as the RigL paper counts them; docs/SPEC.md §7) of the model a "
             "run configures, and the method's training FLOPs as a multiple of 1x dense training. "
             "Configure it with the keys of `regrow train`: a --preset and key=value overrides, "
             "e.g. `regrow flops model.name=resnet50_imagenet sparsity.method=rigl "

@@ -37,7 +37,7 @@ class DynamicArgs(MethodArgs):
     reinit: str = arg("zero", "value of a new connection (kaiming: He normal)", choices=REINITS)
     redistribution: str = arg(
         "none",
-        "move regrown weights between layers by a statistic (SPEC §6)",
+        "move regrown weights between layers by a statistic (docs/SPEC.md §6)",
         choices=REDISTRIBUTIONS,
     )
 

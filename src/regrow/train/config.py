@@ -69,7 +69,7 @@ class TrainConfig:
         default_factory=lambda: [0.3072, 0.6144, 0.9216],
         metadata={
             "help": "learning-rate milestones as fractions of the optimizer steps "
-            "(SPEC §8: 30k/60k/90k of 97,656)"
+            "(the paper: 30k/60k/90k of 97,656; docs/SPEC.md §8)"
         },
     )
     lr_gamma: float = described(0.2, "learning-rate factor at each milestone")

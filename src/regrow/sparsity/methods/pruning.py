@@ -29,7 +29,7 @@ class PruningArgs(MethodArgs):
     )
     scope: str = arg(
         "layer",
-        "layer: each layer to its own target (SPEC §5); global: one magnitude threshold over all "
+        "layer: each layer to its own target (docs/SPEC.md §5); global: one magnitude threshold over all "
         "sparse layers (the reproducibility report's baseline)",
         choices=("layer", "global"),
     )
