@@ -29,22 +29,41 @@ def method_overrides(method: str) -> list[str]:
     return [f"sparsity.method={method}", *args]
 
 
-def torchrun(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def torchrun_regrow_train(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m regrow train ARGS`` on the CPU (gloo)."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-        "--nproc_per_node=2", "-m", "regrow", "train", "--preset", "quickstart",
-        f"out_dir={out_dir}", *overrides,
+        "--nproc_per_node=2", "-m", "regrow", "train", *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
 
 
+def torchrun(out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return torchrun_regrow_train("--preset", "quickstart", f"out_dir={out_dir}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(tmp_path_factory):
+    """method → the directory of its uninterrupted run on 2 processes × 16 (made once)."""
+    made: dict[str, Path] = {}
+
+    def run(method: str) -> Path:
+        if method not in made:
+            out = tmp_path_factory.mktemp(f"ddp_{method}") / "run"
+            result = torchrun(out, *COMMON, "train.batch_size=16", *method_overrides(method))
+            assert result.returncode == 0, result.stderr[-3000:]
+            made[method] = out
+        return made[method]
+
+    return run
+
+
 @pytest.mark.parametrize("method", ["static", "rigl"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
-    tmp_path: Path, method: str
+    tmp_path: Path, method: str, uninterrupted_ddp
 ) -> None:
-    result = torchrun(tmp_path / "ddp", *COMMON, "train.batch_size=16", *method_overrides(method))
-    assert result.returncode == 0, result.stderr[-3000:]
+    ddp_dir = uninterrupted_ddp(method)
     single = load_config(
         "quickstart",
         [
@@ -56,7 +75,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     )
     train(single)
 
-    ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    ddp = torch.load(ddp_dir / "checkpoint.pt", weights_only=False)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
     assert ddp["sparsifier"]["step_count"] == one["sparsifier"]["step_count"] == 88
     if method == "rigl":
@@ -65,9 +84,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         assert torch.equal(ddp["sparsifier"]["masks"][name], mask), name
     for name, value in one["model"].items():
         assert torch.allclose(ddp["model"][name].float(), value.float(), atol=1e-5), name
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 32
-    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    rows = (ddp_dir / "metrics.jsonl").read_text().splitlines()
     # Rank 0 alone writes; RigL's update batches spill into a third pass over the data.
     assert len(rows) == (3 if method == "rigl" else 2)
     assert summary["test_accuracy"] == pytest.approx(json.loads(rows[-1])["test_accuracy"])
@@ -124,14 +143,49 @@ def test_a_mask_diverged_on_one_rank_is_detected(tmp_path: Path, automatic: bool
         assert "'2.weight'" in outcome and "'4.weight'" not in outcome
 
 
-def test_stop_under_ddp_and_resume_on_one_process(tmp_path: Path) -> None:
-    """A rank-0 checkpoint from 2 processes × 16 resumes on 1 process × 32 (same global batch)."""
+def train_metrics(run_dir: Path) -> list[tuple[int, int, float, float]]:
+    """(epoch, step, train_loss, train_accuracy) of every row of ``metrics.jsonl``."""
+    rows = RunDir(run_dir).metrics()
+    return [(r["epoch"], r["step"], r["train_loss"], r["train_accuracy"]) for r in rows]
+
+
+def assert_same_train_metrics(resumed: Path, uninterrupted: Path, samples: int = 0) -> None:
+    """Per pass, the same steps, the same loss (up to float32 summation order) and the same
+    accuracy (up to ``samples`` predictions of the 1,408 a pass: 1 where the models differ in
+    rounding, across world sizes)."""
+    got, expected = train_metrics(resumed), train_metrics(uninterrupted)
+    assert [row[:2] for row in got] == [row[:2] for row in expected]
+    for (epoch, _, loss, accuracy), (_, _, loss_0, accuracy_0) in zip(got, expected, strict=True):
+        assert loss == pytest.approx(loss_0, rel=1e-6), f"train_loss of pass {epoch}"
+        assert abs(accuracy - accuracy_0) <= 100 * samples / 1408, f"train_accuracy, pass {epoch}"
+
+
+def test_a_stop_under_ddp_resumes_on_two_processes_and_on_one_with_the_same_metrics(
+    tmp_path: Path, uninterrupted_ddp
+) -> None:
+    """Stopped at step 30 of pass 0 (44 steps a pass) on 2 processes × 16, the run directory is
+    copied; one copy resumes on 2 processes, the other on 1 process × 32. Both report pass 0's
+    train_loss/train_accuracy (and every later pass's) as the uninterrupted run does: the
+    checkpoint holds the pass's sums over every rank. A checkpoint from 2 processes resumes on
+    1 (same global batch), matching the uninterrupted 1-process run."""
     overrides = [*COMMON, *method_overrides("rigl")]
     result = torchrun(tmp_path / "run", *overrides, "train.batch_size=16", "train.stop_at_step=30")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped (stop_at_step=30)" in result.stderr
+    assert [row[0] for row in train_metrics(tmp_path / "run")] == []  # mid pass 0
+    subprocess.run(["cp", "-a", str(tmp_path / "run"), str(tmp_path / "on2")], check=True)
     from regrow.cli import main
 
+    # The same world size: 2 processes, the copy resumed (it writes into the copy only).
+    result = torchrun_regrow_train("--resume", str(tmp_path / "on2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_train_metrics(tmp_path / "on2", uninterrupted_ddp("rigl"))
+    resumed_on2 = torch.load(tmp_path / "on2" / "checkpoint.pt", weights_only=False)
+    uninterrupted = torch.load(uninterrupted_ddp("rigl") / "checkpoint.pt", weights_only=False)
+    for name, mask in uninterrupted["sparsifier"]["masks"].items():
+        assert torch.equal(resumed_on2["sparsifier"]["masks"][name], mask), name
+
+    # 1 process × 32, the original.
     assert main(["train", "--resume", str(tmp_path / "run"), "train.batch_size=32"]) == 0
     assert main(["train", "--resume", str(tmp_path / "run"), "seed=3"]) == 2  # not overridable
     start, resume = RunDir(tmp_path / "run").provenance()  # one row each, the first kept
@@ -141,6 +195,8 @@ def test_stop_under_ddp_and_resume_on_one_process(tmp_path: Path) -> None:
         "quickstart", [*overrides, "train.batch_size=32", f"out_dir={tmp_path / 'one'}"]
     )
     train(reference)
+    assert_same_train_metrics(tmp_path / "run", uninterrupted_ddp("rigl"), samples=1)
+    assert_same_train_metrics(tmp_path / "run", tmp_path / "one", samples=1)
     resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
     for name, mask in one["sparsifier"]["masks"].items():

@@ -11,7 +11,7 @@ import pytest
 import regrow
 from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
 from regrow.train.config import to_yaml
-from regrow.train.rundir import RESUME_OVERRIDABLE, differing_keys
+from regrow.train.rundir import RESUME_OVERRIDABLE, RunDirError, differing_keys
 from test_train import digits_config
 
 
@@ -103,6 +103,36 @@ def test_truncate_metrics_keeps_exactly_the_earlier_passes(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == [RunDir.METRICS]
     run.truncate_metrics(0)
     assert run.metrics() == [] and run.metrics_path.read_text() == ""
+
+
+def test_a_torn_last_row_is_dropped_and_a_garbled_earlier_row_named(tmp_path: Path, capsys) -> None:
+    run = RunDir(tmp_path)
+    for epoch in range(3):
+        run.append_metrics({"epoch": epoch, "step": 10 * epoch})
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"epoch": 3, "st')  # what a kill or a full disk leaves of an append
+    assert [row["epoch"] for row in run.metrics()] == [0, 1, 2]
+    assert f"{run.metrics_path}: dropping its torn last line 4" in capsys.readouterr().err
+    run.truncate_metrics(2)  # a resume rewrites the file without it
+    assert run.metrics_path.read_text().splitlines() == [
+        '{"epoch": 0, "step": 0}',
+        '{"epoch": 1, "step": 10}',
+    ]
+    run.metrics_path.write_text('{"epoch": 0}\n{"epo\n{"epoch": 2}\n')
+    with pytest.raises(RunDirError, match=f"{run.metrics_path} line 2 is not JSON"):
+        run.metrics()
+
+
+def test_out_dir_is_not_part_of_the_run_identity(tmp_path: Path) -> None:
+    """A run directory copied elsewhere (or named by another path) is the same run."""
+    here, there = digits_config(tmp_path / "a"), digits_config(tmp_path / "b")
+    assert differing_keys(here, there) == {}
+    assert "out_dir" not in differing_keys(here, digits_config(tmp_path / "b", "seed=1"))
+    run = RunDir(tmp_path / "a")
+    run.path.mkdir()
+    run.config_path.write_text(to_yaml(here))
+    run.write_summary({"status": "finished"})
+    assert run.is_finished(there) and not run.is_finished(digits_config(tmp_path, "seed=1"))
 
 
 def test_config_mismatch_names_the_keys_that_differ(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -20,14 +21,21 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Train one run. Start from --preset, then apply dotted key=value overrides, e.g. "
             "`regrow train --preset cifar10_wrn22_2 sparsity.method=set sparsity.sparsity=0.9 "
             "seed=1 out_dir=runs/set_s1`. The run directory gets config.yaml, provenance.jsonl, "
-            "metrics.jsonl, checkpoint.pt and summary.json (failed.json after an error). SIGINT/SIGTERM write a checkpoint; "
-            "`regrow train --resume RUN_DIR` continues it."
+            "metrics.jsonl, checkpoint.pt and summary.json (failed.json after an error). "
+            "SIGINT/SIGTERM write a checkpoint and exit 130/143; `regrow train --resume RUN_DIR` "
+            "continues it, writing into RUN_DIR only (a copied run directory resumes into the "
+            "copy); a finished run is left as it is. One process at a time trains in a run "
+            "directory (it holds RUN_DIR/.lock). Exit status: 0 finished (or stopped at "
+            "train.stop_at_step), 2 bad input or an unusable run directory, 3 non-finite loss, "
+            "130 SIGINT, 143 SIGTERM."
         ),
     )
     parser.add_argument(
         "--preset", default=None, help=f"one of: {', '.join(presets())}, or a .yaml path"
     )
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue this run")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", default=None, help="continue this run, in this directory"
+    )
     parser.add_argument(
         "--print-config",
         action="store_true",
@@ -41,6 +49,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     """Handle ``regrow train``."""
     from ..train import load_config, train
+    from ..train.loop import STOP_STATUS
     from ..train.rundir import RESUME_OVERRIDABLE, RunDir
 
     def work() -> int:
@@ -53,6 +62,9 @@ def run_train(args: argparse.Namespace) -> int:
                     "configuration)."
                 )
             config = load_config(str(RunDir(args.resume).config_file()), allowed)
+            # The run directory is self-contained: it is where this run continues, whatever
+            # out_dir its config.yaml recorded (a copy, or a relative path from elsewhere).
+            config = dataclasses.replace(config, out_dir=args.resume)
         else:
             config = load_config(args.preset, args.overrides)
         if args.print_config:
@@ -60,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
             return 0
         summary = train(config, resume=bool(args.resume))
         if summary["status"] != "finished":
-            return 0 if config.train.stop_at_step == summary["step"] else 130
+            return STOP_STATUS[summary["reason"]]
         keys = (
             "method",
             "sparsity",

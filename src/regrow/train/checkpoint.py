@@ -1,9 +1,17 @@
 """Atomic writes and the checkpoint file: a crash leaves the old file or the new one, never half of
 one. Which files a run directory holds, and the check that a checkpoint belongs to the run, live in
-:mod:`regrow.train.rundir`."""
+:mod:`regrow.train.rundir`.
+
+A write goes to a temporary file beside its target (``.<name>.<random>.tmp``), is flushed to disk
+and renamed over the target. A process killed mid-write leaves that temporary behind; the run
+directory removes such leftovers (:meth:`RunDir.remove_stale_temporaries`). The written file gets
+the permissions of any new file (``0o666`` less the user's umask), not ``mkstemp``'s owner-only
+``0o600``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -17,13 +25,51 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, or from a different run."""
 
 
+def _umask_from_proc() -> int | None:
+    """The process's umask as Linux reports it (``Umask:`` in /proc/self/status), or ``None``."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    """Where /proc does not say: set and restore once, at import (before any thread writes)."""
+    if _umask_from_proc() is not None:
+        return 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The user's umask, read without changing it where the system allows (Linux)."""
+    mask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
+def temporary_pattern(name: str) -> str:
+    """The glob of the temporaries :func:`atomic_write` makes beside the file ``name``."""
+    return f".{name}.*.tmp"
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush to disk, then rename."""
+    """Call ``write(file)`` on a temporary file beside ``path``, flush to disk, then rename. The
+    file ends with the permissions the user's umask gives a new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
     )
     try:
+        with contextlib.suppress(OSError):  # a file system without modes keeps mkstemp's
+            os.fchmod(descriptor, 0o666 & ~current_umask())
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()

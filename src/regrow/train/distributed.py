@@ -66,6 +66,15 @@ def any_rank(flag: bool, device: torch.device, context: Context) -> bool:
     return bool(value)
 
 
+def max_over_ranks(value: int, device: torch.device, context: Context) -> int:
+    """The largest ``value`` of any rank, on every rank (so all agree on one decision)."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor(float(value), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor)
+
+
 def gather_objects(value: Any, context: Context) -> list[Any]:
     """``value`` of every rank, in rank order (every rank gets the list)."""
     if not context.distributed:

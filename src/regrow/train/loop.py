@@ -10,23 +10,26 @@
 Checkpoints are written every ``checkpoint_every`` passes, at the end, at ``stop_at_step`` and on
 SIGINT/SIGTERM. ``train(config, resume=True)`` continues bit-identically on the CPU: the data order
 is a function of (seed, epoch), and model, optimizer, LR schedule, sparsifier, FLOP counter, RNG
-states and the position inside the pass are restored.
+states and the position inside the pass are restored. It writes into ``config.out_dir`` only
+(``regrow train --resume DIR`` sets it to ``DIR``), holding the run directory's lock throughout;
+resuming a finished run changes nothing and returns its summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
@@ -34,9 +37,9 @@ from ..models import get_model_spec
 from ..sparsity import Sparsifier
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import RunConfig, to_yaml
-from .logging import MetricsLog, provenance
-from .rundir import RunDir
+from .config import ConfigError, RunConfig, to_yaml
+from .logging import MetricsLog, Progress, provenance
+from .rundir import DONE, RunDir, RunDirError
 
 LOG_EVERY = 50  #: optimizer steps between loss checks and progress-bar updates (one host sync)
 
@@ -45,12 +48,30 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became inf/NaN; the last good checkpoint was kept."""
 
 
+#: What ``train.device`` may be: auto, cpu, cuda, cuda:N.
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+#: Why a run stopped before its end → the exit status of ``regrow train`` (128 + the signal).
+STOP_STATUS = {"stop_at_step": 0, "SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
 def select_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; :class:`ConfigError` naming the allowed values."""
+    if not DEVICE_NAMES.fullmatch(name):
+        raise ConfigError(
+            f"train.device={name!r} is not allowed: allowed values are auto, cpu, cuda, cuda:N "
+            "(N the index of a CUDA device)."
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r}, but CUDA is not available: use auto or cpu.")
+        raise ConfigError(f"train.device={name!r}, but CUDA is not available: use auto or cpu.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name!r}, but there are {torch.cuda.device_count()} CUDA devices: "
+            f"allowed values are auto, cpu, cuda, cuda:0 … cuda:{torch.cuda.device_count() - 1}."
+        )
     return device
 
 
@@ -92,13 +113,13 @@ def evaluate(
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """SIGINT/SIGTERM set a flag (a second SIGINT interrupts at once)."""
-    requested = {"signal": None}
+    """SIGINT/SIGTERM set ``["signal"]`` to its number (a second SIGINT interrupts at once)."""
+    requested: dict[str, int] = {"signal": 0}
 
     def handler(signum: int, frame: Any) -> None:
-        if requested["signal"] is not None and signum == signal.SIGINT:
+        if requested["signal"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        requested["signal"] = signal.Signals(signum).name
+        requested["signal"] = signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -120,6 +141,7 @@ class Run:
     """What :func:`build` makes: fixed for the life of the run."""
 
     config: RunConfig
+    config_yaml: str  #: ``config`` as saved in every checkpoint (converted once)
     context: distributed.Context
     device: torch.device
     run_dir: RunDir
@@ -171,33 +193,90 @@ class LoopState:
 
 
 def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) one training run; returns the summary (also written to summary.json), or
-    ``{"status": "stopped", …}`` after a requested stop.
+    """Run (or resume) one training run in ``config.out_dir``; returns the summary (also written
+    to summary.json), or ``{"status": "stopped", "reason": …}`` after a requested stop (the reason
+    a key of :data:`STOP_STATUS`). Resuming a finished run returns its summary, changing nothing.
 
     Launched by ``torchrun`` with several processes it trains data-parallel (``train.batch_size``
-    per rank; rank 0 writes the run directory)."""
+    per rank; rank 0 holds the lock and writes the run directory)."""
     context, device = distributed.setup(select_device(config.train.device))
     try:
-        # Check the directory before building anything: resume this run, or start in a free one.
         run_dir = RunDir(config.out_dir)
-        if not resume:
-            run_dir.check_can_start()
-        saved = run_dir.load_checkpoint(config) if resume else None
-        run = build(config, context, device, run_dir)
-        state = restore(run, saved) if saved is not None else LoopState()
-        distributed.barrier(context)  # every rank has looked before rank 0 writes
-        if context.main:
-            info = provenance(device, context.world_size)
-            run_dir.begin(config, info, resume, state.epoch, run.sparsifier.step_count)
-        # From here a failure is the run's: record it (a later start or resume clears it).
-        try:
-            return loop(run, state)
-        except Exception as error:
-            if context.main:
-                run_dir.record_failure(error, step=run.sparsifier.step_count, epoch=state.epoch)
-            raise
+        if resume and run_dir.state() == DONE:
+            return already_finished(run_dir, config, context)
+        with hold_lock(run_dir, context, device):
+            return train_holding_lock(config, resume, run_dir, context, device)
     finally:
         distributed.teardown(context)
+
+
+def already_finished(
+    run_dir: RunDir, config: RunConfig, context: distributed.Context
+) -> dict[str, Any]:
+    """The summary of a finished run (after checking ``config`` is its own); writes nothing."""
+    if run_dir.config_path.is_file():
+        given = "the configuration given"
+        run_dir.check_same_run(run_dir.config_path.read_text(), config, run_dir.path, given)
+    if context.main:
+        print(
+            f"regrow: {run_dir.path} is already finished; nothing was changed (start another "
+            "out_dir to train again).",
+            file=sys.stderr,
+        )
+    summary = run_dir.summary()
+    assert summary is not None
+    return summary
+
+
+@contextlib.contextmanager
+def hold_lock(
+    run_dir: RunDir, context: distributed.Context, device: torch.device
+) -> Iterator[None]:
+    """Hold the run directory's lock on rank 0 (the one writer) for the block; when rank 0 cannot
+    take it, every rank raises (rank 0 the reason, the others a pointer to it)."""
+    with contextlib.ExitStack() as stack:
+        error: Exception | None = None
+        if context.main:
+            try:
+                stack.enter_context(run_dir.lock())
+            except RunDirError as caught:
+                error = caught
+        if distributed.any_rank(error is not None, device, context):
+            raise error or RunDirError(f"rank 0 could not take the lock of {run_dir.path}.")
+        yield
+
+
+def train_holding_lock(
+    config: RunConfig,
+    resume: bool,
+    run_dir: RunDir,
+    context: distributed.Context,
+    device: torch.device,
+) -> dict[str, Any]:
+    """:func:`train` once the run directory is this run's alone."""
+    if context.main:
+        removed = run_dir.remove_stale_temporaries()
+        if removed:
+            names = ", ".join(path.name for path in removed)
+            print(f"regrow: removed temporaries of interrupted writes: {names}", file=sys.stderr)
+    # Check the directory before building anything: resume this run, or start in a free one.
+    if not resume:
+        run_dir.check_can_start()
+    saved = run_dir.load_checkpoint(config) if resume else None
+    run = build(config, context, device, run_dir)
+    state = restore(run, saved) if saved is not None else LoopState()
+    distributed.barrier(context)  # every rank has looked before rank 0 writes
+    if context.main:
+        info = provenance(device, context.world_size)
+        run_dir.begin(config, info, resume, state.epoch, run.sparsifier.step_count)
+    # From here a failure is the run's: record it (a later start or resume clears it).
+    try:
+        return loop(run, state)
+    except Exception as error:
+        if context.main:
+            with contextlib.suppress(RunDirError):  # the disk may be full: keep the real error
+                run_dir.record_failure(error, step=run.sparsifier.step_count, epoch=state.epoch)
+        raise
 
 
 def build(
@@ -242,10 +321,11 @@ def build(
     torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
     samples_1x = round(t.epochs) * len(loader) * loader.global_batch_size
     return Run(
-        config=config, context=context, device=device, run_dir=run_dir, data=data, model=model,
-        network=network, optimizer=optimizer, scheduler=scheduler, sparsifier=sparsifier,
-        flops=flops, loader=loader, criterion=criterion, log=log, width=width,
-        dense_flops=dense_flops, total_steps=total_steps, samples_1x=samples_1x,
+        config=config, config_yaml=to_yaml(config), context=context, device=device,
+        run_dir=run_dir, data=data, model=model, network=network, optimizer=optimizer,
+        scheduler=scheduler, sparsifier=sparsifier, flops=flops, loader=loader,
+        criterion=criterion, log=log, width=width, dense_flops=dense_flops,
+        total_steps=total_steps, samples_1x=samples_1x,
     )  # fmt: skip
 
 
@@ -281,26 +361,18 @@ def restore(run: Run, saved: dict[str, Any]) -> LoopState:
 def loop(run: Run, state: LoopState) -> dict[str, Any]:
     """Passes over the data until the run's optimizer steps are done; the summary."""
     t, sparsifier, main = run.config.train, run.sparsifier, run.context.main
-    show = t.progress and main and sys.stderr.isatty()
-    bar = tqdm(
-        total=run.total_steps, initial=sparsifier.step_count, desc=run.run_dir.path.name,
-        unit="step", disable=not show, dynamic_ncols=True,
-    )  # fmt: skip
+    progress = Progress(
+        run.run_dir.path.name, run.total_steps, sparsifier.step_count, t.progress and main
+    )
     evaluation: dict[str, float] = {}
     state.since = time.perf_counter()
     with stop_on_signals() as stop:
         while sparsifier.step_count < run.total_steps:
             # One pass (or the rest of one); a requested stop checkpoints and returns.
-            reason = train_epoch(run, state, stop, bar)
+            reason = train_epoch(run, state, stop, progress)
             if reason is not None:
-                bar.close()
-                path = save(run, state)
-                print(
-                    f"regrow: stopped ({reason}) at step {sparsifier.step_count}; checkpoint "
-                    f"{path}. Resume: regrow train --resume {run.run_dir.path}",
-                    file=sys.stderr,
-                )
-                return {"status": "stopped", "step": sparsifier.step_count, "checkpoint": str(path)}
+                progress.close()
+                return stopped(run, state, reason)
             # The pass's row (with an evaluation when due), then the next pass; a checkpoint.
             done = sparsifier.step_count >= run.total_steps
             row = metrics_row(run, state)
@@ -309,16 +381,20 @@ def loop(run: Run, state: LoopState) -> dict[str, Any]:
                 row.update(evaluation)
             if main:
                 run.log.write(row)
+            progress.end_of_pass(
+                state.epoch, row["step"], row["train_loss"], row["lr"], row["seconds"]
+            )
             state.next_pass()
             if done or state.epoch % t.checkpoint_every == 0:
                 save(run, state)
-    bar.close()
+    progress.close()
     return summarize(run, state, evaluation or evaluate_splits(run))
 
 
-def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], bar: tqdm) -> str | None:
-    """The rest of pass ``state.epoch``; the reason if a stop was requested (SIGINT/SIGTERM,
-    ``stop_at_step``), else ``None``. Leaves the pass's sums, over every rank, in ``state``."""
+def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], progress: Progress) -> str | None:
+    """The rest of pass ``state.epoch``; the reason if a stop was requested (``"SIGINT"``,
+    ``"SIGTERM"``, ``"stop_at_step"``), else ``None``. Leaves the pass's sums, over every rank,
+    in ``state``."""
     t, sparsifier = run.config.train, run.sparsifier
     loss_sum = torch.tensor(state.loss, device=run.device)  # device tensors: no host sync
     correct = torch.tensor(state.correct, device=run.device)
@@ -329,18 +405,38 @@ def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], bar: tqdm) -> 
         loss_sum += batch_loss
         correct += batch_correct
         if stepped:
-            bar.update(1)
-            if sparsifier.step_count % LOG_EVERY == 0:
-                bar.set_postfix(loss=f"{finite_loss(run, state, loss_sum) / state.seen:.3f}")
+            progress.advance()
+            if sparsifier.step_count % LOG_EVERY == 0:  # the one host sync: loss check, progress
+                loss = finite_loss(run, state, loss_sum) / state.seen
+                lr = run.optimizer.param_groups[0]["lr"]
+                progress.periodic(state.epoch, sparsifier.step_count, loss, lr, state.seconds())
         if sparsifier.step_count >= run.total_steps:
             break
+        # A stop asked for on any rank stops every rank here, for one reason: the signal's number
+        # (a signal outranks stop_at_step, 1: the same step on every rank), or 0 to go on.
         at_stop = stepped and sparsifier.step_count == t.stop_at_step
-        if distributed.any_rank(bool(stop["signal"]) or at_stop, run.device, run.context):
-            reason = stop["signal"] or f"stop_at_step={t.stop_at_step}"
+        asked = distributed.max_over_ranks(stop["signal"] or int(at_stop), run.device, run.context)
+        if asked:
+            reason = "stop_at_step" if asked == 1 else signal.Signals(asked).name
             break
     state.loss = finite_loss(run, state, loss_sum)
     state.correct = float(distributed.all_reduce_sum(correct.clone(), run.context))
     return reason
+
+
+def stopped(run: Run, state: LoopState, reason: str) -> dict[str, Any]:
+    """After a requested stop: the checkpoint, a line saying how to resume, the result."""
+    path, step = save(run, state), run.sparsifier.step_count
+    if run.context.main:
+        said = (
+            f"stop_at_step={run.config.train.stop_at_step}" if reason == "stop_at_step" else reason
+        )
+        print(
+            f"regrow: stopped ({said}) at step {step}; checkpoint {path}. Resume: regrow train "
+            f"--resume {run.run_dir.path}",
+            file=sys.stderr,
+        )
+    return {"status": "stopped", "reason": reason, "step": step, "checkpoint": str(path)}
 
 
 def train_step(
@@ -417,7 +513,7 @@ def save(run: Run, state: LoopState) -> Path:
     if run.context.main:
         run.run_dir.save_checkpoint(
             {
-                "config": to_yaml(run.config),
+                "config": run.config_yaml,
                 "model": run.model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
