@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import regrow
-from regrow.cli.bench import main as bench_main
+from regrow.cli import main as regrow_main
 
 
 def train_digits(out: Path, method: str, sparsity: float) -> Path:
@@ -62,7 +62,9 @@ def main() -> int:
         for batch_size in batch_sizes:
             print(f"\n$ regrow bench-inference {' '.join(case)} --batch-size {batch_size} "
                   f"{' '.join(common)}", flush=True)  # fmt: skip
-            status |= bench_main([*case, "--batch-size", str(batch_size), *common])
+            status |= regrow_main(
+                ["bench-inference", *case, "--batch-size", str(batch_size), *common]
+            )
             sys.stdout.flush()
     return status
 

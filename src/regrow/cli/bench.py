@@ -5,7 +5,7 @@
     regrow bench-inference runs/quickstart --batch-size 32      # a run: exported in memory
     regrow bench-inference exports/quickstart                    # an export directory
     regrow bench-inference --model wrn22_2 --sparsity 0.9        # random (Static, ERK) masks
-    python -m regrow.cli.bench --model wrn22_2 --sparsity 0.9 --batch-size 32 --threads 1
+    regrow bench-inference --model wrn22_2 --sparsity 0.9 --batch-size 32 --threads 1
 
 What is measured and how: :mod:`regrow.export.bench`.
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -158,18 +156,3 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
 
     return run_harness("bench-inference", work)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m regrow.cli.bench [RUN_DIR|EXPORT] [...]`` (the subcommand on its own)."""
-    parser = argparse.ArgumentParser(prog="regrow")
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    try:
-        args = parser.parse_args(["bench-inference", *(sys.argv[1:] if argv is None else argv)])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 ::
 
     regrow export runs/quickstart exports/quickstart --batch-size 32
-    python -m regrow.cli.export runs/quickstart exports/quickstart
+    regrow export runs/quickstart exports/quickstart
 
 What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built:
 :mod:`regrow.export.inference`.
@@ -12,8 +12,6 @@ What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 from .common import run_harness
@@ -132,18 +130,3 @@ def layer_table(report: Any) -> str:
             f"{'×'.join(map(str, layer.shape_after))} | {layer.density:.3f} | {fmt} | {timing} |"
         )
     return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m regrow.cli.export RUN_DIR OUT [...]`` (the subcommand on its own)."""
-    parser = argparse.ArgumentParser(prog="regrow")
-    add_export_parser(parser.add_subparsers(dest="command"))
-    try:
-        args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, load_config, presets
 from .loop import NonFiniteLossError, train
-from .rundir import RunDir
+from .rundir import RunDir, RunDirError, RunLockedError
 
 __all__ = [
     "CheckpointError",
@@ -11,6 +11,8 @@ __all__ = [
     "NonFiniteLossError",
     "RunConfig",
     "RunDir",
+    "RunDirError",
+    "RunLockedError",
     "load_config",
     "presets",
     "train",

@@ -83,7 +83,9 @@ class TrainConfig:
     stop_at_step: int | None = described(
         None, "checkpoint and stop at this optimizer step (resume later)"
     )
-    progress: bool = described(True, "tqdm bars (only when stderr is a terminal)")
+    progress: bool = described(
+        True, "a tqdm bar on a terminal, else a plain line on stderr per epoch (and every 5 min)"
+    )
     tensorboard: bool = described(False, "log to out_dir/tensorboard when tensorboard is installed")
 
 
