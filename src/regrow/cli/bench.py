@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .common import UsageError, run_harness
@@ -61,49 +61,15 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Handle ``regrow bench-inference``."""
+    """Handle ``regrow bench-inference``: check the arguments, load or build the three models,
+    time them side by side, print the report."""
 
     def work() -> int:
-        import torch
-
-        from ..export import export_model, load_export, load_run, random_masked_model
-        from ..export.artifacts import is_export_dir
-        from ..export.bench import describe_environment, format_table, measure, three_models
+        from ..export.bench import describe_environment, measure, three_models
         from ..export.compress import size_report
 
-        if (args.source is None) == (args.model is None):
-            raise UsageError("give RUN_DIR or EXPORT, or --model NAME (one of them)")
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size {args.batch_size}: allowed values are >= 1")
-        if args.rounds < 1:
-            raise UsageError(f"--rounds {args.rounds}: allowed values are >= 1")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads {args.threads}: allowed values are >= 1")
-            torch.set_num_threads(args.threads)
-        note = None
-        if args.model is not None:
-            masked = random_masked_model(
-                args.model, args.sparsity, args.width, args.distribution, args.seed, args.method
-            )
-            exported, report = export_model(
-                masked.model, masked.input_shape, args.batch_size, args.csr
-            )
-            export = report.as_dict()
-        elif is_export_dir(args.source):
-            info, exported, masked = load_export(args.source)
-            export = info["export"]
-            if export["batch_size"] != args.batch_size:
-                note = (
-                    f"note: the export chose CSR-or-dense at batch size {export['batch_size']}, "
-                    f"this measures batch size {args.batch_size}"
-                )
-        else:
-            masked = load_run(args.source)
-            exported, report = export_model(
-                masked.model, masked.input_shape, args.batch_size, args.csr
-            )
-            export = report.as_dict()
+        check_arguments(args)
+        masked, exported, export, note = load_models(args)
         sizes = size_report(masked.model.state_dict())
         timings = measure(
             three_models(masked.model, exported),
@@ -111,48 +77,107 @@ def run_bench(args: argparse.Namespace) -> int:
             args.batch_size,
             rounds=args.rounds,
         )
-        environment = describe_environment()
-        csr = [layer["name"] for layer in export["layers"] if layer["format"] == "csr"]
-        if args.json:
-            result = {
-                **masked.describe(),
-                "batch_size": args.batch_size,
-                "rounds": args.rounds,
-                **environment,
-                "sizes": sizes,
-                "csr_layers": csr,
-                "removed_channels": export["removed_channels"],
-                "export_model_ms": export.get("model_ms"),
-                "timings": [asdict(t) for t in timings],
-            }
-            print(json.dumps(result))
-            return 0
+        report = BenchReport(masked, export, sizes, timings, describe_environment(), note)
+        print(json.dumps(report.as_json(args)) if args.json else report.text(args))
+        return 0
+
+    return run_harness("bench-inference", work)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One clear line for an argument out of range; sets the thread count when given."""
+    import torch
+
+    if (args.source is None) == (args.model is None):
+        raise UsageError("give RUN_DIR or EXPORT, or --model NAME (one of them)")
+    for flag, value in (("--batch-size", args.batch_size), ("--rounds", args.rounds)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: allowed values are >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: allowed values are >= 1")
+        torch.set_num_threads(args.threads)
+
+
+def load_models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], str | None]:
+    """The masked model and its export (from a model name, an export directory or a run
+    directory), the export's description, and a note when an export was made for another
+    batch size."""
+    from ..export import export_model, load_export, load_run, random_masked_model
+    from ..export.artifacts import is_export_dir
+
+    if args.source is not None and is_export_dir(args.source):
+        info, exported, masked = load_export(args.source)
+        export = info["export"]
+        note = None
+        if export["batch_size"] != args.batch_size:
+            note = (
+                f"note: the export chose CSR-or-dense at batch size {export['batch_size']}, "
+                f"this measures batch size {args.batch_size}"
+            )
+        return masked, exported, export, note
+    if args.model is not None:
+        masked = random_masked_model(
+            args.model, args.sparsity, args.width, args.distribution, args.seed, args.method
+        )
+    else:
+        masked = load_run(args.source)
+    exported, report = export_model(masked.model, masked.input_shape, args.batch_size, args.csr)
+    return masked, exported, report.as_dict(), None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What ``regrow bench-inference`` prints (as text or as one JSON object)."""
+
+    masked: Any
+    export: dict[str, Any]
+    sizes: dict[str, Any]
+    timings: list[Any]
+    environment: dict[str, Any]
+    note: str | None
+
+    @property
+    def csr_layers(self) -> list[str]:
+        return [layer["name"] for layer in self.export["layers"] if layer["format"] == "csr"]
+
+    def as_json(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {
+            **self.masked.describe(),
+            "batch_size": args.batch_size,
+            "rounds": args.rounds,
+            **self.environment,
+            "sizes": self.sizes,
+            "csr_layers": self.csr_layers,
+            "removed_channels": self.export["removed_channels"],
+            "export_model_ms": self.export.get("model_ms"),
+            "timings": [asdict(t) for t in self.timings],
+        }
+
+    def text(self, args: argparse.Namespace) -> str:
+        from ..export.bench import format_table
+
+        masked, export, sizes, csr = self.masked, self.export, self.sizes, self.csr_layers
         sparsity = "" if masked.sparsity is None else f", sparsity {masked.sparsity:.3f}"
-        print(
-            f"regrow bench-inference: {masked.source} ({masked.name}, width {masked.width:g}"
-            f"{sparsity}); batch {args.batch_size}, cpu, torch {environment['torch']}, "
-            f"{environment['threads']} thread(s), {args.rounds} interleaved rounds"
-        )
-        print(
-            f"checkpoint: compressed {sizes['compressed_bytes']:,} B vs dense fp32 "
-            f"{sizes['dense_bytes']:,} B ({sizes['ratio']:.3f}x)"
-        )
         removed = sum(export["removed_channels"].values())
-        print(
+        per_layer = ", ".join(f"{k} {v}" for k, v in export["removed_channels"].items())
+        lines = [
+            f"regrow bench-inference: {masked.source} ({masked.name}, width {masked.width:g}"
+            f"{sparsity}); batch {args.batch_size}, cpu, torch {self.environment['torch']}, "
+            f"{self.environment['threads']} thread(s), {args.rounds} interleaved rounds",
+            f"checkpoint: compressed {sizes['compressed_bytes']:,} B vs dense fp32 "
+            f"{sizes['dense_bytes']:,} B ({sizes['ratio']:.3f}x)",
             f"exported: CSR layers: {', '.join(csr) or 'none'}; neurons removed: {removed}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in export['removed_channels'].items())})"
-               if removed else "")
-        )  # fmt: skip
+            + (f" ({per_layer})" if removed else ""),
+        ]
         if export.get("model_ms"):
             whole = export["model_ms"]
-            print(
+            lines.append(
                 f"export-time whole-model check: {whole['csr']:.4g} ms with the CSR layers its "
                 f"per-layer timing picked, {whole['dense']:.4g} ms without"
                 + ("" if csr else " (so: none)")
             )
-        if note:
-            print(note)
-        print(format_table(timings))
-        return 0
-
-    return run_harness("bench-inference", work)
+        if self.note:
+            lines.append(self.note)
+        lines.append(format_table(self.timings))
+        return "\n".join(lines)
