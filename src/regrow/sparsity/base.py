@@ -444,6 +444,102 @@ class Sparsifier:
             )
         self.validate_masks(new)
 
+    #: How :meth:`start_from_masks` uses the masks it is given.
+    START_MODES = ("exact", "shuffle_within_layers")
+
+    @torch.no_grad()
+    def start_from_masks(
+        self,
+        masks: Mapping[str, torch.Tensor],
+        mode: str = "exact",
+        *,
+        seed: int | None = None,
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Start training (at step 0) from given masks instead of this method's initial ones:
+        the masks of another run (a lottery ticket, RigL re-initialised from its final topology).
+
+        Args:
+            masks: parameter name → bool mask, one for every sparse tensor of this sparsifier
+                and no other, each of its tensor's shape.
+            mode: ``"exact"`` installs them as given; ``"shuffle_within_layers"`` permutes each
+                layer's mask with a generator seeded by (``seed``, layer): every layer keeps its
+                active count, the positions change.
+            seed: seeds the shuffle (default: the sparsifier's seed).
+            weights: parameter name → the values to start from where a mask is active (e.g. the
+                model's initial parameters, copied before this sparsifier was built, which zeroed
+                them outside its own initial masks); default: the parameters' current values.
+
+        The masks are installed through the same path as a mask update (SPEC §4.3), so weights
+        and optimizer state are zero wherever a connection is inactive. Afterwards the method
+        runs as usual from these masks (a dynamic method conserves their per-layer counts).
+        ``ValueError`` names the first layer whose name or shape differs.
+        """
+        kind = type(self).__name__
+        if not self.traits.masked or self.traits.starts_dense:
+            why = "trains without masks" if not self.traits.masked else "starts dense"
+            raise ValueError(
+                f"{kind} {why}, so it cannot start from given masks: use a method that starts "
+                "from sparse masks (static, set, snfs, rigl, srigl)."
+            )
+        if self.step_count != 0 or self.last_update_step is not None:
+            raise ValueError(
+                f"start_from_masks is for step 0, but this {kind} is at step {self.step_count}: "
+                "call it right after building the sparsifier, before training."
+            )
+        if mode not in self.START_MODES:
+            raise ValueError(f"mode={mode!r}: allowed values are {', '.join(self.START_MODES)}.")
+        for name in self.names:
+            if name not in masks:
+                raise ValueError(
+                    f"layer {name} ({'x'.join(map(str, self.masks[name].shape))}) has no mask in "
+                    f"the masks given, which are for layers {sorted(masks)}."
+                )
+            given = tuple(masks[name].shape)
+            if given != tuple(self.masks[name].shape):
+                raise ValueError(
+                    f"layer {name}: the mask given has shape {given}, this sparsifier's "
+                    f"parameter {tuple(self.masks[name].shape)}."
+                )
+            if masks[name].dtype != torch.bool:
+                raise ValueError(f"layer {name}: the mask given is {masks[name].dtype}, not bool.")
+        extra = [name for name in masks if name not in self.masks]
+        if extra:
+            raise ValueError(
+                f"layer {extra[0]} has a mask in the masks given but is not a sparse tensor of "
+                f"this {kind} (its sparse tensors: {self.names})."
+            )
+        base_seed = self.seed if seed is None else int(seed)
+        new = []
+        for name, param in zip(self.names, self.params, strict=True):
+            mask = masks[name].to(param.device)
+            if mode == "shuffle_within_layers":
+                generator = seeded_generator(base_seed, -1, f"shuffle/{name}", param.device)
+                order = torch.randperm(mask.numel(), generator=generator, device=param.device)
+                mask = mask.reshape(-1)[order].view(mask.shape)
+            new.append(mask.clone())
+        if weights is not None:
+            for name, param in zip(self.names, self.params, strict=True):
+                if name not in weights or tuple(weights[name].shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"weights: no tensor of shape {tuple(param.shape)} for {name}."
+                    )
+                param.copy_(weights[name])
+        # Every connection counts as active before the install, so each weight survives exactly
+        # where its new mask is active; the count rule applies from these masks on.
+        before = list(self._active)
+        for i, mask in enumerate(new):
+            self.masks[self.names[i]].fill_(True)
+            self._active[i] = int(mask.sum())
+        try:
+            self._apply_masks(new, 0)
+        except RuntimeError as error:  # the method's own structure (e.g. SRigL's fan-in)
+            for i, name in enumerate(self.names):  # nothing changed: the checks come first
+                self.masks[name].copy_(self._mask_values[i].bool())
+            self._active[:] = before
+            self.mask_weights()
+            raise ValueError(f"these masks do not suit {kind}: {error}") from None
+
     def mask_checksums(self) -> torch.Tensor:
         """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
         two ranks only if their masks are (up to a hash collision)."""

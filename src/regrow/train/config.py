@@ -114,6 +114,15 @@ class SparsityConfig:
         default_factory=dict,
         metadata={"help": "the method's own arguments, e.g. args.delta_t=500"},
     )
+    init_masks: str | None = described(
+        None, "start from the masks of this run directory's checkpoint (null: the method's own)"
+    )
+    init_masks_mode: str = described(
+        "exact", "exact | shuffle_within_layers: the masks as saved, or each layer's permuted"
+    )
+    rewind: bool = described(
+        False, "with init_masks: the source run's initial weights (same seed, model, data)"
+    )
 
     def method_class(self) -> type:
         from ..sparsity import get_method
@@ -474,12 +483,42 @@ def validate(config: RunConfig) -> None:
         cls.Args.from_mapping(config.sparsity.args, cls.name)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"sparsity.args: {error}") from None
+    _validate_init_masks(config.sparsity, cls)
     for name, density in config.sparsity.custom_densities.items():
         if not 0 <= density <= 1:
             raise ConfigError(
                 f"sparsity.custom_densities.{name}={density!r} is out of range: allowed values "
                 "are 0 <= x <= 1."
             )
+
+
+#: What ``sparsity.init_masks_mode`` may be.
+INIT_MASKS_MODES = ("exact", "shuffle_within_layers")
+
+
+def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
+    """``sparsity.init_masks``, ``init_masks_mode`` and ``rewind`` (the run directory itself is
+    read when the run is built: :mod:`regrow.train.init_masks`)."""
+    if s.init_masks_mode not in INIT_MASKS_MODES:
+        raise ConfigError(
+            f"sparsity.init_masks_mode={s.init_masks_mode!r} is not allowed: allowed values are "
+            f"{', '.join(INIT_MASKS_MODES)}."
+        )
+    if s.init_masks is None:
+        if s.rewind:
+            raise ConfigError(
+                "sparsity.rewind=true needs sparsity.init_masks=RUN_DIR (the run whose initial "
+                "weights and masks to start from)."
+            )
+        return
+    if not str(s.init_masks).strip():
+        raise ConfigError("sparsity.init_masks='' is empty: give a run directory, or null.")
+    if not cls.traits.masked or cls.traits.starts_dense:
+        why = "trains without masks" if not cls.traits.masked else "starts dense"
+        raise ConfigError(
+            f"sparsity.init_masks is set, but sparsity.method={s.method} {why}: start from masks "
+            "with a method that starts sparse (static, set, snfs, rigl, srigl)."
+        )
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -38,6 +38,7 @@ from ..sparsity import Sparsifier
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, to_yaml
+from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
 from .rundir import DONE, RunDir, RunDirError
 
@@ -159,6 +160,7 @@ class Run:
     dense_flops: float  #: f_D: forward FLOPs of one sample through the full-width dense model
     total_steps: int
     samples_1x: int  #: training samples of the 1× run (of ``train.epochs`` epochs)
+    init_masks: dict[str, Any] | None = None  #: where the masks came from (sparsity.init_masks)
 
     @property
     def global_batch(self) -> int:
@@ -311,6 +313,7 @@ def build(
         model, optimizer, total_steps=total_steps, seed=config.seed, args=s.method_args(),
         **s.plan_keys(),
     )  # fmt: skip
+    init_masks = start_from_run(config, run_dir, sparsifier, lambda: make(width))
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
     dense_flops = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
     flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, dense_flops)
@@ -325,7 +328,7 @@ def build(
         run_dir=run_dir, data=data, model=model, network=network, optimizer=optimizer,
         scheduler=scheduler, sparsifier=sparsifier, flops=flops, loader=loader,
         criterion=criterion, log=log, width=width, dense_flops=dense_flops,
-        total_steps=total_steps, samples_1x=samples_1x,
+        total_steps=total_steps, samples_1x=samples_1x, init_masks=init_masks,
     )  # fmt: skip
 
 
@@ -542,6 +545,7 @@ def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[
         "global_batch": run.global_batch,
         "total_steps": run.total_steps,
         **{k: getattr(t, k) for k in SUMMARY_TRAIN_KEYS},
+        **({"init_masks": run.init_masks} if run.init_masks else {}),
     }
     inference = profile_model(run.model, run.data.input_shape).report(run.sparsifier)
     results = {
