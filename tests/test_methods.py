@@ -617,3 +617,17 @@ def test_delta_t_longer_than_the_update_window_is_an_error() -> None:
     model = MODELS["mlp"][0]()
     with pytest.raises(ValueError, match="delta_t=100 is longer than the update window"):
         regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=88, delta_t=100)
+
+
+def test_momentum_redistribution_keeps_counts_at_rigls_first_update_then_moves_them() -> None:
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+    sp = regrow.RigL(
+        model, optimizer, sparsity=0.8, total_steps=100, delta_t=10, redistribution="momentum"
+    )
+    initial = sp.active_counts()
+    train("mlp", sp, optimizer, 1)  # the update at step 0: no optimizer step yet, no momentum
+    assert sp.last_update_step == 0 and sp.active_counts() == initial
+    train("mlp", sp, optimizer, 60)
+    counts = sp.active_counts()
+    assert counts != initial and sum(counts.values()) == sum(initial.values())

@@ -112,7 +112,10 @@ class DynamicSparsifier(Sparsifier, ABC):
         self, drops: list[int], kept: list[torch.Tensor], grads: list[torch.Tensor | None]
     ) -> list[int]:
         redistribution = self.args.redistribution
-        if redistribution == "none":
+        stepped = self.step_count > 0 or not self.traits.updates_before_step
+        if redistribution == "none" or (redistribution == "momentum" and not stepped):
+            # RigL's update at step 0 comes before any optimizer step, so there is no momentum
+            # yet to redistribute by: that update keeps every layer's count.
             return drops
         stats = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
