@@ -56,6 +56,29 @@ def rigl_momentum_run(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- the recipes
+def test_the_recipe_presets_are_one_line_over_a_base_preset(
+    pruning_run: Path, rigl_momentum_run: Path, tmp_path: Path
+) -> None:
+    lottery = load_config(
+        "quickstart,lottery", [f"out_dir={tmp_path}", f"sparsity.init_masks={pruning_run}"]
+    )
+    assert (lottery.sparsity.method, lottery.sparsity.rewind) == ("static", True)
+    assert lottery.data.name == "digits"  # the base preset still applies
+    shuffled = load_config(
+        "quickstart,rigl_reinit",
+        [f"out_dir={tmp_path}", f"sparsity.init_masks={rigl_momentum_run}",
+         "sparsity.init_masks_mode=shuffle_within_layers"],
+    )  # fmt: skip
+    assert (shuffled.sparsity.method, shuffled.sparsity.rewind) == ("rigl", False)
+    out = tmp_path / "lottery"
+    argv = ["train", "--preset", "quickstart,lottery", *QUICK, f"out_dir={out}"]
+    assert main([*argv, f"sparsity.init_masks={pruning_run}", "train.stop_at_step=1"]) == 0
+    source, masks = saved_masks(pruning_run), saved_masks(out)
+    assert all(torch.equal(masks[name], source[name]) for name in source)
+    with pytest.raises(ConfigError, match=r"needs sparsity\.init_masks"):
+        load_config("quickstart,lottery", [f"out_dir={tmp_path}"])
+
+
 def test_lottery_starts_from_the_pruning_runs_final_masks_and_initial_weights(
     pruning_run: Path, tmp_path: Path
 ) -> None:

@@ -31,7 +31,10 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--preset", default=None, help=f"one of: {', '.join(presets())}, or a .yaml path"
+        "--preset",
+        default=None,
+        help=f"one of: {', '.join(presets())}, or a .yaml path; several, comma-separated, are "
+        "merged left to right (a base and a recipe: quickstart,lottery)",
     )
     parser.add_argument(
         "--resume", metavar="RUN_DIR", default=None, help="continue this run, in this directory"

@@ -376,11 +376,15 @@ def _type_error(error: OmegaConfBaseException, layer: Any, source: Source) -> Co
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the preset, then ``key=value`` overrides; validated."""
+    """Defaults, then the preset, then ``key=value`` overrides; validated.
+
+    ``preset`` may list several, comma-separated, merged left to right: a base preset and recipes
+    over it, e.g. ``quickstart,lottery``.
+    """
     layers: list[tuple[Any, Source]] = []
-    if preset:
-        layer, nodes = _preset_layer(preset)
-        layers.append((layer, partial(_in_preset, preset, nodes)))
+    for name in (part.strip() for part in (preset or "").split(",") if part.strip()):
+        layer, nodes = _preset_layer(name)
+        layers.append((layer, partial(_in_preset, name, nodes)))
     for item in overrides or []:
         if not item.split("=", 1)[0].strip() or "=" not in item:
             raise ConfigError(
