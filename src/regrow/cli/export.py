@@ -97,10 +97,11 @@ def run_export(args: argparse.Namespace) -> int:
             f"{report.threads} thread(s)):"
         )
         print(layer_table(report))
-        folded = sum(1 for layer in report.layers if layer.folded_batch_norm)
+        folded = [layer.name for layer in report.layers if layer.folded_batch_norm]
         print(
-            f"  batch norm: folded into {folded} layer(s) (+name above); the others kept, eval "
-            "mode (running statistics)"
+            f"  batch norm: folded into {len(folded)} layer(s)"
+            + (f" ({', '.join(folded)})" if folded else "")
+            + "; any other batch norm is kept, in eval mode (running statistics)"
         )
         if report.model_ms is not None:
             kept = "kept" if report.csr_layers() else "dropped: every layer dense"
