@@ -33,6 +33,7 @@ from torch import nn
 from ..sparsity.args import MethodArgs
 from ..sparsity.base import Sparsifier, get_method
 from ..sparsity.plan import AllocationPlan
+from ..sparsity.schedules import PAPER_CIFAR_STEPS
 from .counter import FlopProfile, FlopReport, profile_model
 from .matching import flops_at_sparsity, kept_parameter_count, matching_sparsity, parameter_count
 from .training import method_training_flops
@@ -66,7 +67,7 @@ class PaperRun:
 #: batch 4,096, pruning from 10,000 to 25,000 every 1,000; Gale et al. 2019 via the official
 #: counting notebook).
 PAPER_RUNS: dict[str, PaperRun] = {
-    "cifar": PaperRun(97_656),
+    "cifar": PaperRun(PAPER_CIFAR_STEPS),
     "imagenet": PaperRun(32_000, 10_000, 25_000),
 }
 

@@ -9,8 +9,8 @@ initial values, every other weight and its optimizer state at zero.
 ``sparsity.rewind=true`` asks for the *source run's* initial weights (the lottery ticket's
 rewinding). Initial weights are a function of the seed, the model, its width and the data set
 (which fixes the number of classes), so the source's ``config.yaml`` must agree on ``seed``,
-``model.name``, ``model.width`` and ``data.name`` — checked, not assumed — and the weights are
-then rebuilt exactly as :func:`regrow.train.loop.build` builds them.
+``model.name``, ``model.width`` and ``data.name`` — checked, not assumed — and this run's
+initial weights, taken as :func:`regrow.train.loop.build` built them, are the source's.
 
 Recipes: Lottery = ``sparsity.method=static sparsity.init_masks=<pruning run>
 sparsity.rewind=true``; RigL re-initialised = ``sparsity.method=rigl sparsity.init_masks=<rigl
@@ -20,13 +20,12 @@ run>`` (README, "Masks from another run").
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from ..sparsity import Sparsifier
 from .checkpoint import load_checkpoint
@@ -103,38 +102,18 @@ def _same_number(a: Any, b: Any) -> bool:
     return isinstance(a, int | float) and isinstance(b, int | float) and float(a) == float(b)
 
 
-def initial_weights(
-    config: RunConfig, sparsifier: Sparsifier, make_model: Callable[[], nn.Module]
-) -> dict[str, torch.Tensor]:
-    """This run's initial values of the sparse tensors, rebuilt as ``build`` builds them
-    (``torch.manual_seed(config.seed)``, then the model) without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = make_model()
-    weights = {}
-    for name, param, mask in zip(
-        sparsifier.names, sparsifier.params, sparsifier.masks.values(), strict=True
-    ):
-        value = model.get_parameter(name).detach().to(param.device, param.dtype)
-        if not torch.equal(value * mask, param.detach() * mask):  # where the sparsifier kept it
-            raise RuntimeError(
-                f"rebuilding the initial weights of {name} did not reproduce the model's: the "
-                "model is built from more than the seed and the model config."
-            )
-        weights[name] = value
-    return weights
-
-
 def start_from_run(
     config: RunConfig,
     run_dir: RunDir,
     sparsifier: Sparsifier,
-    make_model: Callable[[], nn.Module],
+    initial: Mapping[str, torch.Tensor] | None,
 ) -> dict[str, Any] | None:
     """Install the masks of ``sparsity.init_masks`` into ``sparsifier`` (at step 0) and return
-    the ``init_masks`` entry of ``summary.json`` (``None`` when the key is not set). On a
-    resume (``run_dir`` already has a checkpoint) nothing is installed: the checkpoint holds the
-    masks."""
+    the ``init_masks`` entry of ``summary.json`` (``None`` when the key is not set).
+
+    ``initial``: the model's parameters as built, before the sparsifier zeroed them outside its
+    own initial masks; active weights start from them. On a resume (``run_dir`` already has a
+    checkpoint) nothing is installed: the checkpoint holds the masks."""
     s = config.sparsity
     if s.init_masks is None:
         return None
@@ -164,7 +143,8 @@ def start_from_run(
             f"{_get(source, 'sparsity.sparsity')}: set sparsity.sparsity="
             f"{_get(source, 'sparsity.sparsity')} (the masks fix the sparsity)."
         )
-    weights = initial_weights(config, sparsifier, make_model)
+    assert initial is not None, "build passes the initial parameters when init_masks is set"
+    weights = {name: initial[name] for name in sparsifier.names}
     try:
         sparsifier.start_from_masks(masks, s.init_masks_mode, seed=config.seed, weights=weights)
     except ValueError as error:

@@ -309,11 +309,13 @@ def build(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, t.lr_milestones, t.lr_gamma)
     )
+    # Masks from another run start from the weights as built (the sparsifier zeroes them).
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()} if s.init_masks else None
     sparsifier = method(
         model, optimizer, total_steps=total_steps, seed=config.seed, args=s.method_args(),
         **s.plan_keys(),
     )  # fmt: skip
-    init_masks = start_from_run(config, run_dir, sparsifier, lambda: make(width))
+    init_masks = start_from_run(config, run_dir, sparsifier, initial)
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
     dense_flops = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
     flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, dense_flops)
