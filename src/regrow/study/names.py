@@ -1,0 +1,21 @@
+"""What ``regrow sweep`` writes and ``regrow report`` reads: file names, figure kinds and the
+metrics row of a mask update (one fact in one place)."""
+
+from __future__ import annotations
+
+#: Written by ``regrow sweep`` into the study directory: the study's name, base preset, fixed
+#: overrides, every planned run (name, overrides, parameters) and the study file's report settings.
+STUDY_FILE = "study.json"
+
+#: Figures ``regrow report`` can draw, each with what it shows.
+FIGURE_KINDS: dict[str, str] = {
+    "accuracy_vs_sparsity": "test accuracy against sparsity per method and distribution (std bands)",
+    "alpha_delta_t": "test accuracy over RigL's drop fraction α × update interval ΔT (heat map)",
+    "accuracy_vs_train_flops": "test accuracy against training FLOPs (×dense) of ×M runs",
+    "erk_vs_uniform": "ERK against uniform at equal inference FLOPs",
+    "layer_density": "per-layer density over training, from the mask-update rows",
+    "learning_curves": "training loss and test accuracy against epoch of each run",
+}
+
+#: ``"event"`` of the ``metrics.jsonl`` row written at every mask update (pass rows have none).
+MASK_UPDATE_EVENT = "mask_update"
