@@ -23,6 +23,7 @@ from .common import UsageError
 from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
+from .report import add_report_parser
 from .train import add_train_parser, run_train
 
 __all__ = [
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flops_parser(subparsers)
     add_export_parser(subparsers)
     add_bench_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,519 @@
+"""``regrow report``: cells, missing seeds, tables and figures from hand-written run directories
+(``config.yaml`` from the quickstart preset, ``summary.json`` and ``metrics.jsonl`` with chosen
+numbers; nothing is trained)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regrow.cli import main
+from regrow.study import figures, report
+from regrow.study.names import FIGURE_KINDS, MASK_UPDATE_EVENT, STUDY_FILE
+from regrow.train import load_config
+from regrow.train.config import to_yaml
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@cache
+def _config_text(overrides: tuple[str, ...]) -> str:
+    return to_yaml(load_config("quickstart", [*overrides, "out_dir=<test>"]))
+
+
+def write_run(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    accuracy: float | None = None,
+    state: str = "done",
+    rows: list[dict[str, Any]] | None = None,
+    **summary: Any,
+) -> Path:
+    """A run directory as the trainer leaves it: ``config.yaml`` always; ``summary.json`` when
+    ``state`` is ``done``; only a checkpoint when ``partial``; ``failed.json`` when ``failed``."""
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(_config_text(tuple(overrides)))
+    config = load_config("quickstart", [*overrides, "out_dir=<test>"])
+    if state == "done":
+        sparsity = config.sparsity.sparsity if config.sparsity.method != "dense" else 0.0
+        values = {
+            "status": "finished",
+            "method": config.sparsity.method,
+            "method_args": dict(config.sparsity.args),
+            "target_sparsity": config.sparsity.sparsity,
+            "distribution": config.sparsity.distribution,
+            "model": config.model.name,
+            "model_width": config.model.width,
+            "dataset": config.data.name,
+            "seed": config.seed,
+            "multiplier": config.train.multiplier,
+            "epochs": config.train.epochs,
+            "test_accuracy": accuracy,
+            "sparsity": sparsity,
+            "inference_flops_ratio": 1.0 - sparsity,
+            "train_flops_ratio": (1.0 - sparsity) * config.train.multiplier,
+            "wall_seconds": 5.0,
+        }
+        (path / "summary.json").write_text(json.dumps({**values, **summary}))
+    elif state == "partial":
+        (path / "checkpoint.pt").write_bytes(b"not read by the report")
+    elif state == "failed":
+        (path / "failed.json").write_text(json.dumps({"error": "NonFiniteLossError"}))
+    if rows:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def accuracy_of(method: str, distribution: str, sparsity: float, seed: int) -> float:
+    """Chosen numbers: RigL above Static, ERK above uniform, falling with sparsity, ±1 by seed."""
+    base = {"dense": 98.0, "small_dense": 93.0, "static": 88.0, "rigl": 92.0}[method]
+    if method in ("static", "rigl"):
+        base -= 20 * (sparsity - 0.8) + (0 if distribution == "erk" else 1.5)
+    return base + (1.0 if seed == 1 else -1.0)
+
+
+def pass_rows(epochs: int = 4, steps: int = 40) -> list[dict[str, Any]]:
+    rows = []
+    for epoch in range(epochs):
+        row = {
+            "epoch": epoch,
+            "step": (epoch + 1) * steps,
+            "train_loss": 2.0 / (epoch + 1),
+            "train_accuracy": 50 + 10 * epoch,
+            "lr": 0.05,
+            "density": 0.1,
+            "train_flops_ratio": 0.01 * epoch,
+            "seconds": 0.1 * epoch,
+        }
+        if epoch % 2 == 1:
+            row.update(test_accuracy=60.0 + 10 * epoch, test_loss=1.0 / (epoch + 1))
+        rows.append(row)
+    return rows
+
+
+def mask_rows(layers: int, updates: int = 5) -> list[dict[str, Any]]:
+    return [
+        {
+            "event": MASK_UPDATE_EVENT,
+            "epoch": u,
+            "step": 50 * (u + 1),
+            "itop_rate": 0.1 * u,
+            "changed_fraction": 0.05,
+            "layer_density": {
+                f"block{i}.conv.weight": (0.02 + 0.04 * i) * (1 + 0.05 * u) for i in range(layers)
+            },
+        }
+        for u in range(updates)
+    ]
+
+
+def overrides_of(method: str, distribution: str, sparsity: float, seed: int) -> list[str]:
+    extra = ["sparsity.args.delta_t=50"] if method == "rigl" else []
+    return [
+        f"sparsity.method={method}",
+        f"sparsity.distribution={distribution}",
+        f"sparsity.sparsity={sparsity}",
+        f"seed={seed}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """static, rigl × erk, uniform × 0.8, 0.9 over seeds 0, 1, plus Dense and Small-Dense; the
+    run rigl/uniform/0.9/seed 1 is partial (a checkpoint, no summary)."""
+    root = tmp_path_factory.mktemp("grid")
+    for seed in (0, 1):
+        for method in ("static", "rigl"):
+            for distribution in ("erk", "uniform"):
+                for sparsity in (0.8, 0.9):
+                    name = f"{method}_{distribution}_{sparsity}_s{seed}"
+                    partial = (method, distribution, sparsity, seed) == ("rigl", "uniform", 0.9, 1)
+                    write_run(
+                        root,
+                        name,
+                        overrides_of(method, distribution, sparsity, seed),
+                        None if partial else accuracy_of(method, distribution, sparsity, seed),
+                        state="partial" if partial else "done",
+                        rows=[*pass_rows(), *(mask_rows(3) if method == "rigl" else [])],
+                    )
+        for method in ("dense", "small_dense"):
+            write_run(
+                root,
+                f"{method}_s{seed}",
+                overrides_of(method, "erk", 0.9, seed),
+                accuracy_of(method, "erk", 0.9, seed),
+                rows=pass_rows(),
+            )
+    return root
+
+
+def cell_of(cells: list[report.Cell], **values: Any) -> report.Cell:
+    found = [c for c in cells if all(c.values[f"sparsity.{k}"] == v for k, v in values.items())]
+    assert len(found) == 1, (values, [c.values for c in cells])
+    return found[0]
+
+
+def test_cells_mean_std_n_and_missing_seeds_without_study_file(grid: Path) -> None:
+    records = report.collect(grid)
+    assert len(records) == 20
+    keys = report.varying_keys(records)
+    assert keys[:3] == ["sparsity.method", "sparsity.distribution", "sparsity.sparsity"]
+    assert "seed" not in keys and "out_dir" not in keys
+    cells = report.aggregate(records, keys, ["test_accuracy"])
+    rigl = cell_of(cells, method="rigl", distribution="erk", sparsity=0.8)
+    assert rigl.n == 2 and rigl.stats["test_accuracy"].values == (91.0, 93.0)
+    assert rigl.stats["test_accuracy"].mean == pytest.approx(92.0)
+    assert rigl.stats["test_accuracy"].std == pytest.approx(math.sqrt(2))
+    assert rigl.missing == ()
+    partial = cell_of(cells, method="rigl", distribution="uniform", sparsity=0.9)
+    assert partial.n == 1 and partial.expected_seeds == (0, 1)
+    assert partial.missing == (report.Missing(1, "partial", "rigl_uniform_0.9_s1"),)
+    # Small-Dense is its own cell, not averaged with Dense.
+    dense, small = cell_of(cells, method="dense"), cell_of(cells, method="small_dense")
+    assert dense.stats["test_accuracy"].mean == pytest.approx(98.0)
+    assert small.stats["test_accuracy"].mean == pytest.approx(93.0)
+    # Natural order: dense baselines, static, rigl; uniform before erk; sparsity ascending.
+    order = [
+        (
+            c.values["sparsity.method"],
+            c.values["sparsity.distribution"],
+            c.values["sparsity.sparsity"],
+        )
+        for c in cells
+    ]
+    assert order[:2] == [("dense", "erk", 0.9), ("small_dense", "erk", 0.9)]
+    assert order[2:4] == [("static", "uniform", 0.8), ("static", "uniform", 0.9)]
+    assert order[-1] == ("rigl", "erk", 0.9)
+
+
+def test_expected_seeds_without_study_file_are_every_seed_seen(tmp_path: Path) -> None:
+    write_run(tmp_path, "static_s0", overrides_of("static", "erk", 0.9, 0), 80.0)
+    write_run(tmp_path, "static_s2", overrides_of("static", "erk", 0.9, 2), 82.0)
+    write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    records = report.collect(tmp_path)
+    cells = report.aggregate(records, ["sparsity.method"], ["test_accuracy"])
+    static, rigl = cells
+    assert static.missing == () and static.n == 2
+    assert rigl.missing == (report.Missing(2, report.ABSENT),)
+
+
+def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path: Path) -> None:
+    plan_runs = []
+    for method, seeds in (("static", (0, 1, 2)), ("rigl", (0, 1, 2)), ("dense", (0,))):
+        for seed in seeds:
+            overrides = [f"sparsity.method={method}", f"seed={seed}"]
+            plan_runs.append(
+                {
+                    "name": f"{method}_s{seed}",
+                    "overrides": overrides,
+                    "params": {"sparsity.method": method, "seed": seed},
+                }
+            )
+    study = {
+        "study": "planned",
+        "preset": "quickstart",
+        "overrides": [],
+        "seeds": 3,
+        "runs": plan_runs,
+        "report": {"group_by": ["sparsity.method"], "metrics": ["test_accuracy"], "figures": []},
+    }
+    (tmp_path / STUDY_FILE).write_text(json.dumps(study))
+    write_run(tmp_path, "static_s0", ["sparsity.method=static", "seed=0"], 80.0)
+    write_run(tmp_path, "static_s1", ["sparsity.method=static", "seed=1"], state="failed")
+    write_run(tmp_path, "rigl_s0", ["sparsity.method=rigl", "seed=0"], 85.0)
+    write_run(tmp_path, "rigl_s1", ["sparsity.method=rigl", "seed=1"], 87.0)
+    write_run(tmp_path, "rigl_s2", ["sparsity.method=rigl", "seed=2"], 89.0)
+    write_run(tmp_path, "dense_s0", ["sparsity.method=dense", "seed=0"], 98.0)
+    result = report.build_report(tmp_path)
+    assert result.study.name == "planned"
+    assert result.group_by == ["sparsity.method"] and result.metrics == ["test_accuracy"]
+    assert result.figures == {}  # study.json asks for none
+    by_method = {c.values["sparsity.method"]: c for c in result.cells}
+    assert [m for m in by_method] == ["dense", "static", "rigl"]
+    assert by_method["static"].missing == (
+        report.Missing(1, "failed", "static_s1"),
+        report.Missing(2, "absent", "static_s2"),
+    )
+    assert by_method["rigl"].missing == () and by_method["rigl"].n == 3
+    assert by_method["dense"].expected_seeds == (0,) and by_method["dense"].missing == ()
+    assert "1 (failed), 2 (absent)" in result.text
+    assert "- static_s2: absent (seed 2; method=static)" in result.text
+
+
+def test_markdown_csv_and_json_files(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = grid.parent / "grid_report"
+    status = main(
+        [
+            "report",
+            str(grid),
+            "--figures",
+            "none",
+            "--out",
+            str(out),
+            "--group-by",
+            "sparsity.method,sparsity.distribution,sparsity.sparsity",
+            "--metrics",
+            "test_accuracy,train_flops_ratio",
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    markdown = (out / "report.md").read_text()
+    assert markdown in printed
+    assert "| rigl | uniform | 0.9 | 1/2 | 87.50 ± 0.00 |" in markdown
+    assert "| rigl | erk | 0.8 | 2/2 | 92.00 ± 1.41 | 0.2000 ± 0.0000 | — |" in markdown
+    assert "1 (partial)" in markdown and "rigl_uniform_0.9_s1: partial" in markdown
+    rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
+    assert len(rows) == 2 + 8
+    row = next(
+        r
+        for r in rows
+        if r["sparsity.method"] == "rigl"
+        and r["sparsity.distribution"] == "erk"
+        and r["sparsity.sparsity"] == "0.8"
+    )
+    assert float(row["test_accuracy_mean"]) == pytest.approx(92.0)
+    assert float(row["test_accuracy_std"]) == pytest.approx(math.sqrt(2))
+    assert row["test_accuracy_n"] == "2" and row["expected_seeds"] == "0;1"
+    assert next(r for r in rows if r["missing"])["missing"] == "1:partial"
+    data = json.loads((out / "report.json").read_text())
+    assert data["group_by"] == ["sparsity.method", "sparsity.distribution", "sparsity.sparsity"]
+    cell = next(c for c in data["cells"] if c["missing"])
+    assert cell["missing"] == [{"seed": 1, "state": "partial", "run": "rigl_uniform_0.9_s1"}]
+    assert cell["metrics"]["test_accuracy"]["n"] == 1
+    assert {r["state"] for r in data["runs"]} == {"done", "partial"}
+
+
+def test_partial_run_is_missing_with_its_state(tmp_path: Path) -> None:
+    write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    write_run(tmp_path, "rigl_s1", overrides_of("rigl", "erk", 0.9, 1), state="partial")
+    write_run(tmp_path, "rigl_s2", overrides_of("rigl", "erk", 0.9, 2), state="new")
+    (tmp_path / "rigl_s3").mkdir()  # no config.yaml: not a run, ignored
+    (tmp_path / "rigl_s3" / "notes.txt").write_text("x")
+    records = report.collect(tmp_path)
+    assert [(r.name, r.state) for r in records] == [
+        ("rigl_s0", "done"),
+        ("rigl_s1", "partial"),
+        ("rigl_s2", "new"),
+    ]
+    (cell,) = report.aggregate(records, ["sparsity.method"], ["test_accuracy"])
+    assert [str(m) for m in cell.missing] == ["1 (partial)", "2 (new)"]
+
+
+def test_unreadable_summary_does_not_crash(tmp_path: Path) -> None:
+    write_run(tmp_path, "a", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    (
+        write_run(tmp_path, "b", overrides_of("rigl", "erk", 0.9, 1), 85.0) / "summary.json"
+    ).write_text("{")
+    records = {r.name: r for r in report.collect(tmp_path)}
+    assert records["b"].state == report.UNREADABLE and "summary" in records["b"].detail
+
+
+# ------------------------------------------------------------------------ command-line errors
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("regrow report: error:"), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_bad_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "does not exist" in _one_line_error(capsys, ["report", str(tmp_path / "nope")])
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in _one_line_error(capsys, ["report", str(tmp_path / "file")])
+    (tmp_path / "empty").mkdir()
+    assert "no run directories" in _one_line_error(capsys, ["report", str(tmp_path / "empty")])
+
+
+def test_unknown_key_figure_metric_and_run(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, ["report", str(grid), "--group-by", "sparsity.methd"])
+    assert "'sparsity.methd'" in line and "did you mean sparsity.method" in line
+    assert "available:" in line and "train.multiplier" in line
+    line = _one_line_error(capsys, ["report", str(grid), "--figures", "accuracy,learning_curves"])
+    assert "'accuracy'" in line and all(kind in line for kind in FIGURE_KINDS)
+    line = _one_line_error(capsys, ["report", str(grid), "--metrics", "test_acc"])
+    assert "'test_acc'" in line and "test_accuracy" in line
+    line = _one_line_error(capsys, ["report", str(grid), "--runs", "nothing_*"])
+    assert "'nothing_*'" in line and "dense_s0" in line
+
+
+def test_figures_without_data_are_skipped_or_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    assert main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped alpha_delta_t: α (sparsity.args.alpha) takes one value (0.3)" in err
+    assert "Traceback" not in err
+    assert main(["report", str(tmp_path), "--figures", "alpha_delta_t"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("regrow report: warning: not drawn: alpha_delta_t")
+    assert not (tmp_path / "report" / "alpha_delta_t.png").exists()
+
+
+# ---------------------------------------------------------------------------------- figures
+def _png(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_accuracy_vs_sparsity(grid: Path, tmp_path: Path) -> None:
+    records = report.collect(grid)
+    figure = report.draw("accuracy_vs_sparsity", records, tmp_path / "a.png")
+    width, height = _png(tmp_path / "a.png")
+    assert width > 600 and height > 400
+    (axes,) = figure.axes
+    labels = [line.get_label() for line in axes.get_lines()]
+    # static/rigl × erk/uniform lines, Dense as the reference line; small_dense at its sparsity.
+    assert {"rigl, erk", "rigl, uniform", "static, erk", "static, uniform"} <= set(labels)
+    assert any(label.startswith("dense (98.00 %)") for label in labels)
+    rigl_erk = next(line for line in axes.get_lines() if line.get_label() == "rigl, erk")
+    assert list(rigl_erk.get_xdata()) == [0.8, 0.9]
+    assert list(rigl_erk.get_ydata()) == pytest.approx([92.0, 90.0])
+    assert len(axes.collections) >= 5  # a std band per line
+    assert axes.get_legend() is not None
+
+
+def test_erk_vs_uniform_and_learning_curves(grid: Path, tmp_path: Path) -> None:
+    records = report.collect(grid)
+    figure = report.draw("erk_vs_uniform", records, tmp_path / "e.png")
+    (axes,) = figure.axes
+    assert _png(tmp_path / "e.png")[0] > 600
+    labels = {container.get_label() for container in axes.containers}  # errorbar lines
+    assert {"rigl, erk", "rigl, uniform", "static, erk", "static, uniform"} <= labels
+    assert {t.get_text() for t in axes.texts} == {"s=0.8", "s=0.9"}
+    figure = report.draw("learning_curves", records, tmp_path / "l.png")
+    loss, accuracy = figure.axes
+    keys = report.varying_keys(records)
+    assert len(loss.get_lines()) == len(report.aggregate(records, keys, []))  # first run per cell
+    assert list(accuracy.get_lines()[0].get_xdata()) == [1, 3]
+    figure = report.draw(
+        "learning_curves",
+        report.select_runs(records, ["rigl_erk_*"]),
+        tmp_path / "l2.png",
+        runs=["rigl_erk_*"],
+    )
+    assert len(figure.axes[0].get_lines()) == 4
+
+
+def test_alpha_delta_t_grid_is_an_annotated_heat_map(tmp_path: Path) -> None:
+    root = tmp_path / "grid"
+    for alpha in (0.1, 0.3, 0.5):
+        for delta_t in (50, 100, 200):
+            for seed in (0, 1):
+                write_run(
+                    root,
+                    f"a{alpha}_d{delta_t}_s{seed}",
+                    [
+                        "sparsity.method=rigl",
+                        f"sparsity.args.alpha={alpha}",
+                        f"sparsity.args.delta_t={delta_t}",
+                        f"seed={seed}",
+                    ],
+                    80 + 10 * alpha + delta_t / 100 + seed,
+                )
+    records = report.collect(root)
+    figure = report.draw("alpha_delta_t", records, tmp_path / "h.png")
+    panel = figure.axes[0]
+    assert len(panel.images) == 1 and panel.images[0].get_array().shape == (3, 3)
+    texts = sorted(t.get_text() for t in panel.texts)
+    assert len(texts) == 9 and "82.0\n±0.7" in texts  # α 0.1, ΔT 50: 81.5 and 82.5
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["50", "100", "200"]
+
+
+def test_alpha_delta_t_optuna_trials_are_a_scatter_over_a_contour(tmp_path: Path) -> None:
+    root = tmp_path / "optuna"
+    generator = random.Random(0)
+    for trial in range(20):
+        alpha = round(generator.uniform(0.05, 0.6), 3)
+        delta_t = generator.randint(10, 1000)
+        write_run(
+            root,
+            f"trial_{trial}",
+            [
+                "sparsity.method=rigl",
+                f"sparsity.args.alpha={alpha}",
+                f"sparsity.args.delta_t={delta_t}",
+            ],
+            90 - 5 * abs(alpha - 0.3),
+        )
+    figure = report.draw("alpha_delta_t", report.collect(root), tmp_path / "o.png")
+    panel = figure.axes[0]
+    assert not panel.images
+    kinds = {type(c).__name__ for c in panel.collections}
+    assert "PathCollection" in kinds and len(panel.collections) >= 2  # scatter + contour
+    assert panel.collections[-1].get_offsets().shape == (20, 2)
+    assert panel.get_xscale() == "log"
+
+
+def test_accuracy_vs_train_flops(tmp_path: Path) -> None:
+    for method in ("static", "rigl", "dense"):
+        for multiplier in (1, 2, 5):
+            for seed in (0, 1):
+                write_run(
+                    tmp_path,
+                    f"{method}_x{multiplier}_s{seed}",
+                    [f"sparsity.method={method}", f"train.multiplier={multiplier}", f"seed={seed}"],
+                    85.0 + multiplier + seed,
+                )
+    figure = report.draw("accuracy_vs_train_flops", report.collect(tmp_path), tmp_path / "f.png")
+    (axes,) = figure.axes
+    lines = {c.get_label(): c.lines[0] for c in axes.containers}  # errorbar: the data line
+    assert set(lines) == {"dense", "static, erk", "rigl, erk"}
+    assert list(lines["rigl, erk"].get_xdata()) == pytest.approx([0.03, 0.06, 0.15])
+    assert list(lines["rigl, erk"].get_ydata()) == [86.5, 87.5, 90.5]
+    assert sorted({t.get_text() for t in axes.texts}) == ["×1", "×2", "×5"]
+    assert axes.get_xscale() == "log"
+    assert _png(tmp_path / "f.png")[0] > 600
+
+
+@pytest.mark.parametrize("layers", [3, 20])
+def test_layer_density(tmp_path: Path, layers: int) -> None:
+    for seed in (0, 1):
+        write_run(
+            tmp_path,
+            f"rigl_s{seed}",
+            overrides_of("rigl", "erk", 0.9, seed),
+            85.0,
+            rows=[*pass_rows(), *mask_rows(layers)],
+        )
+    write_run(tmp_path, "static_s0", overrides_of("static", "erk", 0.9, 0), 80.0, rows=pass_rows())
+    figure = report.draw("layer_density", report.collect(tmp_path), tmp_path / "d.png")
+    panel = figure.axes[0]
+    assert len(panel.get_lines()) == layers  # the first rigl run; static has no mask updates
+    assert list(panel.get_lines()[0].get_xdata()) == [50, 100, 150, 200, 250]
+    if layers > figures.MAX_LEGEND_LAYERS:
+        assert len(figure.axes) == 2  # the panel and a colour bar along depth
+        assert not figure.legends
+    else:
+        assert len(figure.legends) == 1
+        assert figure.legends[0].get_texts()[0].get_text() == "block0.conv.weight"
+    assert _png(tmp_path / "d.png")[1] > 300
+
+
+def test_every_kind_from_the_cli(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = grid.parent / "all_figures"
+    assert main(["report", str(grid), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    drawn = {p.stem for p in out.glob("*.png")}
+    assert drawn == {"accuracy_vs_sparsity", "erk_vs_uniform", "layer_density", "learning_curves"}
+    assert (
+        "skipped alpha_delta_t" in captured.err
+        and "skipped accuracy_vs_train_flops" in captured.err
+    )
+    assert all(p.stat().st_size > 1000 for p in out.glob("*.png"))
+    assert not list(out.glob(".*.tmp"))  # written atomically, no temporaries left
