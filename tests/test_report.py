@@ -82,13 +82,15 @@ def accuracy_of(method: str, distribution: str, sparsity: float, seed: int) -> f
     return base + (1.0 if seed == 1 else -1.0)
 
 
-def pass_rows(epochs: int = 4, steps: int = 40) -> list[dict[str, Any]]:
+def pass_rows(epochs: int = 4, steps: int = 40, scale: float = 1.0) -> list[dict[str, Any]]:
+    """Pass rows of a run whose loss falls as ``scale × 2 / (epoch + 1)``; an evaluation (test
+    accuracy rising towards 100 %) every second pass."""
     rows = []
     for epoch in range(epochs):
         row = {
             "epoch": epoch,
             "step": (epoch + 1) * steps,
-            "train_loss": 2.0 / (epoch + 1),
+            "train_loss": scale * 2.0 / (epoch + 1),
             "train_accuracy": 50 + 10 * epoch,
             "lr": 0.05,
             "density": 0.1,
@@ -96,12 +98,14 @@ def pass_rows(epochs: int = 4, steps: int = 40) -> list[dict[str, Any]]:
             "seconds": 0.1 * epoch,
         }
         if epoch % 2 == 1:
-            row.update(test_accuracy=60.0 + 10 * epoch, test_loss=1.0 / (epoch + 1))
+            row.update(test_accuracy=100 - 40 * scale / (epoch + 1), test_loss=1.0 / (epoch + 1))
         rows.append(row)
     return rows
 
 
 def mask_rows(layers: int, updates: int = 5) -> list[dict[str, Any]]:
+    """Mask-update rows: layer ``i`` at density ``0.02 × 1.2^i``, drifting (as with
+    redistribution) down for the first layers and up for the last ones."""
     return [
         {
             "event": MASK_UPDATE_EVENT,
@@ -110,7 +114,10 @@ def mask_rows(layers: int, updates: int = 5) -> list[dict[str, Any]]:
             "itop_rate": 0.1 * u,
             "changed_fraction": 0.05,
             "layer_density": {
-                f"block{i}.conv.weight": (0.02 + 0.04 * i) * (1 + 0.05 * u) for i in range(layers)
+                f"block{i}.conv.weight": min(
+                    1.0, 0.02 * 1.2**i * (1 + 0.04 * u * (i / layers - 0.5))
+                )
+                for i in range(layers)
             },
         }
         for u in range(updates)
@@ -517,3 +524,22 @@ def test_every_kind_from_the_cli(grid: Path, capsys: pytest.CaptureFixture[str])
     )
     assert all(p.stat().st_size > 1000 for p in out.glob("*.png"))
     assert not list(out.glob(".*.tmp"))  # written atomically, no temporaries left
+
+
+def test_locked_run_is_missing_with_state_locked(tmp_path: Path) -> None:
+    from regrow.train import RunDir
+
+    write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    busy = write_run(tmp_path, "rigl_s1", overrides_of("rigl", "erk", 0.9, 1), state="partial")
+    with RunDir(busy).lock():  # another trainer holds it
+        (cell,) = report.aggregate(report.collect(tmp_path), ["sparsity.method"], ["test_accuracy"])
+    assert cell.missing == (report.Missing(1, "locked", "rigl_s1"),)
+
+
+def test_runs_restricts_the_report(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = grid.parent / "only_rigl"
+    argv = ["report", str(grid), "--runs", "rigl_erk_*", "--figures", "learning_curves"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 of 4 runs finished" in printed and "static" not in printed
+    assert (out / "learning_curves.png").stat().st_size > 1000

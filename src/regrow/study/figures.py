@@ -38,6 +38,7 @@ Titles name the dataset and model; legends sit outside the axes.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,8 @@ from .report import (
 
 #: Figures drawn with no more than this many panels (layer density) or lines (learning curves).
 MAX_PANELS, MAX_CURVES = 6, 12
+#: Lines of a line figure at most (the best by mean accuracy); points annotated at most.
+MAX_SERIES, MAX_ANNOTATED = 10, 12
 #: Layers shown by a legend; more are coloured by depth with a colour bar.
 MAX_LEGEND_LAYERS = 10
 
@@ -106,7 +109,7 @@ def _subject(records: Sequence[RunRecord]) -> str:
 
 def _seeds_note(records: Sequence[RunRecord]) -> str:
     seeds = {r.seed for r in records}
-    return f"mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
 
 
 def _finished(records: Sequence[RunRecord], *metrics: str) -> list[RunRecord]:
@@ -149,6 +152,33 @@ def _labels(cells: Sequence[Cell]) -> list[str]:
         ]
         labels.append(", ".join(parts) or "all runs")
     return labels
+
+
+def _line_series(
+    records: Sequence[RunRecord], keys: Sequence[str]
+) -> tuple[list[Cell], list[str], list[Any], str]:
+    """The series of a line figure (one per value of ``keys``) with a label and a colour each,
+    and a note for the title. Colour is by method unless several series share a method and a
+    distribution (an extra key splits them), then by series. More than :data:`MAX_SERIES` are cut
+    to those with the highest mean accuracy (the note says so), so the legend stays readable."""
+    from matplotlib import colormaps
+
+    series = aggregate(records, keys, [ACCURACY])
+    labels = _labels(series)
+    note = ""
+    if len(series) > MAX_SERIES:
+        ranked = sorted(range(len(series)), key=lambda i: -(series[i].stats[ACCURACY].mean or 0))
+        keep = sorted(ranked[:MAX_SERIES])
+        note = f"; the {MAX_SERIES} of {len(series)} configurations with the best mean accuracy"
+        series, labels = [series[i] for i in keep], [labels[i] for i in keep]
+    pairs = [(c.values[METHOD], c.values[DISTRIBUTION]) for c in series]
+    if len(set(pairs)) < len(pairs):
+        palette = colormaps["tab10" if len(series) <= 10 else "tab20"].colors
+        colours = [palette[i % len(palette)] for i in range(len(series))]
+    else:
+        by_method = _method_colours(records)
+        colours = [by_method[str(c.values[METHOD])] for c in series]
+    return series, labels, colours, note
 
 
 def _method_colours(records: Sequence[RunRecord]) -> dict[str, Any]:
@@ -207,15 +237,13 @@ def _accuracy_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str],
         shown = ", ".join(f"{s:g}" for s in sparsities) or "none"
         raise NoData(f"sparsity.sparsity takes one value ({shown}): nothing to draw it against")
     extra = _extra_keys(group_by, METHOD, DISTRIBUTION, SPARSITY)
-    series = aggregate(sparse, [METHOD, DISTRIBUTION, *extra], [ACCURACY])
-    colours = _method_colours(done)
+    series, labels, colours, note = _line_series(sparse, [METHOD, DISTRIBUTION, *extra])
     figure = _pyplot_free_figure(7.5, 4.5)
     axes = figure.add_subplot()
-    for cell, label in zip(series, _labels(series), strict=True):
+    for cell, label, colour in zip(series, labels, colours, strict=True):
         points = _points(cell, SPARSITY)
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         style, marker = DISTRIBUTION_STYLE.get(str(cell.values[DISTRIBUTION]), (":", "D"))
-        colour = colours[str(cell.values[METHOD])]
         axes.plot(xs, means, linestyle=style, marker=marker, color=colour, label=label)
         axes.fill_between(
             xs,
@@ -244,7 +272,7 @@ def _accuracy_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str],
     axes.set_xlabel("sparsity (fraction of weights that are zero)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(
-        f"Test accuracy vs sparsity — {_subject(done)}\n{_seeds_note(done)}", fontsize=10
+        f"Test accuracy vs sparsity — {_subject(done)}\n{_seeds_note(done)}{note}", fontsize=10
     )
     axes.grid(alpha=0.3)
     _legend_outside(axes, "method, distribution")
@@ -336,6 +364,7 @@ def _alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
                 linewidths=0.5,
                 zorder=3,
             )
+            _pad_limits(axes, xs, ys)
             axes.grid(alpha=0.3)
         axes.set_xlabel("ΔT (steps between mask updates)")
         axes.set_ylabel("α (initial drop fraction)")
@@ -348,6 +377,20 @@ def _alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
         f"Test accuracy over α × ΔT — {_subject(done)}, {_seeds_note(done)}", fontsize=10
     )
     return figure
+
+
+def _pad_limits(axes: Any, xs: Sequence[float], ys: Sequence[float], pad: float = 0.05) -> None:
+    """Axis limits a little beyond the points (in log units on a log axis), so that no marker
+    is cut in half by the frame (a filled contour would otherwise fit the limits to the points)."""
+    if axes.get_xscale() == "log":
+        low, high = math.log10(min(xs)), math.log10(max(xs))
+        span = (high - low) or 1.0
+        axes.set_xlim(10 ** (low - pad * span), 10 ** (high + pad * span))
+    else:
+        span = (max(xs) - min(xs)) or 1.0
+        axes.set_xlim(min(xs) - pad * span, max(xs) + pad * span)
+    span = (max(ys) - min(ys)) or 1.0
+    axes.set_ylim(min(ys) - pad * span, max(ys) + pad * span)
 
 
 def _colour_map(name: str) -> Any:
@@ -407,12 +450,11 @@ def _accuracy_vs_train_flops(
         shown = ", ".join(f"{m:g}" for m in multipliers) or "none"
         raise NoData(f"train.multiplier takes one value ({shown}): no ×M runs to compare")
     extra = _extra_keys(group_by, METHOD, DISTRIBUTION, SPARSITY, MULTIPLIER)
-    series = aggregate(done, [METHOD, DISTRIBUTION, SPARSITY, *extra], [ACCURACY])
-    colours = _method_colours(done)
+    series, labels, colours, note = _line_series(done, [METHOD, DISTRIBUTION, SPARSITY, *extra])
     figure = _pyplot_free_figure(7.5, 4.5)
     axes = figure.add_subplot()
     all_x = []
-    for cell, label in zip(series, _labels(series), strict=True):
+    for cell, label, colour in zip(series, labels, colours, strict=True):
         points = _points(cell, MULTIPLIER, "train_flops_ratio")
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         all_x += xs
@@ -426,7 +468,7 @@ def _accuracy_vs_train_flops(
             linestyle=style,
             marker=marker,
             capsize=3,
-            color=colours[str(cell.values[METHOD])],
+            color=colour,
             label=label,
         )
         for x, mean, _, multiplier in points:
@@ -437,7 +479,7 @@ def _accuracy_vs_train_flops(
     axes.set_xlabel("training FLOPs (× dense 1× training)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(
-        f"Test accuracy vs training FLOPs (×M runs) — {_subject(done)}\n{_seeds_note(done)}",
+        f"Test accuracy vs training FLOPs (×M runs) — {_subject(done)}\n{_seeds_note(done)}{note}",
         fontsize=10,
     )
     axes.grid(alpha=0.3, which="both")
@@ -461,13 +503,15 @@ def _erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: 
         raise NoData("no sparse method has finished runs with both ERK and uniform distributions")
     done = [r for r in done if r.value(METHOD) in both]
     extra = _extra_keys(group_by, METHOD, DISTRIBUTION, SPARSITY)
-    series = aggregate(done, [METHOD, DISTRIBUTION, *extra], [ACCURACY])
-    colours = _method_colours(done)
+    series, labels, colours, note = _line_series(done, [METHOD, DISTRIBUTION, *extra])
+    lines = [_points(cell, SPARSITY, "inference_flops_ratio") for cell in series]
+    # Sparsity labels on every point while few; else on the last method's only (drawn on top).
+    last = series[-1].values[METHOD]
+    crowded = sum(map(len, lines)) > MAX_ANNOTATED
     figure = _pyplot_free_figure(7.5, 4.5)
     axes = figure.add_subplot()
     all_x = []
-    for cell, label in zip(series, _labels(series), strict=True):
-        points = _points(cell, SPARSITY, "inference_flops_ratio")
+    for cell, label, colour, points in zip(series, labels, colours, lines, strict=True):
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         all_x += xs
         style, marker = DISTRIBUTION_STYLE[str(cell.values[DISTRIBUTION])]
@@ -478,10 +522,10 @@ def _erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: 
             linestyle=style,
             marker=marker,
             capsize=3,
-            color=colours[str(cell.values[METHOD])],
+            color=colour,
             label=label,
         )
-        for x, mean, _, sparsity in points:
+        for x, mean, _, sparsity in points if not crowded or cell.values[METHOD] == last else []:
             axes.annotate(
                 f"s={sparsity:g}",
                 (x, mean),
@@ -494,7 +538,7 @@ def _erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: 
     axes.set_xlabel("inference FLOPs (× dense)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(
-        f"ERK vs uniform at equal inference FLOPs — {_subject(done)}\n{_seeds_note(done)}",
+        f"ERK vs uniform at equal inference FLOPs — {_subject(done)}\n{_seeds_note(done)}{note}",
         fontsize=10,
     )
     axes.grid(alpha=0.3, which="both")
@@ -527,6 +571,24 @@ def _chosen(
     return chosen, labels
 
 
+def _spread(
+    chosen: list[RunRecord], labels: list[str], limit: int
+) -> tuple[list[RunRecord], list[str], str]:
+    """At most ``limit`` of the chosen runs, taken in turn from each method so that a long study
+    shows every method rather than only its first cells (kept in their order); and a note."""
+    if len(chosen) <= limit:
+        return chosen, labels, ""
+    by_method: dict[str, list[int]] = {}
+    for index, record in enumerate(chosen):
+        by_method.setdefault(str(record.value(METHOD)), []).append(index)
+    order = [
+        i for turn in itertools.zip_longest(*by_method.values()) for i in turn if i is not None
+    ]
+    keep = sorted(order[:limit])
+    note = f" ({limit} of {len(chosen)} runs, spread over the methods)"
+    return [chosen[i] for i in keep], [labels[i] for i in keep], note
+
+
 def _layer_density(
     records: Sequence[RunRecord],
     group_by: Sequence[str],
@@ -539,8 +601,7 @@ def _layer_density(
     chosen, labels = _chosen(records, group_by, runs, has)
     if not chosen:
         raise NoData('no run has mask-update rows (metrics.jsonl rows with "event": "mask_update")')
-    more = len(chosen) - MAX_PANELS
-    chosen, labels = chosen[:MAX_PANELS], labels[:MAX_PANELS]
+    chosen, labels, note = _spread(chosen, labels, MAX_PANELS)
     layers: list[str] = []
     for record in chosen:
         for row in record.mask_update_rows():
@@ -599,7 +660,6 @@ def _layer_density(
         bar.set_label(f"layer depth (0 = input side, {len(layers)} layers)")
     else:
         figure.legend(loc="outside right upper", fontsize=8, title="layer", frameon=False)
-    note = f" (first {MAX_PANELS} of {MAX_PANELS + more} runs)" if more > 0 else ""
     figure.suptitle(
         f"Per-layer density at each mask update — {_subject(chosen)}{note}", fontsize=10
     )
@@ -615,8 +675,7 @@ def _learning_curves(
     chosen, labels = _chosen(records, group_by, runs, lambda r: bool(r.pass_rows()))
     if not chosen:
         raise NoData("no run has metrics.jsonl pass rows yet")
-    more = len(chosen) - MAX_CURVES
-    chosen, labels = chosen[:MAX_CURVES], labels[:MAX_CURVES]
+    chosen, labels, note = _spread(chosen, labels, MAX_CURVES)
     from matplotlib import colormaps
 
     palette = colormaps["tab10" if len(chosen) <= 10 else "tab20"].colors
@@ -665,7 +724,6 @@ def _learning_curves(
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
     figure.legend(loc="outside right upper", fontsize=8, title="run", frameon=False)
-    note = f" (first {MAX_CURVES} of {MAX_CURVES + more} runs)" if more > 0 else ""
     figure.suptitle(f"Learning curves — {_subject(chosen)}{note}", fontsize=10)
     return figure
 

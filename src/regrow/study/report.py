@@ -107,8 +107,9 @@ class ReportError(ValueError):
 
 # --------------------------------------------------------------------------------- records
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as ``{"a.b.c": value}`` (an empty mapping stays one value)."""
-    if not isinstance(node, dict) or not node:
+    """A nested mapping as ``{"a.b.c": value}``; an empty mapping (``sparsity.args: {}``, no
+    method arguments given) has no keys, so it cannot differ from one that has some."""
+    if not isinstance(node, dict):
         return {prefix: node} if prefix else {}
     flat: dict[str, Any] = {}
     for key, value in node.items():
