@@ -24,6 +24,7 @@ from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
 from .report import add_report_parser
+from .sweep import add_sweep_parser
 from .train import add_train_parser, run_train
 
 __all__ = [
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_bench_parser(subparsers)
     add_report_parser(subparsers)
+    add_sweep_parser(subparsers)
     return parser
 
 
