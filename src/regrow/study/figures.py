@@ -680,7 +680,7 @@ def _learning_curves(
 
     palette = colormaps["tab10" if len(chosen) <= 10 else "tab20"].colors
     figure = _pyplot_free_figure(11.0, 4.2)
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    loss_axes, accuracy_axes = figure.subplots(1, 2, sharex=True)  # epochs line up
     losses: list[float] = []
     evaluated = False
     for index, (record, label) in enumerate(zip(chosen, labels, strict=True)):
