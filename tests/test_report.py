@@ -233,7 +233,11 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
         "overrides": [],
         "seeds": 3,
         "runs": plan_runs,
-        "report": {"group_by": ["sparsity.method"], "metrics": ["test_accuracy"], "figures": []},
+        "report": {
+            "group_by": ["sparsity.method"],
+            "metrics": ["test_accuracy", "val_accuracy"],
+            "figures": [],
+        },
     }
     (tmp_path / STUDY_FILE).write_text(json.dumps(study))
     write_run(tmp_path, "static_s0", ["sparsity.method=static", "seed=0"], 80.0)
@@ -244,7 +248,8 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     write_run(tmp_path, "dense_s0", ["sparsity.method=dense", "seed=0"], 98.0)
     result = report.build_report(tmp_path)
     assert result.study.name == "planned"
-    assert result.group_by == ["sparsity.method"] and result.metrics == ["test_accuracy"]
+    assert result.group_by == ["sparsity.method"]
+    assert result.metrics == ["test_accuracy", "val_accuracy"]  # none held out: shown as —
     assert result.figures == {}  # study.json asks for none
     by_method = {c.values["sparsity.method"]: c for c in result.cells}
     assert [m for m in by_method] == ["dense", "static", "rigl"]
@@ -254,7 +259,7 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     )
     assert by_method["rigl"].missing == () and by_method["rigl"].n == 3
     assert by_method["dense"].expected_seeds == (0,) and by_method["dense"].missing == ()
-    assert "1 (failed), 2 (absent)" in result.text
+    assert "| static | 1/3 | 80.00 ± 0.00 | — | 1 (failed), 2 (absent) |" in result.text
     assert "- static_s2: absent (seed 2; method=static)" in result.text
 
 

@@ -600,7 +600,7 @@ def markdown(
 ) -> str:
     """The cells as a Markdown table (one row per cell: group values, n, each metric's mean ±
     std, the missing seeds with their runs' state), then the runs that have not finished."""
-    header = [*group_by, "n", *(f"{m} (mean ± std)" for m in metrics), "missing seeds"]
+    header = [*group_by, "n/expected", *(f"{m} (mean ± std)" for m in metrics), "missing seeds"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell in cells:
@@ -751,10 +751,16 @@ def build_report(
     chosen = _split(runs)
     if chosen:
         records = select_runs(records, chosen)
-    keys = _split(group_by) or study.setting("group_by") or varying_keys(records)
-    check_keys(keys, records)
-    names = _split(metrics) or study.setting("metrics") or default_metrics(records)
-    check_metrics(names, records)
+    # Keys and metrics named on the command line are checked; study.json's were checked by the
+    # sweep against the configuration (a metric no run has yet shows as "—").
+    keys = _split(group_by)
+    if keys:
+        check_keys(keys, records)
+    keys = keys or study.setting("group_by") or varying_keys(records)
+    names = _split(metrics)
+    if names:
+        check_metrics(names, records)
+    names = names or study.setting("metrics") or default_metrics(records)
     if figures is None and study.setting("figures") is not None:
         figures = study.setting("figures")
     kinds, explicit = parse_figures(figures)
