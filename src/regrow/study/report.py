@@ -62,6 +62,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import functools
 import io
 import json
 import math
@@ -262,28 +263,40 @@ def _read_plan(path: Path) -> dict[str, Any] | None:
     return plan
 
 
-def _planned_params(plan: dict[str, Any], entry: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The configuration of a planned run that has no directory: its preset and overrides as
-    ``regrow train`` would load them, else only the parameters ``study.json`` lists."""
-    params: dict[str, Any] = {}
-    overrides = [*(plan.get("overrides") or []), *(entry.get("overrides") or [])]
+@functools.lru_cache(maxsize=256)
+def _loaded_config(preset: str | None, overrides: tuple[str, ...]) -> dict[str, Any] | None:
+    """``regrow train``'s configuration of a preset and overrides, flattened (``None`` if this
+    version cannot load it). Cached: the runs of one cell differ only by seed and out_dir."""
     try:
         from omegaconf import OmegaConf
 
         from ..train import load_config
 
-        config = load_config(plan.get("preset"), [*map(str, overrides), f"out_dir={path}"])
-        params = _flatten(OmegaConf.to_container(OmegaConf.structured(config)))
+        config = load_config(preset, [*overrides, "out_dir=<planned>"])
+        return _flatten(OmegaConf.to_container(OmegaConf.structured(config)))
     except Exception:  # a preset or override this version cannot load: the listed params only
-        pass
+        return None
+
+
+def _planned_params(plan: dict[str, Any], entry: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The configuration of a planned run that has no directory: its preset and overrides as
+    ``regrow train`` would load them (the seed set afterwards), then the parameters
+    ``study.json`` lists for it."""
+    overrides = [str(o) for o in (*(plan.get("overrides") or []), *(entry.get("overrides") or []))]
+    seed = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "seed" and value.strip().lstrip("-").isdigit():
+            seed = int(value)
+    rest = tuple(o for o in overrides if o.partition("=")[0].strip() not in ("seed", "out_dir"))
+    preset = plan.get("preset")
+    params = dict(_loaded_config(preset if isinstance(preset, str) else None, rest) or {})
+    params["out_dir"] = str(path)
+    if seed is not None:
+        params["seed"] = seed
     listed = entry.get("params")
     if isinstance(listed, dict):
         params.update(listed)
-    if "seed" not in params:
-        for item in overrides:
-            key, _, value = str(item).partition("=")
-            if key.strip() == "seed" and value.strip().lstrip("-").isdigit():
-                params["seed"] = int(value)
     return params
 
 
