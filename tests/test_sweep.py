@@ -1,0 +1,321 @@
+"""``regrow sweep`` for real, on the digits quickstart preset: an interrupted sweep continued ends
+bit-identical to an uninterrupted one; two launchers never train one run twice; the submitit path
+through submitit's local executor; an Optuna search that continues; failures recorded and not
+retried; ``--dry-run`` states and ``--print-commands`` lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regrow.cli import main
+from regrow.study.names import STUDY_FILE
+from regrow.study.sweep import FAILURE_FILE, LOG_FILE
+from regrow.train import RunDir
+
+#: A few seconds per run on 2 CPU cores (most of it the interpreter and torch starting).
+TINY = "[train.epochs=2, data.limit_train=256, sparsity.sparsity=0.8, sparsity.args.delta_t=3]"
+
+#: Summary keys that say where and how fast, not what was computed.
+NOT_RESULTS = {
+    "wall_seconds",
+    "hostname",
+    "git_revision",
+    "regrow_version",
+    "python_version",
+    "torch_version",
+    "cuda_version",
+    "device_name",
+}
+
+
+def study_file(tmp_path: Path, overrides: str = TINY, extra: str = "", name: str = "s") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"""\
+name: {name}
+preset: quickstart
+overrides: {overrides}
+grid:
+  sparsity.method: [static, rigl]
+seeds: 2
+run_name: "{{sparsity.method}}_seed{{seed}}"
+report:
+  figures: [learning_curves]
+{extra}"""
+    )
+    return path
+
+
+def sweep(study: Path, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "regrow", "sweep", str(study), "--out", str(out), *args]
+
+
+def run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def results(out: Path) -> dict[str, Any]:
+    """Every run's summary (results only) and metrics rows (without ``seconds``)."""
+    found = {}
+    for path in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
+        run_dir = RunDir(path)
+        summary = {k: v for k, v in (run_dir.summary() or {}).items() if k not in NOT_RESULTS}
+        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in run_dir.metrics()]
+        found[path.name] = (summary, rows)
+    return found
+
+
+def test_interrupted_sweep_continues_bit_identical(tmp_path):
+    long_runs = "[train.epochs=12, data.limit_train=512, train.checkpoint_every=1, sparsity.sparsity=0.8, sparsity.args.delta_t=10]"
+    study = study_file(tmp_path, long_runs)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    launcher = subprocess.Popen(
+        sweep(study, interrupted, "--workers", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The uninterrupted reference runs meanwhile would compete for the 2 cores: run it after.
+    deadline = time.monotonic() + 180
+    caught = False
+    while time.monotonic() < deadline and launcher.poll() is None:
+        dirs = [p for p in interrupted.glob("*_seed*") if p.is_dir()]
+        finished = [p for p in dirs if (p / "summary.json").is_file()]
+        mid_way = [
+            p for p in dirs if (p / "checkpoint.pt").is_file() and not (p / "summary.json").exists()
+        ]
+        if finished and mid_way:
+            launcher.send_signal(signal.SIGINT)
+            caught = True
+            break
+        time.sleep(0.05)
+    out, err = launcher.communicate(timeout=120)
+    assert caught, f"never saw a finished and a mid-way run: {err}"
+    assert launcher.returncode == 130, err
+    assert "run the same command to continue" in err
+    states = {p.name: RunDir(p).state() for p in interrupted.glob("*_seed*")}
+    assert "partial" in states.values() and "done" in states.values(), states
+
+    continued = run(sweep(study, interrupted, "--workers", "2"))
+    assert continued.returncode == 0, continued.stderr
+    baseline = run(sweep(study, reference, "--workers", "2"))
+    assert baseline.returncode == 0, baseline.stderr
+
+    expected, got = results(reference), results(interrupted)
+    assert sorted(got) == ["rigl_seed0", "rigl_seed1", "static_seed0", "static_seed1"]
+    assert got == expected
+    resumed = [
+        name
+        for name in got
+        if any(row["event"] == "resume" for row in RunDir(interrupted / name).provenance())
+    ]
+    assert resumed  # the mid-way runs were resumed, not restarted
+    plan = json.loads((interrupted / STUDY_FILE).read_text())
+    assert plan["study"] == "s" and plan["preset"] == "quickstart" and plan["seeds"] == [0, 1]
+    assert plan["report"] == {"figures": ["learning_curves"]}
+    assert {r["name"] for r in plan["runs"]} == set(got)
+    entry = next(r for r in plan["runs"] if r["name"] == "rigl_seed1")
+    assert entry["params"] == {"sparsity.method": "rigl", "seed": 1}
+    assert entry["overrides"][-2:] == ["seed=1", f"out_dir={interrupted / 'rigl_seed1'}"]
+    assert (interrupted / "rigl_seed1" / LOG_FILE).read_text().count("=== regrow sweep") >= 1
+
+
+def test_two_launchers_never_train_one_run_twice(tmp_path):
+    study = study_file(tmp_path)
+    out = tmp_path / "out"
+    launchers = [
+        subprocess.Popen(
+            sweep(study, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for launcher in launchers:
+        _, err = launcher.communicate(timeout=240)
+        assert launcher.returncode == 0, err
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["rigl_seed0", "rigl_seed1", "static_seed0", "static_seed1"]
+    for path in runs:
+        assert RunDir(path).state() == "done"
+        starts = [row for row in RunDir(path).provenance() if row["event"] == "start"]
+        assert len(starts) == 1, path
+        assert not (path / FAILURE_FILE).exists()
+
+
+def test_submitit_local_executor_trains_a_run(tmp_path):
+    pytest.importorskip("submitit")
+    study = study_file(
+        tmp_path,
+        "[train.epochs=2, data.limit_train=256]",
+        extra="exclude:\n  - {sparsity.method: rigl}\n  - {seed: 1}\n",
+    )
+    out = tmp_path / "out"
+    result = run(sweep(study, out, "--executor", "submitit-local", "--slurm-time", "10"))
+    assert result.returncode == 0, result.stderr
+    assert "submitit job" in result.stderr
+    assert RunDir(out / "static_seed0").state() == "done"
+    assert (out / ".submitit").is_dir()
+    again = run(sweep(study, out, "--slurm-local"))
+    assert again.returncode == 0 and "1 done, 0 to run" in again.stderr, again.stderr
+
+
+def test_optuna_search_continues_the_same_trials(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    def search_study(trials: int) -> Path:
+        path = tmp_path / "search.yaml"
+        path.write_text(
+            f"""\
+name: search
+preset: quickstart
+overrides: [train.epochs=2, data.limit_train=256, sparsity.method=rigl]
+run_name: "rigl"
+search:
+  sampler: tpe
+  trials: {trials}
+  metric: test_accuracy
+  space:
+    sparsity.args.alpha: {{low: 0.1, high: 0.6}}
+    sparsity.args.delta_t: {{choices: [3, 5]}}
+"""
+        )
+        return path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # A trial left running by an interrupted sweep: it must be picked up with its parameters.
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    study = optuna.create_study(study_name="rigl", storage=storage, direction="maximize")
+    distributions = {
+        "sparsity.args.alpha": optuna.distributions.FloatDistribution(0.1, 0.6),
+        "sparsity.args.delta_t": optuna.distributions.CategoricalDistribution([3, 5]),
+    }
+    pending = study.ask(fixed_distributions=distributions)
+    assert pending.number == 0
+
+    first = run(sweep(search_study(2), out))
+    assert first.returncode == 0, first.stderr
+
+    def trials() -> list[Any]:
+        loaded = optuna.load_study(study_name="rigl", storage=storage)
+        return loaded.get_trials(deepcopy=False)
+
+    done = trials()
+    assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
+    assert done[0].params == pending.params
+    assert sorted(p.name for p in out.glob("rigl_trial*")) == [
+        "rigl_trial000_seed0",
+        "rigl_trial001_seed0",
+    ]
+    again = run(sweep(search_study(2), out))
+    assert again.returncode == 0, again.stderr
+    assert len(trials()) == 2  # nothing re-sampled
+    more = run(sweep(search_study(3), out))
+    assert more.returncode == 0, more.stderr
+    grown = trials()
+    assert len(grown) == 3 and [t.params for t in grown[:2]] == [t.params for t in done]
+    for path in out.glob("rigl_trial*"):
+        assert [r["event"] for r in RunDir(path).provenance()] == ["start"]
+    plan = json.loads((out / STUDY_FILE).read_text())
+    assert len(plan["runs"]) == 3 and len(plan["search"]["points"]["rigl"]["trials"]) == 3
+    summary = RunDir(out / "rigl_trial001_seed0").summary()
+    assert grown[1].value == summary["test_accuracy"]
+
+
+def test_failed_run_is_recorded_and_retried_only_when_asked(tmp_path):
+    study = study_file(
+        tmp_path,
+        "[train.epochs=1, data.limit_train=64, train.lr=1e30]",
+        extra="exclude:\n  - {sparsity.method: rigl}\n  - {seed: 1}\n",
+    )
+    out = tmp_path / "out"
+    first = run(sweep(study, out))
+    assert first.returncode == 1, first.stderr
+    failure = json.loads((out / "static_seed0" / FAILURE_FILE).read_text())
+    assert failure["exit_code"] == 3 and failure["log_tail"]
+    assert "failed: static_seed0" in first.stderr and LOG_FILE in first.stderr
+    again = run(sweep(study, out))
+    assert again.returncode == 1 and "failed earlier" in again.stderr
+    assert (out / "static_seed0" / LOG_FILE).read_text().count("=== regrow sweep") == 1
+    retried = run(sweep(study, out, "--retry-failed"))
+    assert retried.returncode == 1
+    assert (out / "static_seed0" / LOG_FILE).read_text().count("=== regrow sweep") == 2
+
+
+def test_dry_run_states_and_print_commands(tmp_path, capsys):
+    study = study_file(tmp_path, extra="also:\n  - {sparsity.method: dense}\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "6 runs in" in text and "6 new, 0 partial, 0 done, 0 failed, 0 locked" in text
+    # done, partial, failed, locked by hand (no config.yaml: nothing to compare)
+    for name in ("static_seed0", "static_seed1", "rigl_seed0", "rigl_seed1"):
+        (out / name).mkdir(parents=True)
+    (out / "static_seed0" / "summary.json").write_text('{"status": "finished"}')
+    (out / "static_seed1" / "checkpoint.pt").write_bytes(b"")
+    (out / "rigl_seed0" / "failed.json").write_text("{}")
+    with RunDir(out / "rigl_seed1").lock():
+        assert main(["sweep", str(study), "--out", str(out), "--dry-run"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        states = dict(line.split() for line in lines[:-1])
+        assert states == {
+            "static_seed0": "done",
+            "static_seed1": "partial",
+            "rigl_seed0": "failed",
+            "rigl_seed1": "locked",
+            "dense_seed0": "new",
+            "dense_seed1": "new",
+        }
+        assert lines[-1].endswith("2 new, 1 partial, 1 done, 1 failed, 1 locked")
+        assert main(["sweep", str(study), "--out", str(out), "--print-commands"]) == 0
+        commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert commands[0] == ["regrow", "train", "--resume", str(out / "static_seed1")]
+    assert [c[:4] for c in commands[1:]] == [["regrow", "train", "--preset", "quickstart"]] * 2
+    assert commands[1][-3:] == ["sparsity.method=dense", "seed=0", f"out_dir={out / 'dense_seed0'}"]
+    assert main(["sweep", str(study), "--out", str(out), "--print-commands", "--retry-failed"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5  # the failed and the locked-free ones
+    assert not (out / STUDY_FILE).exists()  # neither writes anything
+
+
+def test_gpu_and_torchrun_commands_and_thread_counts(tmp_path):
+    from regrow.study.sweep import LocalExecutor, RunTask, display_command, train_command
+
+    executor = LocalExecutor(gpus=["0", "1", "2", "3"], gpus_per_run=2, threads_per_run=3)
+    assert executor.slots == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert executor.env == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    task = RunTask("r", "d/r", "cifar10_wrn22_2", ("seed=0", "out_dir=d/r"), nproc=2)
+    assert train_command(task, False, python="py") == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "regrow",
+        "train",
+        "--preset",
+        "cifar10_wrn22_2",
+        "seed=0",
+        "out_dir=d/r",
+    ]
+    assert display_command(task, True) == (
+        "torchrun --standalone --nproc_per_node=2 -m regrow train --resume d/r"
+    )
+    cpu = LocalExecutor(workers=2)
+    expected = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert cpu.env["OMP_NUM_THREADS"] == expected == cpu.env["MKL_NUM_THREADS"]
+    assert LocalExecutor(gpus=["0", "1"]).slots == [
+        {"CUDA_VISIBLE_DEVICES": "0"},
+        {"CUDA_VISIBLE_DEVICES": "1"},
+    ]
