@@ -64,6 +64,14 @@ def run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+def sweep_here(
+    capsys: pytest.CaptureFixture[str], study: Path, out: Path, *args: str
+) -> tuple[int, str]:
+    """``regrow sweep`` in this process (its children are processes): status and stderr."""
+    status = main(["sweep", str(study), "--out", str(out), *args])
+    return status, capsys.readouterr().err
+
+
 def results(out: Path) -> dict[str, Any]:
     """Every run's summary (results only) and metrics rows (without ``seconds``)."""
     found = {}
@@ -75,8 +83,8 @@ def results(out: Path) -> dict[str, Any]:
     return found
 
 
-def test_interrupted_sweep_continues_bit_identical(tmp_path):
-    long_runs = "[train.epochs=12, data.limit_train=512, train.checkpoint_every=1, sparsity.sparsity=0.8, sparsity.args.delta_t=10]"
+def test_interrupted_sweep_continues_bit_identical(tmp_path, capsys):
+    long_runs = "[train.epochs=8, data.limit_train=384, train.checkpoint_every=1, sparsity.sparsity=0.8, sparsity.args.delta_t=10]"
     study = study_file(tmp_path, long_runs)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     launcher = subprocess.Popen(
@@ -99,17 +107,17 @@ def test_interrupted_sweep_continues_bit_identical(tmp_path):
             caught = True
             break
         time.sleep(0.05)
-    out, err = launcher.communicate(timeout=120)
+    _, err = launcher.communicate(timeout=120)
     assert caught, f"never saw a finished and a mid-way run: {err}"
     assert launcher.returncode == 130, err
     assert "run the same command to continue" in err
     states = {p.name: RunDir(p).state() for p in interrupted.glob("*_seed*")}
     assert "partial" in states.values() and "done" in states.values(), states
 
-    continued = run(sweep(study, interrupted, "--workers", "2"))
-    assert continued.returncode == 0, continued.stderr
-    baseline = run(sweep(study, reference, "--workers", "2"))
-    assert baseline.returncode == 0, baseline.stderr
+    status, err = sweep_here(capsys, study, interrupted, "--workers", "2")
+    assert status == 0, err
+    status, err = sweep_here(capsys, study, reference, "--workers", "2")
+    assert status == 0, err
 
     expected, got = results(reference), results(interrupted)
     assert sorted(got) == ["rigl_seed0", "rigl_seed1", "static_seed0", "static_seed1"]
@@ -151,7 +159,7 @@ def test_two_launchers_never_train_one_run_twice(tmp_path):
         assert not (path / FAILURE_FILE).exists()
 
 
-def test_submitit_local_executor_trains_a_run(tmp_path):
+def test_submitit_local_executor_trains_a_run(tmp_path, capsys):
     pytest.importorskip("submitit")
     study = study_file(
         tmp_path,
@@ -159,16 +167,18 @@ def test_submitit_local_executor_trains_a_run(tmp_path):
         extra="exclude:\n  - {sparsity.method: rigl}\n  - {seed: 1}\n",
     )
     out = tmp_path / "out"
-    result = run(sweep(study, out, "--executor", "submitit-local", "--slurm-time", "10"))
-    assert result.returncode == 0, result.stderr
-    assert "submitit job" in result.stderr
+    status, err = sweep_here(
+        capsys, study, out, "--executor", "submitit-local", "--slurm-time", "10"
+    )
+    assert status == 0, err
+    assert "submitit job" in err
     assert RunDir(out / "static_seed0").state() == "done"
     assert (out / ".submitit").is_dir()
-    again = run(sweep(study, out, "--slurm-local"))
-    assert again.returncode == 0 and "1 done, 0 to run" in again.stderr, again.stderr
+    status, err = sweep_here(capsys, study, out, "--slurm-local")
+    assert status == 0 and "1 done, 0 to run" in err, err
 
 
-def test_optuna_search_continues_the_same_trials(tmp_path):
+def test_optuna_search_continues_the_same_trials(tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -204,8 +214,8 @@ search:
     pending = study.ask(fixed_distributions=distributions)
     assert pending.number == 0
 
-    first = run(sweep(search_study(2), out))
-    assert first.returncode == 0, first.stderr
+    status, err = sweep_here(capsys, search_study(2), out)
+    assert status == 0, err
 
     def trials() -> list[Any]:
         loaded = optuna.load_study(study_name="rigl", storage=storage)
@@ -218,11 +228,11 @@ search:
         "rigl_trial000_seed0",
         "rigl_trial001_seed0",
     ]
-    again = run(sweep(search_study(2), out))
-    assert again.returncode == 0, again.stderr
+    status, err = sweep_here(capsys, search_study(2), out)
+    assert status == 0, err
     assert len(trials()) == 2  # nothing re-sampled
-    more = run(sweep(search_study(3), out))
-    assert more.returncode == 0, more.stderr
+    status, err = sweep_here(capsys, search_study(3), out)
+    assert status == 0, err
     grown = trials()
     assert len(grown) == 3 and [t.params for t in grown[:2]] == [t.params for t in done]
     for path in out.glob("rigl_trial*"):
@@ -233,23 +243,23 @@ search:
     assert grown[1].value == summary["test_accuracy"]
 
 
-def test_failed_run_is_recorded_and_retried_only_when_asked(tmp_path):
+def test_failed_run_is_recorded_and_retried_only_when_asked(tmp_path, capsys):
     study = study_file(
         tmp_path,
         "[train.epochs=1, data.limit_train=64, train.lr=1e30]",
         extra="exclude:\n  - {sparsity.method: rigl}\n  - {seed: 1}\n",
     )
     out = tmp_path / "out"
-    first = run(sweep(study, out))
-    assert first.returncode == 1, first.stderr
+    status, err = sweep_here(capsys, study, out)
+    assert status == 1, err
     failure = json.loads((out / "static_seed0" / FAILURE_FILE).read_text())
     assert failure["exit_code"] == 3 and failure["log_tail"]
-    assert "failed: static_seed0" in first.stderr and LOG_FILE in first.stderr
-    again = run(sweep(study, out))
-    assert again.returncode == 1 and "failed earlier" in again.stderr
+    assert "failed: static_seed0" in err and LOG_FILE in err
+    status, err = sweep_here(capsys, study, out)
+    assert status == 1 and "failed earlier" in err
     assert (out / "static_seed0" / LOG_FILE).read_text().count("=== regrow sweep") == 1
-    retried = run(sweep(study, out, "--retry-failed"))
-    assert retried.returncode == 1
+    status, err = sweep_here(capsys, study, out, "--retry-failed")
+    assert status == 1, err
     assert (out / "static_seed0" / LOG_FILE).read_text().count("=== regrow sweep") == 2
 
 
