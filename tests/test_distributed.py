@@ -86,10 +86,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         assert torch.allclose(ddp["model"][name].float(), value.float(), atol=1e-5), name
     summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 32
-    rows = (ddp_dir / "metrics.jsonl").read_text().splitlines()
+    rows = RunDir(ddp_dir).metrics()
     # Rank 0 alone writes; RigL's update batches spill into a third pass over the data.
     assert len(rows) == (3 if method == "rigl" else 2)
-    assert summary["test_accuracy"] == pytest.approx(json.loads(rows[-1])["test_accuracy"])
+    assert summary["test_accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
+    updates = [row["step"] for row in RunDir(ddp_dir).mask_updates()]  # once, not per rank
+    assert updates == ([0, 10, 20, 30, 40, 50, 60] if method == "rigl" else [])
     assert summary["test_accuracy"] > 20  # learned (chance is 10%)
 
 

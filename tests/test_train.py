@@ -131,7 +131,7 @@ def test_two_epoch_cifar_run_through_the_cli_in_a_subprocess(
         assert key in summary
     assert summary["method"] == "rigl" and summary["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert 0.0 < summary["inference_flops_ratio"] < 1.0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(out).metrics()
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # RigL's update batches spill into a 3rd pass
     assert rows[-1]["step"] == 10 and "test_accuracy" in rows[-1]
     assert (out / "config.yaml").is_file()

@@ -233,6 +233,8 @@ class Sparsifier:
         mask_utils.register_masks(self.model, self.masks)
         self._mask_values = [m.to(p.dtype) for m, p in zip(initial, self.params, strict=True)]
         self._active = [int(m.sum()) for m in initial]
+        self._ever_active = [m.clone() for m in initial]  # in-time over-parameterisation
+        self.last_update_stats: dict[str, Any] | None = None
         mask_utils.foreach_mask_(self.params, self._mask_values)
         zero_state_(self.optimizer, zip(self.names, self.params, strict=True), initial)
 
@@ -315,20 +317,43 @@ class Sparsifier:
                 f"were built for {self._mask_values[0].dtype} on {self._mask_values[0].device}: "
                 f"move or cast the model before building the {type(self).__name__} sparsifier."
             )
-        grads = [p.grad for p in self.params]
-        self.observe_gradients(grads)
-        step, changed = self.step_count, False
         if self.update_batch_due():
+            grads = [p.grad for p in self.params]
+            self.observe_gradients(grads)
+            step, changed = self.step_count, False
             if self._finite(grads):
                 self._apply_masks(self.new_masks(step, grads), step)
                 self.last_update_step, changed = step, True
             self.mask_gradients()
             self.last_batch = BatchReport(False, True, changed)
             return False
-        self.mask_gradients()
+        self.process_gradients()
         self._stepped = True
-        self.last_batch = BatchReport(True, self.traits.dense_backward == "always", False)
+        self.last_batch = self._optimizer_step_report()
         return True
+
+    def process_gradients(self) -> None:
+        """The tensor work of :meth:`step` on a batch that takes an optimizer step: let the method
+        observe the dense gradients, then mask them. No host synchronisation and no Python state
+        that changes between steps, so a compiled step can run it (``train.compile``)."""
+        self.observe_gradients([p.grad for p in self.params])
+        self.mask_gradients()
+
+    def record_compiled_step(self) -> None:
+        """The host half of a batch whose :meth:`process_gradients`, optimizer step and
+        :meth:`mask_weights` ran inside a compiled function: the batch report, then
+        :meth:`finish_step` (an after-step update when due, the step count). Only for batches
+        that are not before-step updates (:meth:`update_batch_due` is ``False``)."""
+        if self.update_batch_due():
+            raise RuntimeError(
+                f"step {self.step_count} is a mask update of {type(self).__name__}: run it "
+                "eagerly through step(), not in a compiled step."
+            )
+        self.last_batch = self._optimizer_step_report()
+        self.finish_step()
+
+    def _optimizer_step_report(self) -> BatchReport:
+        return BatchReport(True, self.traits.dense_backward == "always", False)
 
     def mask_gradients(self) -> None:
         """Zero the gradients of inactive weights (tensor work only: one foreach kernel)."""
@@ -394,10 +419,31 @@ class Sparsifier:
             )
             zero_state_(self.optimizer, zip(self.names, self.params, strict=True), keep)
             self.initialize_grown(step, old, new)
+            # Topology statistics, read with one host synchronisation (updates may sync).
+            counts = (
+                torch.stack(
+                    [
+                        torch.stack([(n & ~o).sum(), (o & ~n).sum(), n.sum()])
+                        for o, n in zip(old, new, strict=True)
+                    ]
+                ).tolist()
+                if new
+                else []
+            )
+            grown, dropped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            before = sum(self._active)
             for i, (name, mask) in enumerate(zip(self.names, new, strict=True)):
                 self.masks[name].copy_(mask)
                 self._mask_values[i].copy_(mask)
-                self._active[i] = int(mask.sum())
+                self._ever_active[i] |= mask
+                self._active[i] = int(counts[i][2])
+        self.last_update_stats = {
+            "changed_fraction": max(grown, dropped) / before if before else 0.0,
+            "grown": grown,
+            "dropped": dropped,
+            "itop_rate": self.itop_rate(),
+            "layer_density": self.densities(),
+        }
         self.verify_masks_across_ranks(f"after the update at step {step}")
 
     def _check_new_masks(self, new: list[torch.Tensor]) -> None:
@@ -582,6 +628,14 @@ class Sparsifier:
         return topk_mask(scores, count, generator)
 
     # ------------------------------------------------------------------------ inspection
+    def itop_rate(self) -> float:
+        """The in-time over-parameterisation rate (Liu et al., ICML 2021): the fraction of the
+        sparse layers' weights that have been active at some point of training so far."""
+        if not self._ever_active:
+            return 1.0
+        ever = int(torch.stack([m.sum() for m in self._ever_active]).sum())
+        return ever / sum(m.numel() for m in self._ever_active)
+
     def densities(self) -> dict[str, float]:
         """Current density of each sparse tensor (active / total)."""
         return {
@@ -634,6 +688,9 @@ class Sparsifier:
             "last_update_step": self.last_update_step,
             "pending_update": self.pending_update,
             "masks": {name: mask.clone() for name, mask in self.masks.items()},
+            "ever_active": dict(
+                zip(self.names, (m.clone() for m in self._ever_active), strict=True)
+            ),
             "method_state": self.method_state(),
         }
 
@@ -658,6 +715,8 @@ class Sparsifier:
             self.masks[name].copy_(mask)
             self._mask_values[i].copy_(mask)
             self._active[i] = int(mask.sum())
+            # Older checkpoints did not keep the union of masks: it starts from the current ones.
+            self._ever_active[i].copy_(state.get("ever_active", saved)[name])
         self.step_count = int(state["step_count"])
         self.last_update_step = state["last_update_step"]
         self.pending_update = bool(state["pending_update"])

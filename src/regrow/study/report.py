@@ -185,7 +185,7 @@ class RunRecord:
     def rows(self) -> list[dict[str, Any]]:
         """The rows of ``metrics.jsonl`` (empty if there are none or the file is not readable)."""
         try:
-            return RunDir(self.path).metrics()
+            return RunDir(self.path).metric_rows()
         except (OSError, RunDirError, ValueError):
             return []
 

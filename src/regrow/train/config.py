@@ -75,8 +75,26 @@ class TrainConfig:
     lr_gamma: float = described(0.2, "learning-rate factor at each milestone")
     warmup_epochs: float = described(0.0, "linear learning-rate warm-up from 0")
     label_smoothing: float = described(0.0, "label smoothing of the cross-entropy loss")
-    bf16: bool = described(False, "bfloat16 autocast for forward/backward")
-    channels_last: bool = described(False, "channels-last memory format for the model")
+    bf16: bool | None = described(
+        None, "bfloat16 autocast for forward/backward (null: on CUDA yes, on the CPU no)"
+    )
+    channels_last: bool | None = described(
+        None, "channels-last memory format for the model (null: on CUDA yes, on the CPU no)"
+    )
+    compile: bool = described(
+        False, "the non-update step as one torch.compile'd function (mask updates stay eager)"
+    )
+    compile_mode: str = described(
+        "auto",
+        "torch.compile mode: auto (reduce-overhead, i.e. CUDA graphs, on CUDA; default on the "
+        "CPU) | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs",
+    )
+    sgd_implementation: str = described(
+        "auto", "auto (fused on CUDA, foreach on the CPU) | fused | foreach | for_loop"
+    )
+    cudnn_benchmark: bool | None = described(
+        None, "let cuDNN pick the fastest convolution algorithms (null: yes on CUDA)"
+    )
     device: str = described("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
     eval_every: int = described(10, "epochs between evaluations (and always at the end)")
     checkpoint_every: int = described(1, "epochs between checkpoints (and on SIGINT/SIGTERM)")
@@ -474,6 +492,16 @@ def validate(config: RunConfig) -> None:
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
     t = config.train
+    choices = {
+        "train.compile_mode": COMPILE_MODES,
+        "train.sgd_implementation": SGD_IMPLEMENTATIONS,
+    }
+    for key, allowed in choices.items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(
+                f"{key}={_get(config, key)!r} is not allowed: allowed values are "
+                f"{', '.join(allowed)}."
+            )
     if t.nesterov and t.momentum == 0:
         raise ConfigError(
             "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "
@@ -495,6 +523,11 @@ def validate(config: RunConfig) -> None:
                 "are 0 <= x <= 1."
             )
 
+
+#: What ``train.compile_mode`` may be (``auto`` and torch.compile's own modes).
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: What ``train.sgd_implementation`` may be (``auto`` and torch.optim.SGD's implementations).
+SGD_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 #: What ``sparsity.init_masks_mode`` may be.
 INIT_MASKS_MODES = ("exact", "shuffle_within_layers")

@@ -35,14 +35,25 @@ from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import Sparsifier
+from ..study.names import MASK_UPDATE_EVENT
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, to_yaml
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
 from .rundir import DONE, RunDir, RunDirError
+from .step import (
+    CompiledStep,
+    CompileError,
+    Settings,
+    TrainStep,
+    learning_rate,
+    tensor_learning_rates_,
+)
 
-LOG_EVERY = 50  #: optimizer steps between loss checks and progress-bar updates (one host sync)
+#: Optimizer steps between loss checks and progress-bar updates: the one host synchronisation of
+#: non-update steps, where the processes of a data-parallel run also agree on a requested stop.
+LOG_EVERY = 50
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,8 +87,11 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; weight decay on weights only, not biases or norms (SPEC §8)."""
+def build_optimizer(
+    model: nn.Module, config: RunConfig, settings: Settings | None = None
+) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay on weights only, not biases or norms (SPEC §8).
+    ``settings`` picks the implementation (fused, foreach, for-loop)."""
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
     t = config.train
@@ -85,7 +99,10 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.SGD:
         {"params": weights, "weight_decay": t.weight_decay},
         {"params": others, "weight_decay": 0.0},
     ]
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+    implementation = settings.sgd_keywords() if settings else {}
+    return torch.optim.SGD(
+        groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, **implementation
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, milestones: list[float], gamma: float) -> float:
@@ -94,7 +111,7 @@ def lr_factor(step: int, total: int, warmup: int, milestones: list[float], gamma
     return warm * gamma ** sum(step >= round(m * total) for m in milestones)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: Any, bf16: bool, context: distributed.Context
 ) -> tuple[float, float]:
@@ -160,6 +177,8 @@ class Run:
     dense_flops: float  #: f_D: forward FLOPs of one sample through the full-width dense model
     total_steps: int
     samples_1x: int  #: training samples of the 1× run (of ``train.epochs`` epochs)
+    settings: Settings  #: bf16, channels_last, compile, … as resolved for the device
+    step: TrainStep  #: one batch: eager, or compiled on non-update batches (train.compile)
     init_masks: dict[str, Any] | None = None  #: where the masks came from (sparsity.init_masks)
 
     @property
@@ -269,8 +288,11 @@ def train_holding_lock(
     state = restore(run, saved) if saved is not None else LoopState()
     distributed.barrier(context)  # every rank has looked before rank 0 writes
     if context.main:
-        info = provenance(device, context.world_size)
-        run_dir.begin(config, info, resume, state.epoch, run.sparsifier.step_count)
+        info = {**provenance(device, context.world_size), "settings": run.settings.as_dict()}
+        sparsifier = run.sparsifier
+        run_dir.begin(
+            config, info, resume, state.epoch, sparsifier.step_count, sparsifier.last_update_step
+        )
     # From here a failure is the run's: record it (a later start or resume clears it).
     try:
         return loop(run, state)
@@ -286,6 +308,14 @@ def build(
 ) -> Run:
     """Data, model, optimizer, LR schedule, sparsifier and FLOP counter of ``config``."""
     t, s, d = config.train, config.sparsity, config.data
+    settings = Settings.resolve(t, device)  # bf16, channels_last, compile, …: auto → per device
+    settings.apply()
+    if settings.compile and context.distributed:
+        raise CompileError(
+            "train.compile=true is not supported with several processes (torchrun) yet: its "
+            "backward runs inside the compiled graph, where DDP's gradient hooks cannot; train "
+            "with train.compile=false."
+        )
     # Data and model (at the width the method trains: Small-Dense solves its own).
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     data = load_dataset(d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed)
@@ -297,10 +327,10 @@ def build(
     method = s.method_class()
     width = method.model_width(make, config.model.width, s.method_args(), **s.plan_keys())
     model = make(width).to(device)
-    if t.channels_last:
+    if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Optimizer, the loader (this rank's shard), the LR schedule over every step, the sparsifier.
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, settings)
     shard = {"rank": context.rank, "world_size": context.world_size}
     augment = d.augment and data.augment
     loader = data.train_loader(t.batch_size, config.seed, device, augment=augment, **shard)
@@ -325,12 +355,18 @@ def build(
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
     samples_1x = round(t.epochs) * len(loader) * loader.global_batch_size
+    if settings.compile:
+        tensor_learning_rates_(optimizer, device)
+        step = CompiledStep(network, criterion, sparsifier, optimizer, settings, s.method)
+    else:
+        step = TrainStep(network, criterion, sparsifier, optimizer, settings)
     return Run(
         config=config, config_yaml=to_yaml(config), context=context, device=device,
         run_dir=run_dir, data=data, model=model, network=network, optimizer=optimizer,
         scheduler=scheduler, sparsifier=sparsifier, flops=flops, loader=loader,
         criterion=criterion, log=log, width=width, dense_flops=dense_flops,
-        total_steps=total_steps, samples_1x=samples_1x, init_masks=init_masks,
+        total_steps=total_steps, samples_1x=samples_1x, settings=settings, step=step,
+        init_masks=init_masks,
     )  # fmt: skip
 
 
@@ -349,6 +385,8 @@ def restore(run: Run, saved: dict[str, Any]) -> LoopState:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sparsifier.load_state_dict(saved["sparsifier"])
     run.flops.load_state_dict(saved["flops"])
+    if run.settings.compile:  # the loaded groups hold the saved learning rates
+        tensor_learning_rates_(run.optimizer, run.device)
     if len(saved["rng"]) == run.context.world_size:  # else a new world size: fresh dropout RNG
         torch.set_rng_state(saved["rng"][rank]["torch"])
         if run.device.type == "cuda" and saved["rng"][rank]["cuda"] is not None:
@@ -407,22 +445,32 @@ def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], progress: Prog
     for x, y in run.loader.batches(state.epoch, state.batch):
         batch_loss, batch_correct, stepped = train_step(run, x, y)
         state.batch, state.seen = state.batch + 1, state.seen + run.global_batch
+        if sparsifier.last_batch.masks_changed and run.context.main:
+            run.log.write(mask_update_row(run, state))
         loss_sum += batch_loss
         correct += batch_correct
+        periodic = stepped and sparsifier.step_count % LOG_EVERY == 0
         if stepped:
             progress.advance()
-            if sparsifier.step_count % LOG_EVERY == 0:  # the one host sync: loss check, progress
+            if periodic:  # the one host sync: loss check, progress
                 loss = finite_loss(run, state, loss_sum) / state.seen
-                lr = run.optimizer.param_groups[0]["lr"]
+                lr = learning_rate(run.optimizer)
                 progress.periodic(state.epoch, sparsifier.step_count, loss, lr, state.seconds())
         if sparsifier.step_count >= run.total_steps:
             break
-        # A stop asked for on any rank stops every rank here, for one reason: the signal's number
-        # (a signal outranks stop_at_step, 1: the same step on every rank), or 0 to go on.
-        at_stop = stepped and sparsifier.step_count == t.stop_at_step
-        asked = distributed.max_over_ranks(stop["signal"] or int(at_stop), run.device, run.context)
+        # stop_at_step falls on the same step on every rank. A signal may reach one rank only: one
+        # process stops at once; several agree at the periodic check (no per-step sync).
+        if stepped and sparsifier.step_count == t.stop_at_step:
+            reason = "stop_at_step"
+            break
+        if not run.context.distributed:
+            asked = stop["signal"]
+        elif periodic:
+            asked = distributed.max_over_ranks(stop["signal"], run.device, run.context)
+        else:
+            asked = 0
         if asked:
-            reason = "stop_at_step" if asked == 1 else signal.Signals(asked).name
+            reason = signal.Signals(asked).name
             break
     state.loss = finite_loss(run, state, loss_sum)
     state.correct = float(distributed.all_reduce_sum(correct.clone(), run.context))
@@ -447,22 +495,14 @@ def stopped(run: Run, state: LoopState, reason: str) -> dict[str, Any]:
 def train_step(
     run: Run, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One batch: forward, loss, backward, the sparsifier's step, the optimizer and LR steps and
-    the batch's FLOPs. Returns loss × samples and the correct predictions (device tensors) and
+    """One batch (:class:`~regrow.train.step.TrainStep`: eager, or compiled), then the LR step
+    and the batch's FLOPs. Returns loss × samples and the correct predictions (device tensors) and
     whether an optimizer step was taken (``False``: the batch went to a mask update)."""
-    if run.config.train.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(run.device.type, torch.bfloat16, enabled=run.config.train.bf16):
-        logits = run.network(x)
-    loss = run.criterion(logits.float(), y)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # under DDP: gradients averaged over ranks here
-    stepped = run.sparsifier.step()  # masks the gradients, or updates the masks instead
+    batch_loss, batch_correct, stepped = run.step(x, y)
     if stepped:
-        run.optimizer.step()  # the sparsifier's post-hook re-masks the weights
         run.scheduler.step()
     run.flops.count_batch(run.sparsifier, samples=run.global_batch)
-    return loss.detach() * len(y), (logits.argmax(1) == y).sum(), stepped
+    return batch_loss, batch_correct, stepped
 
 
 def finite_loss(run: Run, state: LoopState, loss_sum: torch.Tensor) -> float:
@@ -489,11 +529,23 @@ def metrics_row(run: Run, state: LoopState) -> dict[str, Any]:
         "step": run.sparsifier.step_count,
         "train_loss": state.loss / seen,
         "train_accuracy": 100.0 * state.correct / seen,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": learning_rate(run.optimizer),
         "density": run.sparsifier.global_density(),
         "train_flops": run.flops.train_flops,
         "train_flops_ratio": run.train_flops_ratio(),
         "seconds": state.seconds(),
+    }
+
+
+def mask_update_row(run: Run, state: LoopState) -> dict[str, Any]:
+    """The ``metrics.jsonl`` row of the mask update this batch made (rundir's glossary)."""
+    sparsifier = run.sparsifier
+    return {
+        "event": MASK_UPDATE_EVENT,
+        "epoch": state.epoch,
+        "step": sparsifier.last_update_step,
+        "density": sparsifier.global_density(),
+        **(sparsifier.last_update_stats or {}),
     }
 
 
@@ -504,7 +556,7 @@ def evaluate_splits(run: Run) -> dict[str, float]:
     for split, key in (("validation", "val"), ("test", "test")):
         if split == "test" or run.data.val_x is not None:
             loader = run.data.eval_loader(split, device=run.device, **shard)
-            loss, accuracy = evaluate(run.model, loader, run.config.train.bf16, run.context)
+            loss, accuracy = evaluate(run.model, loader, run.settings.bf16, run.context)
             results |= {f"{key}_loss": loss, f"{key}_accuracy": accuracy}
     return results
 

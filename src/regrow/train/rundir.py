@@ -8,8 +8,9 @@ A run directory holds:
 ``provenance.jsonl``   one JSON row per start and per resume (``"event": "start" | "resume"``,
                        the time, the step, the directory written, package/git/torch/device
                        versions); only appended (a torn last row is dropped first)
-``metrics.jsonl``      one JSON row per pass over the training data (below); a resume cuts it
-                       back, atomically, to the rows its checkpoint had seen
+``metrics.jsonl``      one JSON row per pass over the training data and one per mask update
+                       (below); a resume cuts it back, atomically, to the rows its checkpoint
+                       had seen
 ``checkpoint.pt``      everything a resume needs (atomic; see :mod:`regrow.train.checkpoint`)
 ``summary.json``       the finished run: every value that defines it and its results (below)
 ``failed.json``        why the run stopped with an error (a non-finite loss or another exception);
@@ -87,6 +88,25 @@ Metric names (one meaning each, in ``metrics.jsonl`` and ``summary.json`` alike)
     forward FLOPs of one sample with the final masks, and that ÷ ``f_D``.
 ``seconds`` (``wall_seconds`` in the summary)
     wall-clock seconds of training so far, summed over the run's sessions.
+
+A **mask-update row** (``"event": "mask_update"``; pass rows have no ``event``) is written after
+every batch that changed the masks:
+
+``epoch``, ``step``
+    the pass, and the optimizer step at which the masks changed.
+``density``
+    as above, after the update.
+``changed_fraction``
+    the connections the update replaced or removed, as a fraction of those active before it:
+    ``max(grown, dropped) / active`` (RigL, SET: the drop fraction of that step; pruning: the
+    fraction pruned).
+``grown``, ``dropped``
+    connections that became active, and inactive, at this update (over every sparse layer).
+``itop_rate``
+    the in-time over-parameterisation rate (Liu et al., ICML 2021): the fraction of the sparse
+    layers' weights active at any step so far. It is kept with the masks in the checkpoint.
+``layer_density``
+    each sparse layer's density after the update, by parameter name.
 """
 
 from __future__ import annotations
@@ -103,6 +123,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..study.names import MASK_UPDATE_EVENT
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -118,7 +139,10 @@ NEW, PARTIAL, DONE, FAILED, LOCKED = "new", "partial", "done", "failed", "locked
 
 #: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
 #: (with train.batch_size × processes kept equal, which the loop checks).
-RESUME_OVERRIDABLE = ("train.batch_size", "train.device", "train.progress", "train.tensorboard")
+RESUME_OVERRIDABLE = (
+    "train.batch_size", "train.device", "train.progress", "train.tensorboard", "train.compile",
+    "train.compile_mode", "train.sgd_implementation", "train.cudnn_benchmark",
+)  # fmt: skip
 
 #: Keys that never make two configurations different runs: ``out_dir`` only says where the run
 #: started (a resume writes into the directory it is given), and the overridable keys.
@@ -245,9 +269,17 @@ class RunDir:
             return None
         return json.loads(self.failure_path.read_text())
 
-    def metrics(self) -> list[dict[str, Any]]:
-        """The rows of ``metrics.jsonl``, in order (a torn last line dropped, with a warning)."""
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl``, in order (a torn last line dropped, with a warning)."""
         return self._read_rows(self.metrics_path)[0]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl`` written once per pass over the training data."""
+        return [row for row in self.metric_rows() if "event" not in row]
+
+    def mask_updates(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl`` written at each mask update (topology statistics)."""
+        return [row for row in self.metric_rows() if row.get("event") == MASK_UPDATE_EVENT]
 
     def provenance(self) -> list[dict[str, Any]]:
         """The rows of ``provenance.jsonl``: one per start and resume, oldest first."""
@@ -432,12 +464,19 @@ class RunDir:
         return self.checkpoint_path
 
     def begin(
-        self, config: RunConfig | str, info: dict[str, Any], resume: bool, epoch: int, step: int
+        self,
+        config: RunConfig | str,
+        info: dict[str, Any],
+        resume: bool,
+        epoch: int,
+        step: int,
+        last_update: int | None = None,
     ) -> None:
         """Record a start (write ``config.yaml``, empty the metrics) or a resume (cut the metrics
-        back to the passes before ``epoch``); clear an earlier failure; append a provenance row."""
+        back to what the checkpoint had seen: the passes before ``epoch`` and the mask updates up
+        to ``last_update``); clear an earlier failure; append a provenance row."""
         if resume:
-            self.truncate_metrics(epoch)
+            self.truncate_metrics(epoch, last_update)
         else:
             text = config if isinstance(config, str) else to_yaml(config)
             with self._writing(self.config_path):
@@ -458,11 +497,17 @@ class RunDir:
         """Append one row to ``metrics.jsonl``."""
         self._append(self.metrics_path, row)
 
-    def truncate_metrics(self, epoch: int) -> None:
-        """Keep only the rows of passes before ``epoch`` (atomically: temporary file, fsync,
-        rename), so a resume that repeats later passes does not log them twice. A torn last row
-        is dropped with a warning."""
-        rows = [row for row in self.metrics() if row["epoch"] < epoch] if epoch > 0 else []
+    def truncate_metrics(self, epoch: int, last_update: int | None = None) -> None:
+        """Keep only the rows of passes before ``epoch`` and of mask updates at steps up to
+        ``last_update`` (atomically: temporary file, fsync, rename), so a resume that repeats
+        later steps does not log them twice. A torn last row is dropped with a warning."""
+
+        def seen(row: dict[str, Any]) -> bool:
+            if row.get("event") == MASK_UPDATE_EVENT:
+                return last_update is not None and row["step"] <= last_update
+            return row["epoch"] < epoch
+
+        rows = [row for row in self.metric_rows() if seen(row)]
         if rows or self.metrics_path.exists():
             self._rewrite_rows(self.metrics_path, rows)
 
