@@ -619,6 +619,30 @@ def test_delta_t_longer_than_the_update_window_is_an_error() -> None:
         regrow.RigL(model, OPTIMIZERS["adam"](model.parameters()), total_steps=88, delta_t=100)
 
 
+def test_a_window_of_length_zero_is_the_one_update_at_its_beginning() -> None:
+    """t_end_fraction=0 asks for RigL's update at step 0 alone (the quickstart's control); with a
+    constant drop schedule it drops α there, as the cosine schedule does at step 0."""
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_momentum"](model.parameters())
+    sp = regrow.RigL(
+        model, optimizer, total_steps=88, delta_t=100, t_end_fraction=0.0,
+        drop_schedule="constant",
+    )  # fmt: skip
+    before = {name: mask.clone() for name, mask in sp.masks.items()}
+    updates = []
+    for index in range(40):
+        x, y = batch("mlp", index)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if sp.step():
+            optimizer.step()
+        updates += [sp.step_count] if sp.last_batch.masks_changed else []
+    assert updates == [0]
+    changed = sp.last_update_stats["changed_fraction"]
+    assert 0 < changed <= 0.3
+    assert any(not torch.equal(sp.masks[name], mask) for name, mask in before.items())
+
+
 def test_momentum_redistribution_keeps_counts_at_rigls_first_update_then_moves_them() -> None:
     model = MODELS["mlp"][0]()
     optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())

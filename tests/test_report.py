@@ -522,7 +522,10 @@ def test_every_kind_from_the_cli(grid: Path, capsys: pytest.CaptureFixture[str])
     assert main(["report", str(grid), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     drawn = {p.stem for p in out.glob("*.png")}
-    assert drawn == {"accuracy_vs_sparsity", "erk_vs_uniform", "layer_density", "learning_curves"}
+    assert drawn == {
+        "accuracy_by_cell", "accuracy_vs_sparsity", "erk_vs_uniform", "layer_density",
+        "learning_curves",
+    }  # fmt: skip
     assert (
         "skipped alpha_delta_t" in captured.err
         and "skipped accuracy_vs_train_flops" in captured.err
@@ -548,3 +551,34 @@ def test_runs_restricts_the_report(grid: Path, capsys: pytest.CaptureFixture[str
     printed = capsys.readouterr().out
     assert "4 of 4 runs finished" in printed and "static" not in printed
     assert (out / "learning_curves.png").stat().st_size > 1000
+
+
+def test_accuracy_by_cell_is_a_bar_per_cell_in_the_study_order_with_each_seed(
+    tmp_path: Path,
+) -> None:
+    """Cells labelled by a study's tag keep the study's order (study.json), one bar each at the
+    mean, one dot per finished seed, the training FLOPs under each label."""
+    runs = []
+    for tag, method, accuracies in (("static", "static", (70.0, 80.0)), ("rigl", "rigl", (95.0,))):
+        for seed, accuracy in enumerate(accuracies):
+            name = f"{tag}_s{seed}"
+            overrides = [f"sparsity.method={method}", f"seed={seed}"]
+            write_run(tmp_path, name, overrides, accuracy)
+            runs.append({"name": name, "overrides": overrides, "params": {"tag": tag}})
+    runs.append({"name": "rigl_s1", "overrides": ["sparsity.method=rigl", "seed=1"],
+                 "params": {"tag": "rigl"}})  # fmt: skip
+    plan = {"study": "t", "preset": "quickstart", "runs": runs, "report": {"group_by": ["tag"]}}
+    (tmp_path / STUDY_FILE).write_text(json.dumps(plan))
+    records = report.collect(tmp_path)
+    figure = report.draw("accuracy_by_cell", records, tmp_path / "f.png", group_by=["tag"])
+    (axes,) = figure.axes
+    assert [bar.get_height() for bar in axes.patches] == [75.0, 95.0]
+    from matplotlib.collections import PathCollection
+
+    dots = [c for c in axes.collections if isinstance(c, PathCollection)]
+    assert [len(c.get_offsets()) for c in dots] == [2, 1]
+    labels = [t.get_text() for t in axes.get_xticklabels()]
+    assert labels == ["static\n0.03× train FLOPs", "rigl\n0.03× train FLOPs"]
+    cells = report.aggregate(records, ["tag"], ["test_accuracy"])
+    assert [str(m) for m in cells[1].missing] == ["1 (absent)"]
+    assert _png(tmp_path / "f.png")[0] > 300

@@ -246,27 +246,25 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> No
     assert main(["train", "--resume", str(tmp_path / "partial")]) == 2
 
 
-def test_quickstart_table_and_plot(tmp_path: Path, capsys, monkeypatch) -> None:
-    from regrow.experiments import quickstart
-
-    assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
+def test_quickstart_runs_its_study_and_prints_its_table_and_plot(tmp_path: Path, capsys) -> None:
+    """The shipped quickstart study through the sweep (one seed, 4 epochs: RigL's first update
+    at step 50 needs a window), its table in the study's order, the figure; run again, it trains
+    nothing."""
+    argv = ["quickstart", "--out-dir", str(tmp_path), "--seeds", "1", "train.epochs=4"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    for method in ("dense", "static", "set", "rigl"):
-        assert f"| {method} |" in out
-    assert "± " in out and "x |" in out
-    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["method"] for r in results] == ["dense", "static", "set", "rigl"]
-    assert all(len(r["accuracies"]) == 2 for r in results)
-    assert results[0]["train_flops_ratio"] == pytest.approx(1.0)
-    assert results[3]["inference_flops_ratio"] < 0.1
-    # A second call reuses the finished runs: it trains nothing.
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["dense", "static", "set", "rigl", "rigl_step0_only"]
+    assert "1/1" in out and "± " in out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert (tmp_path / "report" / "accuracy_by_cell.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"plot: {tmp_path / 'report' / 'accuracy_by_cell.png'}" in out
+    cells = {cell["group"]["tag"]: cell for cell in report["cells"]}
+    assert cells["dense"]["metrics"]["train_flops_ratio"]["mean"] == pytest.approx(1.0)
+    assert cells["rigl"]["metrics"]["inference_flops_ratio"]["mean"] < 0.1
+    assert [row["step"] for row in RunDir(tmp_path / "rigl_step0_only_s0").mask_updates()] == [0]
+    assert RunDir(tmp_path / "rigl_s0").mask_updates()[0]["step"] == 50
     stamp = os.path.getmtime(tmp_path / "rigl_s0" / "summary.json")
-    assert RunDir(tmp_path / "rigl_s0").state() == "done"
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("quickstart retrained a finished run")
-
-    monkeypatch.setattr(quickstart, "train", no_training)
-    assert main(["quickstart", "--out-dir", str(tmp_path), "--seeds", "2", "train.epochs=2"]) == 0
+    assert main(argv) == 0
+    assert "(5 done, 0 to run)" in capsys.readouterr().err
     assert os.path.getmtime(tmp_path / "rigl_s0" / "summary.json") == stamp

@@ -1,71 +1,40 @@
-"""``regrow quickstart``: Dense, Static, SET and RigL on the bundled digits, over seeds, in about a
-minute on a laptop CPU; prints a table and writes a plot (the README's main job)."""
+"""``regrow quickstart``: the shipped ``quickstart`` study (``regrow/studies/quickstart.yaml``) run
+by the sweep machinery on this machine, then its report — the smallest instance of ``regrow
+sweep`` + ``regrow report``."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import os
+import shlex
+from collections.abc import Sequence
 
-from ..train import RunDir, load_config, train
-from ..train.checkpoint import write_json, write_text
-from .report import aggregate, plot, read_summaries, table
+from ..study import sweep
+from ..study.report import Report, build_report
+from ..study.spec import load_study, plan_runs
 
-#: The methods compared, each with its own arguments (mask updates every 50 of the ~1,400 steps).
-METHODS = {
-    "dense": [],
-    "static": [],
-    "set": ["sparsity.args.delta_t=50"],
-    "rigl": ["sparsity.args.delta_t=50"],
-}
+#: The study the quickstart runs.
+STUDY = "quickstart"
 
 
-def run_quickstart(out_dir: str, seeds: int = 3, overrides: list[str] | None = None) -> str:
-    """Train every method × seed (reusing finished runs, resuming interrupted ones); return the
-    table. Writes ``results.md``, ``results.json`` and ``accuracy.png`` to ``out_dir``."""
-    root = Path(out_dir)
-    run_dirs = []
-    for method, method_args in METHODS.items():
-        for seed in range(seeds):
-            run_dir = root / f"{method}_s{seed}"
-            config = load_config(
-                "quickstart",
-                [
-                    f"sparsity.method={method}",
-                    *method_args,
-                    *(overrides or []),
-                    f"seed={seed}",
-                    f"out_dir={run_dir}",
-                ],
-            )
-            run = RunDir(run_dir)
-            if not run.is_finished(config):
-                print(f"regrow quickstart: {method}, seed {seed}", file=sys.stderr)
-                result = train(config, resume=run.has_checkpoint())
-                if result["status"] != "finished":
-                    raise KeyboardInterrupt(
-                        f"stopped during {run_dir}; run the same command to continue"
-                    )
-            run_dirs.append(run_dir)
-    summaries = read_summaries(run_dirs)
-    results = aggregate(summaries)
-    first = summaries[-1]
-    title = f"digits MLP, sparsity {first['target_sparsity']:g} ({first['distribution']}), {seeds} seeds"
-    text = f"{title}\n\n{table(results)}\n"
-    write_text(root / "results.md", text)
-    write_json(
-        root / "results.json",
-        [
-            {
-                "method": r.method,
-                "accuracy_mean": r.mean,
-                "accuracy_std": r.std,
-                "accuracies": list(r.accuracies),
-                "inference_flops_ratio": r.inference_flops_ratio,
-                "train_flops_ratio": r.train_flops_ratio,
-                "sparsity": r.sparsity,
-            }
-            for r in results
-        ],
-    )
-    plot(results, root / "accuracy.png", title)
-    return text
+def default_workers() -> int:
+    """Runs at once: one per core, at most 4 (each run is small; starting a process costs more
+    than a second thread would save)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def run_quickstart(
+    out_dir: str, seeds: int = 3, overrides: Sequence[str] = (), workers: int | None = None
+) -> tuple[int, Report | None]:
+    """Train the quickstart study's pending runs into ``out_dir`` (finished runs are reused,
+    interrupted ones resumed), then write its report to ``out_dir/report``. Returns the sweep's
+    exit status (0 all done, 1 some failed, 130/143 interrupted) and the report (``None`` when
+    interrupted)."""
+    plan = plan_runs(load_study(STUDY), None, seeds, list(overrides), out_dir)
+    count = workers or default_workers()
+    executor = sweep.LocalExecutor(count, [], 1, None)
+    words = ["regrow", "quickstart", "--out-dir", out_dir, "--seeds", str(seeds)]
+    words += [] if workers is None else ["--workers", str(workers)]
+    status = sweep.run_sweep(plan, executor, False, shlex.join([*words, *overrides]))
+    if status not in (0, 1):
+        return status, None
+    return status, build_report(out_dir)

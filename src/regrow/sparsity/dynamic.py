@@ -61,7 +61,9 @@ class DynamicSparsifier(Sparsifier, ABC):
                 f"{error} Here begin_step={a.begin_step} and T_end = t_end_fraction × total_steps "
                 f"= {self.t_end}."
             ) from None
-        if a.delta_t > self.t_end - a.begin_step:
+        # A window of length 0 (T_end = begin_step, e.g. t_end_fraction=0) asks for the one
+        # update at begin_step on purpose; a positive window shorter than ΔT is a mistake.
+        if self.t_end > a.begin_step and a.delta_t > self.t_end - a.begin_step:
             raise ValueError(
                 f"delta_t={a.delta_t} is longer than the update window, steps {a.begin_step} to "
                 f"T_end={self.t_end} (t_end_fraction {a.t_end_fraction} of {self.total_steps} "

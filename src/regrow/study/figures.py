@@ -122,6 +122,11 @@ def _extra_keys(group_by: Sequence[str], *drop: str) -> list[str]:
     return [k for k in group_by if k not in dropped and ALIASES.get(k, k) not in dropped]
 
 
+def _is_label(key: str) -> bool:
+    """A study's own label (``tag``, ``tag.<name>``): shown as its value alone."""
+    return key == "tag" or key.startswith("tag.")
+
+
 def _labels(cells: Sequence[Cell]) -> list[str]:
     """A label per cell: the method and the distribution as words, then ``key=value`` for each
     other key only where it tells cells apart that the keys before it do not (a ΔT that every
@@ -145,7 +150,7 @@ def _labels(cells: Sequence[Cell]) -> list[str]:
         dense = values.get(METHOD) in ("dense", "small_dense")  # no distribution to name
         parts = [
             fmt_value(values[k])
-            if k in (METHOD, DISTRIBUTION)
+            if k in (METHOD, DISTRIBUTION) or _is_label(k)
             else f"{short(k)}={fmt_value(values[k])}"
             for k in shown
             if not (dense and k == DISTRIBUTION)
@@ -728,7 +733,37 @@ def _learning_curves(
     return figure
 
 
+def _accuracy_by_cell(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:
+    """One bar per cell (mean ± std of the seeds, each seed a dot), in the report's order, with
+    each cell's training FLOPs under its label: the quickstart's figure, and any study's."""
+    done = _finished(records, ACCURACY)
+    if not done:
+        raise NoData("no finished run with a test accuracy")
+    cells = aggregate(done, group_by, [ACCURACY, "train_flops_ratio"])
+    labels = _labels(cells)
+    figure = _pyplot_free_figure(1.4 * len(cells) + 2.0, 4.5)
+    axes = figure.add_subplot()
+    for i, cell in enumerate(cells):
+        stat = cell.stats[ACCURACY]
+        axes.bar(i, stat.mean, yerr=stat.std, capsize=4, color="#9ecae1", edgecolor="#3182bd")
+        seeds = [r.metric(ACCURACY) for r in cell.done]
+        axes.scatter([i] * len(seeds), seeds, color="#08519c", s=14, zorder=3)
+    flops = [cell.stats["train_flops_ratio"].mean for cell in cells]
+    ticks = [
+        label if value is None else f"{label}\n{value:.2f}× train FLOPs"
+        for label, value in zip(labels, flops, strict=True)
+    ]
+    axes.set_xticks(range(len(cells)), ticks, fontsize=8)
+    axes.set_ylabel("test accuracy (%)")
+    low = min(r.metric(ACCURACY) for r in done)
+    axes.set_ylim(max(0.0, low - 5.0), 100.0)
+    axes.set_title(f"Test accuracy — {_subject(done)}, {_seeds_note(done)}", fontsize=10)
+    axes.grid(alpha=0.3, axis="y")
+    return figure
+
+
 DRAW: dict[str, Callable[..., Any]] = {
+    "accuracy_by_cell": _accuracy_by_cell,
     "accuracy_vs_sparsity": _accuracy_vs_sparsity,
     "alpha_delta_t": _alpha_delta_t,
     "accuracy_vs_train_flops": _accuracy_vs_train_flops,

@@ -9,6 +9,7 @@ STUDY_FILE = "study.json"
 
 #: Figures ``regrow report`` can draw, each with what it shows.
 FIGURE_KINDS: dict[str, str] = {
+    "accuracy_by_cell": "test accuracy of each cell (bars: mean ± std; dots: each seed)",
     "accuracy_vs_sparsity": "test accuracy against sparsity per method and distribution (std bands)",
     "alpha_delta_t": "test accuracy over RigL's drop fraction α × update interval ΔT (heat map)",
     "accuracy_vs_train_flops": "test accuracy against training FLOPs (×dense) of ×M runs",

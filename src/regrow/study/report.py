@@ -37,7 +37,8 @@ Each expected seed without a finished run is *missing*, with the state of the ru
 (``partial``, ``failed``, ``locked``, ``new``, ``unreadable``) or ``absent`` if there is none.
 Cells are sorted in natural order: method (dense baselines first, then static, then dynamic
 methods: :data:`METHOD_ORDER`), distribution (uniform, er, erk), sparsity ascending, then the other
-keys in group-by order (numbers numerically, missing values last).
+keys in group-by order (numbers numerically, missing values last; a study's labels ``tag`` and
+``tag.<name>`` in the order the study gives them).
 
 **Defaults** (each overridden by the command line): the group-by, metrics and figures of
 ``study.json``'s ``report`` section; without one, the group-by is every configuration key whose
@@ -323,7 +324,11 @@ def load(directory: str | Path) -> Study:
         seen.add(name)
         run_path = path / name
         if (run_path / RunDir.CONFIG).is_file():
-            records.append(_read_run(run_path, planned=True))
+            record = _read_run(run_path, planned=True)
+            listed = entry.get("params")
+            if isinstance(listed, dict):  # labels the plan gives (tag), beside the config's keys
+                record.params.update({k: v for k, v in listed.items() if k not in record.params})
+            records.append(record)
         else:
             params = _planned_params(plan or {}, entry, run_path)
             records.append(RunRecord(name, run_path, ABSENT, params, None, planned=True))
@@ -561,10 +566,21 @@ def aggregate(
         group = tuple(zip(group_by, frozen, strict=True))
         cells.append(Cell(group, members, stats, tuple(sorted(expected)), tuple(missing)))
     priority = sorted(range(len(group_by)), key=lambda i: _priority(group_by[i]))
+    # A study's labels (tag, tag.<name>) keep the order the study gives them.
+    first_seen = {
+        key: list(dict.fromkeys(_freeze(r.value(key)) for r in records))
+        for key in group_by
+        if key == "tag" or key.startswith("tag.")
+    }
+
+    def sort_value(key: str, value: Any) -> Any:
+        if key in first_seen:
+            return (0, first_seen[key].index(_freeze(value)))
+        return _sort_value(key, value)
 
     def order(cell: Cell) -> tuple[Any, ...]:
         values = cell.values
-        return tuple(_sort_value(group_by[i], values[group_by[i]]) for i in priority)
+        return tuple(sort_value(group_by[i], values[group_by[i]]) for i in priority)
 
     return sorted(cells, key=order)
 
