@@ -476,6 +476,8 @@ def validate(config: RunConfig) -> None:
         "data.name": sorted(DATASETS),
         "model.name": sorted(MODELS),
         "sparsity.distribution": DISTRIBUTIONS,
+        "train.compile_mode": COMPILE_MODES,
+        "train.sgd_implementation": SGD_IMPLEMENTATIONS,
     }
     for key, allowed in names.items():
         if _get(config, key) not in allowed:
@@ -492,16 +494,6 @@ def validate(config: RunConfig) -> None:
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
     t = config.train
-    choices = {
-        "train.compile_mode": COMPILE_MODES,
-        "train.sgd_implementation": SGD_IMPLEMENTATIONS,
-    }
-    for key, allowed in choices.items():
-        if _get(config, key) not in allowed:
-            raise ConfigError(
-                f"{key}={_get(config, key)!r} is not allowed: allowed values are "
-                f"{', '.join(allowed)}."
-            )
     if t.nesterov and t.momentum == 0:
         raise ConfigError(
             "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "
