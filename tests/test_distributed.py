@@ -216,3 +216,75 @@ def test_resume_with_a_different_global_batch_is_refused(tmp_path: Path) -> None
     assert main(["train", "--resume", str(tmp_path), "train.batch_size=16"]) == 2
     assert [row["event"] for row in RunDir(tmp_path).provenance()] == ["start"]  # none recorded
     assert RunDir(tmp_path).state() == "partial"
+
+
+def _signalled_worker(rank: int, port: int, out_dir: str, result_file: str) -> None:
+    """One of two gloo ranks training 2 passes; rank 1 alone gets SIGTERM after its step 20. The
+    collectives that agree on a stop are counted."""
+    import signal
+
+    from regrow.train import distributed, loop
+
+    os.environ.update(
+        {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    calls: list[int] = []
+    agree, step = distributed.max_over_ranks, loop.train_step
+
+    def counted(value, device, context):
+        calls.append(value)
+        return agree(value, device, context)
+
+    def signalled_step(run, x, y):
+        result = step(run, x, y)
+        if rank == 1 and run.sparsifier.step_count == 20 and result[2]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    distributed.max_over_ranks, loop.train_step = counted, signalled_step
+    config = load_config(
+        "quickstart",
+        [*COMMON, "train.batch_size=16", "sparsity.method=static", f"out_dir={out_dir}"],
+    )
+    try:
+        outcome = loop.train(config)
+    except Exception:
+        outcome = {"error": traceback.format_exc()}
+    Path(f"{result_file}.{rank}").write_text(json.dumps({"result": outcome, "calls": calls}))
+    os._exit(0)
+
+
+def test_a_signal_on_one_rank_stops_both_at_the_next_periodic_check(tmp_path: Path) -> None:
+    """No collective per step: the ranks agree on a requested stop only at the loss check every
+    LOG_EVERY (50) steps, so a SIGTERM that reached rank 1 at step 20 stops both at step 50,
+    after one agreement, with one checkpoint that resumes."""
+    import socket
+
+    from regrow.train.loop import LOG_EVERY
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    out = tmp_path / "run"
+    processes = [
+        context.Process(
+            target=_signalled_worker, args=(rank, port, str(out), str(tmp_path / "result"))
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+        assert process.exitcode == 0
+    for rank in range(2):
+        outcome = json.loads((tmp_path / f"result.{rank}").read_text())
+        result = outcome["result"]
+        assert result.get("status") == "stopped", result
+        assert (result["reason"], result["step"]) == ("SIGTERM", LOG_EVERY)
+        assert outcome["calls"] == [15 if rank == 1 else 0]  # one agreement: SIGTERM's number
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["sparsifier"]["step_count"] == LOG_EVERY

@@ -187,16 +187,17 @@ class CompiledStep(TrainStep):
             raise CompileError(f"train.compile=true supports SGD, not {type(optimizer).__name__}.")
         super().__init__(network, criterion, sparsifier, optimizer, settings)
         self.method = method
+        self.have_state = False
         # Dynamo caches per code object: the step of an earlier run in this process (another
         # model, optimizer and sparsifier) would count against its recompilation limit.
         torch.compiler.reset()
         self.compiled = torch.compile(self.step, mode=settings.compile_mode, fullgraph=True)
 
     def ready(self) -> bool:
-        have_state = all(
-            p in self.optimizer.state for g in self.optimizer.param_groups for p in g["params"]
-        )
-        return have_state and not self.sparsifier.update_batch_due()
+        if not self.have_state:  # until the first optimizer step (then for good)
+            groups = self.optimizer.param_groups
+            self.have_state = all(p in self.optimizer.state for g in groups for p in g["params"])
+        return self.have_state and not self.sparsifier.update_batch_due()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What is compiled: forward, loss, backward, gradient work, SGD update, re-masking."""
