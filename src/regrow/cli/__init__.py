@@ -1,6 +1,6 @@
 """The ``regrow`` command line: one module per subcommand (:mod:`.train`, :mod:`.quickstart`,
-:mod:`.flops`, :mod:`.export`, :mod:`.bench`), each an ``add_<name>_parser`` / ``run_<name>`` pair, wired together in
-:func:`build_parser`.
+:mod:`.sweep`, :mod:`.report`, :mod:`.flops`, :mod:`.export`, :mod:`.bench`), each an
+``add_<name>_parser`` / ``run_<name>`` pair, wired together in :func:`build_parser`.
 
 Bad input prints one line, ``regrow <cmd>: error: ...``, naming what was wrong and the allowed
 values, and exits with status 2 (argparse's own errors too: one line, no usage block). A run
@@ -23,8 +23,8 @@ from .common import UsageError
 from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
-from .report import add_report_parser
-from .sweep import add_sweep_parser
+from .report import add_report_parser, run_report
+from .sweep import add_sweep_parser, run_sweep
 from .train import add_train_parser, run_train
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "add_export_parser",
     "add_flops_parser",
     "add_quickstart_parser",
+    "add_report_parser",
+    "add_sweep_parser",
     "add_train_parser",
     "build_parser",
     "main",
@@ -41,6 +43,8 @@ __all__ = [
     "run_export",
     "run_flops",
     "run_quickstart",
+    "run_report",
+    "run_sweep",
     "run_train",
 ]
 
