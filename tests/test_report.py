@@ -445,6 +445,9 @@ def test_alpha_delta_t_grid_is_an_annotated_heat_map(tmp_path: Path) -> None:
     texts = sorted(t.get_text() for t in panel.texts)
     assert len(texts) == 9 and "82.0\n±0.7" in texts  # α 0.1, ΔT 50: 81.5 and 82.5
     assert [t.get_text() for t in panel.get_xticklabels()] == ["50", "100", "200"]
+    # The best cell (α 0.5, ΔT 200) framed solid, the paper's (0.3, 100) dashed.
+    frames = {(p.get_xy(), p.get_linestyle()) for p in panel.patches}
+    assert frames == {((1.5, 1.5), "-"), ((0.5, 0.5), "--")}
 
 
 def test_alpha_delta_t_optuna_trials_are_a_scatter_over_a_contour(tmp_path: Path) -> None:
@@ -468,7 +471,13 @@ def test_alpha_delta_t_optuna_trials_are_a_scatter_over_a_contour(tmp_path: Path
     assert not panel.images
     kinds = {type(c).__name__ for c in panel.collections}
     assert "PathCollection" in kinds and len(panel.collections) >= 2  # scatter + contour
-    assert panel.collections[-1].get_offsets().shape == (20, 2)
+    scatters = [c for c in panel.collections if type(c).__name__ == "PathCollection"]
+    assert 20 in [len(c.get_offsets()) for c in scatters]  # every trial a point
+    (best,) = [c for c in scatters if len(c.get_offsets()) == 1]  # ringed in red
+    records = [r for r in report.collect(root) if r.done]
+    top = max(records, key=lambda r: r.metric("test_accuracy"))
+    x, y = best.get_offsets()[0]
+    assert (x, y) == (top.value("sparsity.args.delta_t"), top.value("sparsity.args.alpha"))
     assert panel.get_xscale() == "log"
 
 

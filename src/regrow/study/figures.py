@@ -351,6 +351,8 @@ def _alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
                 )
             axes.set_xticks(range(len(deltas)), [f"{d:g}" for d in deltas])
             axes.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+            cells = {(a, d): (deltas.index(d), alphas.index(a)) for a, d in means}
+            _mark_best_and_reference(axes, means, cells, frames=True)
         else:
             xs = [d for _, d in means]
             ys = [a for a, _ in means]
@@ -370,6 +372,8 @@ def _alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
                 zorder=3,
             )
             _pad_limits(axes, xs, ys)
+            points = {(a, d): (d, a) for a, d in means}
+            _mark_best_and_reference(axes, means, points, frames=False)
             axes.grid(alpha=0.3)
         axes.set_xlabel("ΔT (steps between mask updates)")
         axes.set_ylabel("α (initial drop fraction)")
@@ -379,9 +383,41 @@ def _alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
     if image is not None:
         figure.colorbar(image, ax=grid.ravel().tolist(), label="test accuracy (%)", shrink=0.9)
     figure.suptitle(
-        f"Test accuracy over α × ΔT — {_subject(done)}, {_seeds_note(done)}", fontsize=10
+        f"Test accuracy over α × ΔT — {_subject(done)}, {_seeds_note(done)}\n"
+        f"red: the best setting; dashed: the paper's α = {REFERENCE[0]:g}, ΔT = {REFERENCE[1]:g}",
+        fontsize=10,
     )
     return figure
+
+
+#: RigL's default α and ΔT (Evci et al. 2020), marked on the α × ΔT figure.
+REFERENCE = (0.3, 100.0)
+
+
+def _mark_best_and_reference(
+    axes: Any,
+    means: dict[tuple[float, float], Any],
+    at: dict[tuple[float, float], tuple[float, float]],
+    frames: bool,
+) -> None:
+    """Outline the best (α, ΔT) in red and the paper's default dashed: a cell's frame on a heat
+    map, a ring around a trial's point on a scatter."""
+    from matplotlib.patches import Rectangle
+
+    best = max(means, key=lambda key: means[key].mean or float("-inf"))
+    marks = [(best, "red", "-")]
+    if REFERENCE in means and best != REFERENCE:
+        marks.append((REFERENCE, "black", "--"))
+    for (alpha, delta_t), colour, style in marks:
+        x, y = at[(alpha, delta_t)]
+        if frames:
+            frame = Rectangle(
+                (x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor=colour, linestyle=style, lw=2
+            )
+            axes.add_patch(frame)
+        else:
+            axes.scatter([x], [y], s=170, facecolors="none", edgecolors=colour,
+                         linestyles=style, linewidths=1.8, zorder=4)  # fmt: skip
 
 
 def _pad_limits(axes: Any, xs: Sequence[float], ys: Sequence[float], pad: float = 0.05) -> None:
