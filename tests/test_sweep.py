@@ -73,12 +73,13 @@ def sweep_here(
 
 
 def results(out: Path) -> dict[str, Any]:
-    """Every run's summary (results only) and metrics rows (without ``seconds``)."""
+    """Every run's summary (results only) and metrics rows, mask updates included (without
+    ``seconds``)."""
     found = {}
     for path in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
         run_dir = RunDir(path)
         summary = {k: v for k, v in (run_dir.summary() or {}).items() if k not in NOT_RESULTS}
-        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in run_dir.metrics()]
+        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in run_dir.metric_rows()]
         found[path.name] = (summary, rows)
     return found
 
