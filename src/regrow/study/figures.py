@@ -59,7 +59,7 @@ from .report import (
 #: Figures drawn with no more than this many panels (layer density) or lines (learning curves).
 MAX_PANELS, MAX_CURVES = 6, 12
 #: Lines of a line figure at most (the best by mean accuracy); points annotated at most.
-MAX_SERIES, MAX_ANNOTATED = 10, 12
+MAX_SERIES, MAX_ANNOTATED = 14, 12
 #: Layers shown by a legend; more are coloured by depth with a colour bar.
 MAX_LEGEND_LAYERS = 10
 
