@@ -22,8 +22,8 @@ configuration in its own try (a failure is a row, not the end of the script):
 
 Prints a table per part with the card's name and writes ``gpu_check.json`` to ``--out``. Report
 the data as "CIFAR-10 (JPEG q75 copy)", never as CIFAR-10 (ResNet-50 trains on a 100-class
-layout of it: timing only). ``--steps 20 --accuracy-epochs 1 --limit-train 2048`` is a smoke run
-on a CPU.
+layout of it: timing only). ``--steps 10 --warmup 3 --accuracy-epochs 1 --limit-train 512
+--delta-t 2`` is a smoke run on a CPU (``--models ''`` skips the speed part).
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def overrides(args: argparse.Namespace, method: str, compiled: bool, out: Path) 
         f"data.root={args.data_dir}",
         f"sparsity.method={method}",
         f"sparsity.sparsity={args.sparsity}",
+        *([f"sparsity.args.delta_t={args.delta_t}"] if method != "dense" else []),
         f"train.compile={str(compiled).lower()}",
         "train.progress=false",
         f"out_dir={out}",
@@ -178,9 +179,10 @@ def main() -> None:
     parser.add_argument("--models", default="wrn22_2,resnet50")
     parser.add_argument("--methods", default="dense,rigl")
     parser.add_argument("--sparsity", type=float, default=0.8)
+    parser.add_argument("--delta-t", type=int, default=100, help="RigL's ΔT")
     parser.add_argument("--steps", type=int, default=200, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--accuracy-epochs", type=int, default=5)
+    parser.add_argument("--accuracy-epochs", type=int, default=3)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
@@ -199,7 +201,7 @@ def main() -> None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(results, indent=2))
 
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         for method in args.methods.split(","):
             for compiled in (False, True):
                 row = guarded(
