@@ -591,3 +591,21 @@ def test_accuracy_by_cell_is_a_bar_per_cell_in_the_study_order_with_each_seed(
     cells = report.aggregate(records, ["tag"], ["test_accuracy"])
     assert [str(m) for m in cells[1].missing] == ["1 (absent)"]
     assert _png(tmp_path / "f.png")[0] > 300
+
+
+def test_alpha_delta_t_selects_and_colours_by_validation_accuracy_when_held_out(
+    tmp_path: Path,
+) -> None:
+    """A search selects on the validation split: the figure's colours and its best mark follow
+    val_accuracy (here the opposite of test_accuracy), never the test set."""
+    for alpha in (0.1, 0.3, 0.5):
+        for delta_t in (50, 100):
+            overrides = [f"sparsity.args.alpha={alpha}", f"sparsity.args.delta_t={delta_t}"]
+            write_run(tmp_path, f"a{alpha}_d{delta_t}", ["sparsity.method=rigl", *overrides],
+                      90 - 10 * alpha, val_accuracy=80 + 10 * alpha + delta_t / 100)  # fmt: skip
+    figure = report.draw("alpha_delta_t", report.collect(tmp_path), tmp_path / "v.png")
+    panel, bar = figure.axes
+    assert bar.get_ylabel() == "validation accuracy (%)"
+    frames = [p.get_xy() for p in panel.patches if p.get_linestyle() == "-"]
+    assert frames == [(0.5, 1.5)]  # ΔT 100 (column 1), α 0.5 (row 2): the best validation
+    assert figure.get_suptitle().startswith("Validation accuracy over α × ΔT")
