@@ -85,7 +85,7 @@ def results(out: Path) -> dict[str, Any]:
 
 
 def test_interrupted_sweep_continues_bit_identical(tmp_path, capsys):
-    long_runs = "[train.epochs=8, data.limit_train=384, train.checkpoint_every=1, sparsity.sparsity=0.8, sparsity.args.delta_t=10]"
+    long_runs = "[train.epochs=24, data.limit_train=384, train.checkpoint_every=1, sparsity.sparsity=0.8, sparsity.args.delta_t=10]"
     study = study_file(tmp_path, long_runs)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     launcher = subprocess.Popen(
@@ -100,8 +100,14 @@ def test_interrupted_sweep_continues_bit_identical(tmp_path, capsys):
     while time.monotonic() < deadline and launcher.poll() is None:
         dirs = [p for p in interrupted.glob("*_seed*") if p.is_dir()]
         finished = [p for p in dirs if (p / "summary.json").is_file()]
+        # Mid-way: a checkpoint and at most a third of its passes, so the signal reaches it
+        # long before it could finish on its own.
         mid_way = [
-            p for p in dirs if (p / "checkpoint.pt").is_file() and not (p / "summary.json").exists()
+            p
+            for p in dirs
+            if (p / "checkpoint.pt").is_file()
+            and not (p / "summary.json").exists()
+            and len(RunDir(p).metrics()) <= 8
         ]
         if finished and mid_way:
             launcher.send_signal(signal.SIGINT)
