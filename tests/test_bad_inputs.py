@@ -244,7 +244,10 @@ def check_one_line(argv: list[str], status: int, err: str, needles, absent) -> N
 def test_bad_input_as_a_process_is_one_line_exit_2(finished, case_id):
     _, argv, needles, absent = BY_ID[case_id.removesuffix("/own")]
     if case_id not in finished:
-        pytest.skip("no os.fork here: only the cases run in their own process")
+        pytest.skip(
+            "needs os.fork (not on Windows) to run every case as a process; the same inputs are "
+            "checked in-process by test_bad_input_in_process_is_one_line_exit_2"
+        )
     status, out, err = finished[case_id]
     check_one_line(argv, status, err, needles, absent)
     assert out == ""

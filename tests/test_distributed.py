@@ -95,6 +95,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     assert summary["test_accuracy"] > 20  # learned (chance is 10%)
 
 
+def run_two_ranks(worker, *args, timeout: float = 120) -> None:
+    """``worker(rank, *args)`` in two spawned processes; both must exit 0."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=worker, args=(rank, *args)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=timeout)
+        assert process.exitcode == 0
+
+
 def _diverging_worker(rank: int, init_file: str, result_file: str, automatic: bool) -> None:
     import torch.distributed as dist
 
@@ -126,19 +137,7 @@ def _diverging_worker(rank: int, init_file: str, result_file: str, automatic: bo
 
 @pytest.mark.parametrize("automatic", [False, True])
 def test_a_mask_diverged_on_one_rank_is_detected(tmp_path: Path, automatic: bool) -> None:
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(
-            target=_diverging_worker,
-            args=(rank, str(tmp_path / "init"), str(tmp_path / "result"), automatic),
-        )
-        for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
-        assert process.exitcode == 0
+    run_two_ranks(_diverging_worker, str(tmp_path / "init"), str(tmp_path / "result"), automatic)
     for rank in range(2):
         outcome = (tmp_path / f"result.{rank}").read_text()
         assert "masks differ across ranks" in outcome, outcome
@@ -267,19 +266,8 @@ def test_a_signal_on_one_rank_stops_both_at_the_next_periodic_check(tmp_path: Pa
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
     out = tmp_path / "run"
-    processes = [
-        context.Process(
-            target=_signalled_worker, args=(rank, port, str(out), str(tmp_path / "result"))
-        )
-        for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=180)
-        assert process.exitcode == 0
+    run_two_ranks(_signalled_worker, port, str(out), str(tmp_path / "result"), timeout=180)
     for rank in range(2):
         outcome = json.loads((tmp_path / f"result.{rank}").read_text())
         result = outcome["result"]

@@ -495,6 +495,19 @@ def _contour(
         return
 
 
+def _finish_flops_axes(
+    axes: Any, xs: Sequence[float], xlabel: str, title: str, done: Sequence[RunRecord], note: str
+) -> None:
+    """Axes of accuracy against a FLOP ratio: log x when wide, labels, the title with the seeds
+    note, a grid and the legend outside."""
+    _log_if_wide(axes.set_xscale, xs)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(f"{title}\n{_seeds_note(done)}{note}", fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    _legend_outside(axes, "method, distribution")
+
+
 def _accuracy_vs_train_flops(
     records: Sequence[RunRecord], group_by: Sequence[str], **_: Any
 ) -> Any:
@@ -533,15 +546,8 @@ def _accuracy_vs_train_flops(
             axes.annotate(
                 f"×{multiplier:g}", (x, mean), textcoords="offset points", xytext=(5, 5), fontsize=8
             )
-    _log_if_wide(axes.set_xscale, all_x)
-    axes.set_xlabel("training FLOPs (× dense 1× training)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(
-        f"Test accuracy vs training FLOPs (×M runs) — {_subject(done)}\n{_seeds_note(done)}{note}",
-        fontsize=10,
-    )
-    axes.grid(alpha=0.3, which="both")
-    _legend_outside(axes, "method, distribution")
+    title = f"Test accuracy vs training FLOPs (×M runs) — {_subject(done)}"
+    _finish_flops_axes(axes, all_x, "training FLOPs (× dense 1× training)", title, done, note)
     return figure
 
 
@@ -592,15 +598,8 @@ def _erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: 
                 fontsize=7,
                 color="dimgrey",
             )
-    _log_if_wide(axes.set_xscale, all_x)
-    axes.set_xlabel("inference FLOPs (× dense)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(
-        f"ERK vs uniform at equal inference FLOPs — {_subject(done)}\n{_seeds_note(done)}{note}",
-        fontsize=10,
-    )
-    axes.grid(alpha=0.3, which="both")
-    _legend_outside(axes, "method, distribution")
+    title = f"ERK vs uniform at equal inference FLOPs — {_subject(done)}"
+    _finish_flops_axes(axes, all_x, "inference FLOPs (× dense)", title, done, note)
     return figure
 
 
