@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from regrow.experiments.quickstart import run_quickstart
+from regrow.study.quickstart import run_quickstart
 
 
 @pytest.mark.slow

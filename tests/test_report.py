@@ -17,9 +17,10 @@ import pytest
 
 from regrow.cli import main
 from regrow.study import figures, report
-from regrow.study.names import FIGURE_KINDS, MASK_UPDATE_EVENT, STUDY_FILE
+from regrow.study.names import FIGURE_KINDS, STUDY_FILE
 from regrow.train import load_config
 from regrow.train.config import to_yaml
+from regrow.train.rundir import MASK_UPDATE_EVENT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,12 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from torch import nn
-
 from .common import UsageError, run_harness
-
-#: ``load_config`` requires a run directory; nothing is written to it.
-_NO_RUN_DIR = "out_dir=<regrow flops>"
 
 
 def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -134,44 +129,22 @@ def _match(value: str) -> str | float:
 
 def flops_report(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The parsed command line as a :class:`~regrow.flops.report.FlopsQuery`, then its report."""
-    from ..flops import report
-    from ..models import get_model_spec
+    from ..flops.report import InputShapeError
     from ..train import load_config
+    from ..train.flops_query import NO_RUN_DIR, flops_query
+    from ..train.flops_query import flops_report as report_of
 
     model = [f"model.name={args.model}"] if args.model else []
-    config = load_config(args.preset, [_NO_RUN_DIR, *model, *args.overrides])
-    spec = get_model_spec(config.model.name)
+    config = load_config(args.preset, [NO_RUN_DIR, *model, *args.overrides])
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f"--num-classes {args.num_classes!r}: allowed values are >= 1.")
     if args.total_steps is not None and args.total_steps < 1:
         raise UsageError(f"--total-steps {args.total_steps!r}: allowed values are >= 1.")
     match = None if args.match_flops is None else _match(args.match_flops)
-    num_classes = args.num_classes or spec.num_classes
-    multiplier = config.train.multiplier
-    total_steps = args.total_steps or report.paper_total_steps(spec.dataset, multiplier)
-    method = config.sparsity.method_class()
-
-    def build(width: float) -> nn.Module:
-        return spec(num_classes=num_classes, width=width)
-
-    query = report.FlopsQuery(
-        build=build,
-        input_shape=_input_shape(args.input_shape, spec.input_shape),
-        method=method,
-        args=report.resolve_method_args(method, config.sparsity.args, spec.dataset, total_steps),
-        plan_keys=config.sparsity.plan_keys(),
-        total_steps=total_steps,
-        multiplier=multiplier,
-        width=config.model.width,
-        model_name=spec.name,
-        num_classes=num_classes,
-    )
+    shape = None if args.input_shape is None else _input_shape(args.input_shape, ())
+    query = flops_query(config, args.num_classes, shape, args.total_steps)
     try:
-        if match is not None:
-            return report.matching_report(query, match)
-        if args.small_dense:
-            return report.small_dense_report(query)
-        return report.training_report(query)
-    except report.InputShapeError as exc:
-        flag = "--input-shape" if args.input_shape else f"the input shape of {spec.name}"
+        return report_of(query, match, args.small_dense)
+    except InputShapeError as exc:
+        flag = "--input-shape" if args.input_shape else f"the input shape of {query.model_name}"
         raise UsageError(f"{flag}: {exc}") from None

@@ -59,7 +59,7 @@ def _check_overrides(overrides: list[str]) -> None:
 def run_quickstart(args: argparse.Namespace) -> int:
     """Handle ``regrow quickstart``: the sweep's exit status (0 done, 1 some run failed, 130
     interrupted)."""
-    from ..experiments.quickstart import run_quickstart as quickstart
+    from ..study.quickstart import run_quickstart as quickstart
 
     def work() -> int:
         for flag in ("seeds", "workers"):

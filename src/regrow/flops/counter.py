@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..sparsity.distributions import Densities, HasDensities, resolve_densities
 
 __all__ = [
     "COUNTED_MODULES",
@@ -53,38 +55,6 @@ __all__ = [
 #: Module types whose forward pass is counted (their weight is the layer's sparse tensor).
 COUNTED_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
-
-@runtime_checkable
-class HasDensities(Protocol):
-    """Anything that reports live per-layer densities, e.g. a ``regrow`` sparsifier."""
-
-    def densities(self) -> Mapping[str, float]: ...
-
-
-Densities = Mapping[str, float] | HasDensities | None
-
-
-def resolve_densities(densities: Densities) -> dict[str, float]:
-    """A plain ``{param FQN: density}`` dict from a mapping, an object with ``.densities()``, or
-    ``None`` (every layer dense). Raises ``ValueError`` for a density outside [0, 1]."""
-    if densities is None:
-        return {}
-    if isinstance(densities, Mapping):
-        values = dict(densities)
-    elif callable(getattr(densities, "densities", None)):
-        values = dict(densities.densities())
-    else:
-        raise TypeError(
-            f"densities must be a mapping of parameter name to density or an object with a "
-            f".densities() method (a sparsifier), got {type(densities).__name__}."
-        )
-    result = {}
-    for name, value in values.items():
-        density = float(value)
-        if not 0.0 <= density <= 1.0 or math.isnan(density):
-            raise ValueError(f"density of {name!r} is {value!r}: allowed values are in [0, 1].")
-        result[str(name)] = density
-    return result
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from ..sparsity.base import Sparsifier, get_method
-from ..sparsity.schedules import PruningSchedule
-from .counter import Densities, FlopProfile, profile_model, resolve_densities
+from ..sparsity.methods.pruning import pruning_mean_flops
+from ..sparsity.schedules import PruningSchedule, pruning_segments
+from .counter import Densities, FlopProfile, profile_model
 
 __all__ = [
     "MethodFlops",
@@ -90,39 +91,6 @@ def train_flops_ratio(
         )
     per_sample = train_flops_per_sample(method, sparse_flops, dense_flops, delta_t)
     return multiplier * per_sample / (3.0 * float(dense_flops))
-
-
-def pruning_segments(schedule: PruningSchedule) -> list[tuple[int, float]]:
-    """The run as ``(number of steps, pruning progress)`` pieces, in order, summing to
-    ``total_steps``. Steps ``0 … t_0`` run dense; after a pruning at ``t_k`` the progress it set
-    holds for steps ``t_k + 1 … t_{k+1}`` (a pruning happens after that step's optimizer step)."""
-    segments: list[tuple[int, float]] = []
-    last_step, progress = -1, 0.0
-    for step in schedule.pruning_steps():
-        if step >= schedule.total_steps - 1:
-            break
-        segments.append((step - last_step, progress))
-        last_step, progress = step, schedule.progress(step)
-    segments.append((schedule.total_steps - 1 - last_step, progress))
-    return [(count, value) for count, value in segments if count > 0]
-
-
-def pruning_mean_flops(
-    profile: FlopProfile, final_densities: Densities, schedule: PruningSchedule | None = None
-) -> float:
-    """``mean_t f_S(s_t)``: forward FLOPs per sample averaged over every step of the run (SPEC §7).
-
-    At progress ``g`` each layer has density ``1 − (1 − d_l) · g``, ``d_l`` its final density from
-    the distribution; the FLOPs are counted at those densities for each piece of
-    :func:`pruning_segments` and weighted by its number of steps.
-    """
-    schedule = schedule or PruningSchedule()
-    final = resolve_densities(final_densities)
-    total = 0.0
-    for count, progress in pruning_segments(schedule):
-        densities = {name: 1.0 - (1.0 - d) * progress for name, d in final.items()}
-        total += count * profile.inference_flops(densities)
-    return total / schedule.total_steps
 
 
 class MethodFlops(NamedTuple):

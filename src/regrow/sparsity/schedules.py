@@ -130,3 +130,18 @@ class PruningSchedule:
         """Active weights of a tensor of ``size`` after a pruning at ``step``; exactly
         ``final_active`` from ``end`` on."""
         return size - math.floor((size - final_active) * self.progress(step) + 1e-9)
+
+
+def pruning_segments(schedule: PruningSchedule) -> list[tuple[int, float]]:
+    """The run as ``(number of steps, pruning progress)`` pieces, in order, summing to
+    ``total_steps``. Steps ``0 … t_0`` run dense; after a pruning at ``t_k`` the progress it set
+    holds for steps ``t_k + 1 … t_{k+1}`` (a pruning happens after that step's optimizer step)."""
+    segments: list[tuple[int, float]] = []
+    last_step, progress = -1, 0.0
+    for step in schedule.pruning_steps():
+        if step >= schedule.total_steps - 1:
+            break
+        segments.append((step - last_step, progress))
+        last_step, progress = step, schedule.progress(step)
+    segments.append((schedule.total_steps - 1 - last_step, progress))
+    return [(count, value) for count, value in segments if count > 0]

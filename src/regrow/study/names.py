@@ -1,5 +1,5 @@
-"""What ``regrow sweep`` writes and ``regrow report`` reads: file names, figure kinds and the
-metrics row of a mask update (one fact in one place)."""
+"""What ``regrow sweep`` writes and ``regrow report`` reads: the study file's name and the figure
+kinds (one fact in one place; the run directory's own names are :mod:`regrow.train.rundir`'s)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,3 @@ FIGURE_KINDS: dict[str, str] = {
     "layer_density": "per-layer density over training, from the mask-update rows",
     "learning_curves": "training loss and test accuracy against epoch of each run",
 }
-
-#: ``"event"`` of the ``metrics.jsonl`` row written at every mask update (pass rows have none).
-MASK_UPDATE_EVENT = "mask_update"

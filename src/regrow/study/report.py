@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import functools
 import io
 import json
@@ -76,8 +75,9 @@ from pathlib import Path
 from typing import Any
 
 from ..train.checkpoint import write_text
-from ..train.rundir import DONE, NOT_IDENTITY, RunDir, RunDirError
-from .names import FIGURE_KINDS, MASK_UPDATE_EVENT, STUDY_FILE
+from ..train.rundir import DONE, MASK_UPDATE_EVENT, NOT_IDENTITY, RunDir, RunDirError
+from ..util.suggest import did_you_mean
+from .names import FIGURE_KINDS, STUDY_FILE
 
 ABSENT = "absent"  #: planned by ``study.json``, no run directory (yet)
 UNREADABLE = "unreadable"  #: ``config.yaml`` or ``summary.json`` is not valid YAML/JSON
@@ -398,8 +398,8 @@ def check_keys(keys: Sequence[str], records: Sequence[RunRecord]) -> None:
     available = available_keys(records)
     for key in keys:
         if key not in available:
-            close = difflib.get_close_matches(key, available, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, available, n=1)
+            hint = f" ({hint})" if hint else ""
             raise ReportError(
                 f"unknown --group-by key {key!r}{hint}; available: {', '.join(available)}"
             )

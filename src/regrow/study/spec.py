@@ -88,18 +88,19 @@ Every error is one line naming the file, the key, the allowed values and what to
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..train.config import ConfigError, RunConfig, descriptions, load_config
+from ..train.flops_query import NO_RUN_DIR, flops_query, flops_report
+from ..util.suggest import did_you_mean
+from ..util.yamlfile import package_folder, parse_mapping, read_named, shipped_names
 from .names import FIGURE_KINDS
 
 __all__ = [
@@ -155,6 +156,9 @@ OWN_KEYS = {"seed": "use `seeds:` (or --seeds)", "out_dir": "the sweep sets it (
 #: Config sections whose keys are free names (checked by load_config, not here).
 FREE_SECTIONS = ("sparsity.args.", "sparsity.custom_densities.")
 #: A placeholder in a name pattern: ``{dotted.key}`` or ``{dotted.key:format}``.
+#: The study files shipped with the package (``regrow sweep NAME``).
+SHIPPED = package_folder("regrow.study", "studies")
+
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
 
 
@@ -243,59 +247,25 @@ class Study:
 
 
 def shipped_studies() -> list[str]:
-    """Names of the studies shipped in ``regrow/studies/``."""
-    folder = resources.files("regrow") / "studies"
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _study_text(study: str) -> tuple[str, str]:
-    """The YAML text of a study (a shipped name or a path) and the name errors give it."""
-    path = Path(study)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise StudyError(
-                f"study file {study} does not exist: give the path of a .yaml file or one of "
-                f"{', '.join(shipped_studies())}."
-            )
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise StudyError(f"study file {study} cannot be read: {reason}.") from None
-    candidate = resources.files("regrow") / "studies" / f"{study}.yaml"
-    if not candidate.is_file():
-        raise StudyError(
-            f"study {study!r} is unknown: allowed values are {', '.join(shipped_studies())} "
-            "(or the path of a .yaml study file)."
-        )
-    return candidate.read_text(encoding="utf-8"), f"{study} (shipped)"
+    """Names of the studies shipped in ``regrow/study/studies/``."""
+    return shipped_names(SHIPPED)
 
 
 def load_study(study: str) -> Study:
     """Read and check a study: a shipped name (:func:`shipped_studies`) or a ``.yaml`` path."""
-    text, source = _study_text(study)
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise StudyError(f"study {source} is not valid YAML{where}: {problem}.") from None
-    if not isinstance(tree, dict):
-        raise StudyError(
-            f"study {source} holds {type(tree).__name__}, not a mapping: write `name: ...`, "
-            "`grid:` and the other keys one per line (see `regrow sweep --help`)."
-        )
+    text, source = read_named("study", study, SHIPPED, StudyError)
+    hint = (
+        ": write `name: ...`, `grid:` and the other keys one per line (see docs/STUDIES.md)"
+    )
+    tree = parse_mapping(text, f"study {source}", StudyError, hint)
     return _parse(tree, source)
 
 
 def _check_top_level(tree: dict[str, Any], source: str) -> None:
     for key in tree:
         if key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
+            hint = did_you_mean(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f"{hint} " if hint else ""
             raise StudyError(
                 f"study {source}: key {key!r} is unknown: {hint}allowed keys are "
                 f"{', '.join(TOP_LEVEL_KEYS)}."
@@ -375,8 +345,8 @@ def _check_key(key: str, where: str, fail: Fail, tags: bool = True) -> None:
     known = list(descriptions())
     if key in known or any(key.startswith(s) and len(key) > len(s) for s in FREE_SECTIONS):
         return
-    close = difflib.get_close_matches(key, known, n=2, cutoff=0.75)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    hint = did_you_mean(key, known, n=2)
+    hint = f"{hint} " if hint else ""
     label = " (or tag / tag.<name> for a label)" if tags else ""
     raise fail(
         where,
@@ -975,35 +945,18 @@ def plan_runs(
 
 
 # ------------------------------------------------------------------------- regrow's own solvers
-def _flops_args(preset: str | None, overrides: list[str], **flags: Any) -> Any:
-    import argparse
-
-    kept = [o for o in overrides if not o.startswith(("out_dir=", "seed="))]
-    return argparse.Namespace(
-        preset=preset,
-        model=None,
-        num_classes=None,
-        input_shape=None,
-        total_steps=None,
-        match_flops=flags.get("match_flops"),
-        small_dense=False,
-        json=True,
-        overrides=kept,
-    )
-
-
 _DERIVED_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
 def equal_flops_sparsity(preset: str | None, overrides: list[str], reference: str) -> float:
     """The sparsity at which the run's distribution costs the inference FLOPs of ``reference``
     at the run's sparsity: exactly what ``regrow flops --preset P <overrides> --match-flops
-    REFERENCE`` reports as ``matched_sparsity`` (it calls the same function)."""
-    from ..cli.flops import flops_report
-
+    REFERENCE`` reports as ``matched_sparsity`` (the same query and report)."""
     key = ("match", preset, tuple(overrides), reference)
     if key not in _DERIVED_CACHE:
-        result, _ = flops_report(_flops_args(preset, overrides, match_flops=reference))
+        kept = [o for o in overrides if not o.startswith(("out_dir=", "seed="))]
+        query = flops_query(load_config(preset, [NO_RUN_DIR, *kept]))
+        result, _ = flops_report(query, match=reference)
         _DERIVED_CACHE[key] = float(result["matched_sparsity"])
     return _DERIVED_CACHE[key]
 

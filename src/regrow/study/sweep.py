@@ -65,6 +65,7 @@ from typing import Any
 
 from ..train.checkpoint import write_json
 from ..train.rundir import DONE, FAILED, LOCKED, NEW, PARTIAL, RunDir, differing_keys
+from ..util.signals import handling_signals
 from .names import STUDY_FILE
 from .spec import RunSpec, StudyError, StudyPlan
 
@@ -408,15 +409,8 @@ def forwarding_signals(children: Children) -> Iterator[None]:
                 file=sys.stderr,
             )
 
-    if threading.current_thread() is not threading.main_thread():
+    with handling_signals(handler):
         yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 # ------------------------------------------------------------------------------- executors
@@ -710,8 +704,7 @@ def _wait_for_holders(runs: list[RunSpec], executor: Executor) -> list[RunSpec] 
     def handler(signum: int, frame: Any) -> None:
         stop["signal"] = signum
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_signals(handler):
         while any(RunDir(run.path).state() == LOCKED for run in runs):
             if stop["signal"]:
                 if isinstance(executor, LocalExecutor):
@@ -720,9 +713,6 @@ def _wait_for_holders(runs: list[RunSpec], executor: Executor) -> list[RunSpec] 
                     executor.signal = stop["signal"]
                 return None
             time.sleep(POLL_SECONDS)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     return [run for run in runs if sweep_state(run.path) != DONE]
 
 

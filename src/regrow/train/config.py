@@ -1,7 +1,7 @@
 """The run configuration: typed dataclasses, YAML presets, dotted command-line overrides.
 
 ``load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=2"])`` starts from the dataclass
-defaults, merges the preset (``src/regrow/configs/<name>.yaml``, shipped inside the package so an
+defaults, merges the preset (``src/regrow/train/presets/<name>.yaml``, shipped inside the package so an
 installed ``regrow`` finds it) and then the overrides. OmegaConf checks keys and types against the
 dataclasses; :func:`validate` checks values (ranges, names) and says what is allowed.
 """
@@ -9,15 +9,12 @@ dataclasses; :func:`validate` checks values (ranges, names) and says what is all
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,6 +22,11 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..sparsity.distributions import DISTRIBUTIONS
+from ..util.suggest import did_you_mean
+from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
+
+#: The presets shipped with the package (``regrow train --preset NAME``).
+PRESETS = package_folder("regrow.train", "presets")
 
 
 class ConfigError(ValueError):
@@ -188,41 +190,11 @@ def descriptions(node: Any = None, prefix: str = "") -> dict[str, str]:
 
 def presets() -> list[str]:
     """Names of the presets shipped with the package."""
-    folder = resources.files("regrow") / "configs"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names(PRESETS)
 
 
 def _preset_text(preset: str) -> str:
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(
-                f"preset file {preset} does not exist: give the path of a .yaml file or one of "
-                f"{', '.join(presets())}."
-            )
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise ConfigError(f"preset file {preset} cannot be read: {reason}.") from None
-    folder = resources.files("regrow") / "configs"
-    candidate = folder / f"{preset}.yaml"
-    if not candidate.is_file():
-        raise ConfigError(
-            f"preset {preset!r} is unknown: allowed values are {', '.join(presets())} "
-            "(or the path of a .yaml file)."
-        )
-    return candidate.read_text(encoding="utf-8")
-
-
-def _yaml_problem(preset: str, error: yaml.YAMLError) -> ConfigError:
-    """A YAML syntax error as one line naming the file, the line and the column."""
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    context = getattr(error, "context", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    detail = f"{context}, {problem}" if context else str(problem)
-    return ConfigError(f"preset {preset} is not valid YAML{where}: {detail}.")
+    return read_named("preset", preset, PRESETS, ConfigError)[0]
 
 
 def _preset_layer(preset: str) -> tuple[Any, Any]:
@@ -232,7 +204,7 @@ def _preset_layer(preset: str) -> tuple[Any, Any]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)  # syntax, and what the top level is
     except yaml.YAMLError as error:
-        raise _yaml_problem(preset, error) from None
+        raise yaml_problem(f"preset {preset}", error, ConfigError) from None
     if root is not None and not isinstance(root, yaml.MappingNode):
         kind = "a list" if isinstance(root, yaml.SequenceNode) else f"the value {root.value!r}"
         raise ConfigError(
@@ -243,7 +215,7 @@ def _preset_layer(preset: str) -> tuple[Any, Any]:
     try:
         layer = OmegaConf.create(text)  # OmegaConf's own YAML rules (1e-3 is a float)
     except yaml.YAMLError as error:  # what only its loader refuses (a duplicate key)
-        raise _yaml_problem(preset, error) from None
+        raise yaml_problem(f"preset {preset}", error, ConfigError) from None
     return layer, root
 
 
@@ -312,21 +284,6 @@ def _type_phrase(hint: Any) -> str:
 LIST_KEYS = "`regrow train [--preset P] out_dir=x --print-config`"
 
 
-def _close_keys(key: str, known: list[str]) -> list[str]:
-    """Known dotted keys that look like ``key``, closest first: each scored by the better of the
-    whole name and the last part alone (``optim.lr`` finds ``train.lr``), only those about as
-    close as the best (``sparsity.sparsty`` gives ``sparsity.sparsity``, not ``sparsity.args``)."""
-
-    def ratio(a: str, b: str) -> float:
-        return difflib.SequenceMatcher(None, a, b).ratio()
-
-    leaf = key.rsplit(".", 1)[-1]
-    scores = {name: max(ratio(key, name), ratio(leaf, name.rsplit(".", 1)[-1])) for name in known}
-    best = max(scores.values(), default=0.0)
-    close = [name for name, score in scores.items() if score >= max(0.75, best - 0.05)]
-    return sorted(close, key=lambda name: -scores[name])[:3]
-
-
 #: Where a key was set, as text to insert after it: ``" (in preset P, line 3)"`` or ``""``.
 Source = Callable[[str], str]
 
@@ -342,8 +299,8 @@ def _in_preset(preset: str, nodes: Any, key: str) -> str:
 
 def _unknown_key(key: str, source: Source) -> ConfigError:
     known = _known_keys(RunConfig(out_dir=""))
-    matches = _close_keys(key, known)
-    hint = f"did you mean {' or '.join(matches)}? List" if matches else "list"
+    hint = did_you_mean(key, known)
+    hint = f"{hint} List" if hint else "list"
     return ConfigError(
         f"config key {key!r}{source(key)} is unknown: {hint} every key with {LIST_KEYS}."
     )

@@ -35,13 +35,13 @@ from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import Sparsifier
-from ..study.names import MASK_UPDATE_EVENT
+from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, to_yaml
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
-from .rundir import DONE, RunDir, RunDirError
+from .rundir import DONE, MASK_UPDATE_EVENT, RunDir, RunDirError
 from .step import (
     CompiledStep,
     CompileError,
@@ -139,12 +139,8 @@ def stop_on_signals():
             raise KeyboardInterrupt
         requested["signal"] = signum
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_signals(handler):
         yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 #: ``train`` settings recorded in ``summary.json`` (with the run's method, plan, model, data, seed).

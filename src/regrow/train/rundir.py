@@ -123,7 +123,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..study.names import MASK_UPDATE_EVENT
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -136,6 +135,10 @@ from .checkpoint import (
 from .config import RunConfig, to_yaml
 
 NEW, PARTIAL, DONE, FAILED, LOCKED = "new", "partial", "done", "failed", "locked"
+
+#: ``"event"`` of the ``metrics.jsonl`` row written at every mask update (pass rows have none).
+MASK_UPDATE_EVENT = "mask_update"
+
 
 #: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
 #: (with train.batch_size × processes kept equal, which the loop checks).

@@ -9,8 +9,9 @@ import torch
 
 from ..args import MethodArgs, arg, at_least
 from ..base import Sparsifier, Traits, register
+from ..distributions import Densities, resolve_densities
 from ..plan import AllocationPlan
-from ..schedules import PruningSchedule
+from ..schedules import PruningSchedule, pruning_segments
 from ..selection import seeded_generator, topk_mask
 
 
@@ -64,8 +65,6 @@ class Pruning(Sparsifier):
     def mean_inference_flops(
         cls, profile: Any, plan: AllocationPlan, args: MethodArgs, total_steps: int
     ) -> float:
-        from ...flops.training import pruning_mean_flops
-
         assert isinstance(args, PruningArgs)
         if args.scope == "global":
             raise ValueError(
@@ -113,3 +112,22 @@ class Pruning(Sparsifier):
                 kept.split([p.numel() for p in self.params]), self.params, strict=True
             )
         ]
+
+
+def pruning_mean_flops(
+    profile: Any, final_densities: Densities, schedule: PruningSchedule | None = None
+) -> float:
+    """``mean_t f_S(s_t)``: forward FLOPs per sample averaged over every step of the run (SPEC §7);
+    ``profile`` is a :class:`regrow.flops.FlopProfile` (anything with ``inference_flops``).
+
+    At progress ``g`` each layer has density ``1 − (1 − d_l) · g``, ``d_l`` its final density from
+    the distribution; the FLOPs are counted at those densities for each piece of
+    :func:`pruning_segments` and weighted by its number of steps.
+    """
+    schedule = schedule or PruningSchedule()
+    final = resolve_densities(final_densities)
+    total = 0.0
+    for count, progress in pruning_segments(schedule):
+        densities = {name: 1.0 - (1.0 - d) * progress for name, d in final.items()}
+        total += count * profile.inference_flops(densities)
+    return total / schedule.total_steps
