@@ -1,13 +1,21 @@
-"""One module per method; importing this package registers them all."""
+"""One module per method; importing this package registers them all.
 
+The order of the imports below is the registration order of :data:`regrow.sparsity.METHODS`,
+which every help text, table and figure uses to list methods: dense baselines, then fixed masks,
+then pruning, then the drop-and-grow methods. A new method appears everywhere once imported here.
+"""
+
+# isort: off
 from .dense import Dense
-from .pruning import Pruning
-from .rigl import RigL
-from .set import SET
 from .small_dense import SmallDense
-from .snfs import SNFS
-from .snip import SNIP
-from .srigl import SRigL
 from .static import Static
+from .snip import SNIP
+from .pruning import Pruning
+from .set import SET
+from .snfs import SNFS
+from .rigl import RigL
+from .srigl import SRigL
+
+# isort: on
 
 __all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SRigL", "SmallDense", "Static"]
