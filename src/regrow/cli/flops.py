@@ -9,7 +9,7 @@
     regrow flops sparsity.sparsity=0.9 --small-dense
 
 The keys are validated exactly as ``regrow train`` validates them (:func:`regrow.train.load_config`),
-so errors read the same; the report itself is :mod:`regrow.flops.report`.
+so errors read the same; the report itself is :mod:`regrow.flops.query`.
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def _match(value: str) -> str | float:
 
 
 def flops_report(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """The parsed command line as a :class:`~regrow.flops.report.FlopsQuery`, then its report."""
-    from ..flops.report import InputShapeError
+    """The parsed command line as a :class:`~regrow.flops.query.FlopsQuery`, then its report."""
+    from ..flops.query import InputShapeError
     from ..train import load_config
     from ..train.flops_query import NO_RUN_DIR, flops_query
     from ..train.flops_query import flops_report as report_of

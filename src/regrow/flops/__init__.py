@@ -30,7 +30,7 @@ from .matching import (
     parameter_count,
     small_dense_width,
 )
-from .report import (
+from .query import (
     PAPER_RUNS,
     FlopsQuery,
     InputShapeError,

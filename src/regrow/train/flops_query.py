@@ -1,5 +1,5 @@
 """A run's configuration as a FLOP query: the one seam between the config keys and
-:mod:`regrow.flops.report`, shared by ``regrow flops`` and a study's derived values."""
+:mod:`regrow.flops.query`, shared by ``regrow flops`` and a study's derived values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..flops import report
+from ..flops import query as report
 from ..models import get_model_spec
 from .config import RunConfig
 
@@ -21,7 +21,7 @@ def flops_query(
     input_shape: tuple[int, ...] | None = None,
     total_steps: int | None = None,
 ) -> report.FlopsQuery:
-    """The :class:`~regrow.flops.report.FlopsQuery` of the run ``config`` describes: its model
+    """The :class:`~regrow.flops.query.FlopsQuery` of the run ``config`` describes: its model
     (``num_classes`` and ``input_shape`` default to the model's), its method and arguments, and a
     run as long as the paper's for the model's dataset × ``train.multiplier`` unless
     ``total_steps`` is given."""
