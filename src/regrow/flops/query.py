@@ -36,7 +36,7 @@ from ..sparsity.plan import AllocationPlan
 from ..sparsity.schedules import PAPER_CIFAR_STEPS
 from .counter import FlopProfile, FlopReport, profile_model
 from .matching import flops_at_sparsity, kept_parameter_count, matching_sparsity, parameter_count
-from .training import method_training_flops
+from .training import MethodFlops, method_training_flops
 
 __all__ = [
     "PAPER_RUNS",
@@ -214,16 +214,29 @@ def training_report(query: FlopsQuery) -> tuple[dict[str, Any], str]:
         "train_flops_ratio": cost.train_flops_ratio,
         "layers": [layer.as_dict() for layer in report.layers],
     }
-    arguments = ", ".join(f"{k}={v!r}" for k, v in args.as_dict().items()) or "none"
+    return result, _training_text(query, result, plan, report, cost)
+
+
+def _training_text(
+    query: FlopsQuery,
+    result: dict[str, Any],
+    plan: AllocationPlan,
+    report: FlopReport,
+    cost: MethodFlops,
+) -> str:
+    """:func:`training_report`'s result as the text ``regrow flops`` prints."""
+    width, dense_flops = result["model_width"], result["dense_inference_flops"]
+    arguments = ", ".join(f"{k}={v!r}" for k, v in result["method_args"].items()) or "none"
     lines = [
-        f"{query.header(width)}; method {method.name} x{query.multiplier:g}, "
+        f"{query.header(width)}; method {result['method']} x{query.multiplier:g}, "
         f"{query.total_steps:,} steps",
         f"method arguments: {arguments}",
         _plan_line(plan),
     ]
     if width != query.width:
         lines.append(
-            f"{method.name} width multiplier {width:.4f} ({result['model_params']:,} parameters)"
+            f"{result['method']} width multiplier {width:.4f} "
+            f"({result['model_params']:,} parameters)"
         )
     if "pruning_schedule" in result:
         s, mean = result["pruning_schedule"], cost.mean_inference_flops
@@ -238,7 +251,7 @@ def training_report(query: FlopsQuery) -> tuple[dict[str, Any], str]:
         f"training FLOPs per sample:  {cost.train_flops_per_sample:.4e}  "
         f"({cost.train_flops_ratio:.4f}x dense training)",
     ]
-    return result, "\n".join(lines)
+    return "\n".join(lines)
 
 
 def matching_report(query: FlopsQuery, match: str | float) -> tuple[dict[str, Any], str]:

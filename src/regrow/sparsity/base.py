@@ -521,6 +521,40 @@ class Sparsifier:
         runs as usual from these masks (a dynamic method conserves their per-layer counts).
         ``ValueError`` names the first layer whose name or shape differs.
         """
+        self._check_start_masks(masks, mode)
+        base_seed = self.seed if seed is None else int(seed)
+        new = []
+        for name, param in zip(self.names, self.params, strict=True):
+            mask = masks[name].to(param.device)
+            if mode == "shuffle_within_layers":
+                generator = seeded_generator(base_seed, -1, f"shuffle/{name}", param.device)
+                order = torch.randperm(mask.numel(), generator=generator, device=param.device)
+                mask = mask.reshape(-1)[order].view(mask.shape)
+            new.append(mask.clone())
+        if weights is not None:
+            for name, param in zip(self.names, self.params, strict=True):
+                if name not in weights or tuple(weights[name].shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"weights: no tensor of shape {tuple(param.shape)} for {name}."
+                    )
+                param.copy_(weights[name])
+        # Every connection counts as active before the install, so each weight survives exactly
+        # where its new mask is active; the count rule applies from these masks on.
+        before = list(self._active)
+        for i, mask in enumerate(new):
+            self.masks[self.names[i]].fill_(True)
+            self._active[i] = int(mask.sum())
+        try:
+            self._apply_masks(new, 0)
+        except RuntimeError as error:  # the method's own structure (e.g. SRigL's fan-in)
+            for i, name in enumerate(self.names):  # nothing changed: the checks come first
+                self.masks[name].copy_(self._mask_values[i].bool())
+            self._active[:] = before
+            self.mask_weights()
+            raise ValueError(f"these masks do not suit {type(self).__name__}: {error}") from None
+
+    def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:
+        """What :meth:`start_from_masks` refuses, each as one ``ValueError`` naming the layer."""
         kind = type(self).__name__
         if not self.traits.masked or self.traits.starts_dense:
             why = "trains without masks" if not self.traits.masked else "starts dense"
@@ -555,36 +589,6 @@ class Sparsifier:
                 f"layer {extra[0]} has a mask in the masks given but is not a sparse tensor of "
                 f"this {kind} (its sparse tensors: {self.names})."
             )
-        base_seed = self.seed if seed is None else int(seed)
-        new = []
-        for name, param in zip(self.names, self.params, strict=True):
-            mask = masks[name].to(param.device)
-            if mode == "shuffle_within_layers":
-                generator = seeded_generator(base_seed, -1, f"shuffle/{name}", param.device)
-                order = torch.randperm(mask.numel(), generator=generator, device=param.device)
-                mask = mask.reshape(-1)[order].view(mask.shape)
-            new.append(mask.clone())
-        if weights is not None:
-            for name, param in zip(self.names, self.params, strict=True):
-                if name not in weights or tuple(weights[name].shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"weights: no tensor of shape {tuple(param.shape)} for {name}."
-                    )
-                param.copy_(weights[name])
-        # Every connection counts as active before the install, so each weight survives exactly
-        # where its new mask is active; the count rule applies from these masks on.
-        before = list(self._active)
-        for i, mask in enumerate(new):
-            self.masks[self.names[i]].fill_(True)
-            self._active[i] = int(mask.sum())
-        try:
-            self._apply_masks(new, 0)
-        except RuntimeError as error:  # the method's own structure (e.g. SRigL's fan-in)
-            for i, name in enumerate(self.names):  # nothing changed: the checks come first
-                self.masks[name].copy_(self._mask_values[i].bool())
-            self._active[:] = before
-            self.mask_weights()
-            raise ValueError(f"these masks do not suit {kind}: {error}") from None
 
     def mask_checksums(self) -> torch.Tensor:
         """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
