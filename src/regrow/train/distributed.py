@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..sparsity.masks import MASK_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,6 @@ def wrap(model: torch.nn.Module, context: Context, device: torch.device) -> torc
     """
     if not context.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    from ..sparsity.masks import MASK_SUFFIX
-
     masks = [name for name, _ in model.named_buffers() if name.endswith(MASK_SUFFIX)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, masks)
     return DistributedDataParallel(
