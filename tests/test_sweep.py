@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from regrow.cli import main
+from regrow.study.executors import FAILURE_FILE, LOG_FILE
 from regrow.study.names import STUDY_FILE
-from regrow.study.sweep import FAILURE_FILE, LOG_FILE
 from regrow.train import RunDir
 
 #: A few seconds per run on 2 CPU cores (most of it the interpreter and torch starting).
@@ -306,7 +306,7 @@ def test_dry_run_states_and_print_commands(tmp_path, capsys):
 
 
 def test_gpu_and_torchrun_commands_and_thread_counts(tmp_path):
-    from regrow.study.sweep import LocalExecutor, RunTask, display_command, train_command
+    from regrow.study.executors import LocalExecutor, RunTask, display_command, train_command
 
     executor = LocalExecutor(gpus=["0", "1", "2", "3"], gpus_per_run=2, threads_per_run=3)
     assert executor.slots == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]

@@ -1,15 +1,18 @@
 """``regrow sweep``: every run of a study (a shipped one or a YAML file), on this machine's CPUs or
 GPUs, or on SLURM through submitit; resumable. The study format is described in
-:mod:`regrow.study.spec`, the sweep's behaviour in :mod:`regrow.study.sweep`."""
+:mod:`regrow.study.spec`, the sweep's behaviour in docs/SWEEP.md."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import UsageError, run_harness
+
+if TYPE_CHECKING:
+    from ..study.executors import Executor
 
 #: ``--executor`` values: local processes (default) and the three submitit executors.
 EXECUTORS = {
@@ -150,9 +153,10 @@ def _gpu_list(value: str | None) -> list[str] | None:
     return ids
 
 
-def make_executor(args: argparse.Namespace, out_dir: str) -> Any:
-    """The executor the command line asks for (:mod:`regrow.study.sweep`)."""
-    from ..study.sweep import LocalExecutor, SubmititExecutor
+def make_executor(args: argparse.Namespace, out_dir: str) -> Executor:
+    """The executor the command line asks for (:mod:`regrow.study.executors`)."""
+    from ..study.executors import LocalExecutor
+    from ..study.submitit_executor import SubmititExecutor
 
     for flag in ("workers", "gpus_per_run", "threads_per_run", "seeds"):
         value = getattr(args, flag)

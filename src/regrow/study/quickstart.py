@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Sequence
 
 from ..study import sweep
+from ..study.executors import LocalExecutor
 from ..study.report import Report, build_report
 from ..study.spec import load_study, plan_runs
 
@@ -31,7 +32,7 @@ def run_quickstart(
     interrupted)."""
     plan = plan_runs(load_study(STUDY), None, seeds, list(overrides), out_dir)
     count = workers or default_workers()
-    executor = sweep.LocalExecutor(count, [], 1, None)
+    executor = LocalExecutor(count, [], 1, None)
     words = ["regrow", "quickstart", "--out-dir", out_dir, "--seeds", str(seeds)]
     words += [] if workers is None else ["--workers", str(workers)]
     status = sweep.run_sweep(plan, executor, False, shlex.join([*words, *overrides]))

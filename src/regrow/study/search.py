@@ -1,6 +1,6 @@
 """The Optuna form of a study (``search:``; ``pip install "regrow[search]"``): one Optuna study per
 outer point of the grid, each trial one ``regrow train`` run per seed, launched by the sweep's
-executors (:mod:`regrow.study.sweep`).
+executors (:mod:`regrow.study.executors`).
 
 Storage: ``DIR/optuna.journal``, Optuna's ``JournalStorage`` over a file, one Optuna study per
 outer point (named by the point's run name). Running the command again continues: finished
@@ -27,8 +27,9 @@ from typing import Any
 
 from ..train.config import ConfigError
 from ..train.rundir import RunDir
+from .executors import Executor, RunOutcome, SweepProgress, sweep_state
 from .spec import RunSpec, SearchSpace, StudyError, StudyPlan, _config_of, render_value
-from .sweep import DONE_, Executor, Progress, sweep_state, write_study_json
+from .sweep import write_study_json
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "dry_run", "run_search", "trial_runs"]
 
@@ -194,7 +195,7 @@ def run_search(plan: StudyPlan, executor: Executor, command: str) -> int:
         all_runs: list[RunSpec] = []
         record: dict[str, Any] = {}
         failed = 0
-        progress = Progress(len(plan.runs) * search.trials * len(plan.seeds), 0, 0, lambda: 0)
+        progress = SweepProgress(len(plan.runs) * search.trials * len(plan.seeds), 0, 0, lambda: 0)
         try:
             for point in plan.runs:
                 study = optuna.create_study(
@@ -208,7 +209,7 @@ def run_search(plan: StudyPlan, executor: Executor, command: str) -> int:
                 record[point.name] = _record(study, point)
                 write_study_json(plan, all_runs, search=_search_json(plan, record))
                 if status == "interrupted":
-                    name = executor.interrupted
+                    name = executor.interrupted()
                     print(
                         f"regrow sweep: search {plan.study.name} interrupted; run the same command "
                         f"to continue: {command}",
@@ -236,7 +237,7 @@ def _drive(
     study: Any,
     distributions: dict[str, Any],
     executor: Executor,
-    progress: Progress,
+    progress: SweepProgress,
     all_runs: list[RunSpec],
 ) -> str:
     """Run ``point``'s trials until there are ``search.trials`` finished ones; ``"interrupted"``
@@ -245,7 +246,7 @@ def _drive(
 
     search = plan.study.search
     assert search is not None
-    batch_size = len(getattr(executor, "slots", [None])) if hasattr(executor, "slots") else 1
+    batch_size = executor.capacity()
     for trial in study.get_trials(deepcopy=False):
         if trial.state != TrialState.RUNNING:
             all_runs += trial_runs(plan, point, trial.number, trial.params)
@@ -263,12 +264,12 @@ def _drive(
         by_trial = {number: trial_runs(plan, point, number, params) for number, params in running}
         tasks = [executor.task(plan, run) for runs in by_trial.values() for run in runs]
         outcomes = {o.name: o for o in executor.run(tasks, progress)}
-        if executor.interrupted:
+        if executor.interrupted():
             all_runs += [run for runs in by_trial.values() for run in runs]
             return "interrupted"
         for number, runs in by_trial.items():
             all_runs += runs
-            if all(outcomes[r.name].status == DONE_ for r in runs):
+            if all(outcomes[r.name].status == RunOutcome.DONE for r in runs):
                 study.tell(number, _value(runs, search.metric))
             else:
                 study.tell(number, state=TrialState.FAIL)
