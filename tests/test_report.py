@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 
 from regrow.cli import main
-from regrow.study import figures, report
+from regrow.study.cells import Cell, Missing, aggregate
+from regrow.study.figures import draw
+from regrow.study.figures.training import MAX_LEGEND_LAYERS
 from regrow.study.names import FIGURE_KINDS, STUDY_FILE
+from regrow.study.records import ABSENT, UNREADABLE, collect, select_runs, varying_keys
+from regrow.study.report import build_report
 from regrow.train import load_config
 from regrow.train.config import to_yaml
 from regrow.train.rundir import MASK_UPDATE_EVENT
@@ -166,19 +170,19 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def cell_of(cells: list[report.Cell], **values: Any) -> report.Cell:
+def cell_of(cells: list[Cell], **values: Any) -> Cell:
     found = [c for c in cells if all(c.values[f"sparsity.{k}"] == v for k, v in values.items())]
     assert len(found) == 1, (values, [c.values for c in cells])
     return found[0]
 
 
 def test_cells_mean_std_n_and_missing_seeds_without_study_file(grid: Path) -> None:
-    records = report.collect(grid)
+    records = collect(grid)
     assert len(records) == 20
-    keys = report.varying_keys(records)
+    keys = varying_keys(records)
     assert keys[:3] == ["sparsity.method", "sparsity.distribution", "sparsity.sparsity"]
     assert "seed" not in keys and "out_dir" not in keys
-    cells = report.aggregate(records, keys, ["test_accuracy"])
+    cells = aggregate(records, keys, ["test_accuracy"])
     rigl = cell_of(cells, method="rigl", distribution="erk", sparsity=0.8)
     assert rigl.n == 2 and rigl.stats["test_accuracy"].values == (91.0, 93.0)
     assert rigl.stats["test_accuracy"].mean == pytest.approx(92.0)
@@ -186,7 +190,7 @@ def test_cells_mean_std_n_and_missing_seeds_without_study_file(grid: Path) -> No
     assert rigl.missing == ()
     partial = cell_of(cells, method="rigl", distribution="uniform", sparsity=0.9)
     assert partial.n == 1 and partial.expected_seeds == (0, 1)
-    assert partial.missing == (report.Missing(1, "partial", "rigl_uniform_0.9_s1"),)
+    assert partial.missing == (Missing(1, "partial", "rigl_uniform_0.9_s1"),)
     # Small-Dense is its own cell, not averaged with Dense.
     dense, small = cell_of(cells, method="dense"), cell_of(cells, method="small_dense")
     assert dense.stats["test_accuracy"].mean == pytest.approx(98.0)
@@ -209,11 +213,11 @@ def test_expected_seeds_without_study_file_are_every_seed_seen(tmp_path: Path) -
     write_run(tmp_path, "static_s0", overrides_of("static", "erk", 0.9, 0), 80.0)
     write_run(tmp_path, "static_s2", overrides_of("static", "erk", 0.9, 2), 82.0)
     write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
-    records = report.collect(tmp_path)
-    cells = report.aggregate(records, ["sparsity.method"], ["test_accuracy"])
+    records = collect(tmp_path)
+    cells = aggregate(records, ["sparsity.method"], ["test_accuracy"])
     static, rigl = cells
     assert static.missing == () and static.n == 2
-    assert rigl.missing == (report.Missing(2, report.ABSENT),)
+    assert rigl.missing == (Missing(2, ABSENT),)
 
 
 def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path: Path) -> None:
@@ -247,7 +251,7 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     write_run(tmp_path, "rigl_s1", ["sparsity.method=rigl", "seed=1"], 87.0)
     write_run(tmp_path, "rigl_s2", ["sparsity.method=rigl", "seed=2"], 89.0)
     write_run(tmp_path, "dense_s0", ["sparsity.method=dense", "seed=0"], 98.0)
-    result = report.build_report(tmp_path)
+    result = build_report(tmp_path)
     assert result.study.name == "planned"
     assert result.group_by == ["sparsity.method"]
     assert result.metrics == ["test_accuracy", "val_accuracy"]  # none held out: shown as —
@@ -255,8 +259,8 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     by_method = {c.values["sparsity.method"]: c for c in result.cells}
     assert [m for m in by_method] == ["dense", "static", "rigl"]
     assert by_method["static"].missing == (
-        report.Missing(1, "failed", "static_s1"),
-        report.Missing(2, "absent", "static_s2"),
+        Missing(1, "failed", "static_s1"),
+        Missing(2, "absent", "static_s2"),
     )
     assert by_method["rigl"].missing == () and by_method["rigl"].n == 3
     assert by_method["dense"].expected_seeds == (0,) and by_method["dense"].missing == ()
@@ -314,13 +318,13 @@ def test_partial_run_is_missing_with_its_state(tmp_path: Path) -> None:
     write_run(tmp_path, "rigl_s2", overrides_of("rigl", "erk", 0.9, 2), state="new")
     (tmp_path / "rigl_s3").mkdir()  # no config.yaml: not a run, ignored
     (tmp_path / "rigl_s3" / "notes.txt").write_text("x")
-    records = report.collect(tmp_path)
+    records = collect(tmp_path)
     assert [(r.name, r.state) for r in records] == [
         ("rigl_s0", "done"),
         ("rigl_s1", "partial"),
         ("rigl_s2", "new"),
     ]
-    (cell,) = report.aggregate(records, ["sparsity.method"], ["test_accuracy"])
+    (cell,) = aggregate(records, ["sparsity.method"], ["test_accuracy"])
     assert [str(m) for m in cell.missing] == ["1 (partial)", "2 (new)"]
 
 
@@ -329,8 +333,8 @@ def test_unreadable_summary_does_not_crash(tmp_path: Path) -> None:
     (
         write_run(tmp_path, "b", overrides_of("rigl", "erk", 0.9, 1), 85.0) / "summary.json"
     ).write_text("{")
-    records = {r.name: r for r in report.collect(tmp_path)}
-    assert records["b"].state == report.UNREADABLE and "summary" in records["b"].detail
+    records = {r.name: r for r in collect(tmp_path)}
+    assert records["b"].state == UNREADABLE and "summary" in records["b"].detail
 
 
 # ------------------------------------------------------------------------ command-line errors
@@ -385,8 +389,8 @@ def _png(path: Path) -> tuple[int, int]:
 
 
 def test_accuracy_vs_sparsity(grid: Path, tmp_path: Path) -> None:
-    records = report.collect(grid)
-    figure = report.draw("accuracy_vs_sparsity", records, tmp_path / "a.png")
+    records = collect(grid)
+    figure = draw("accuracy_vs_sparsity", records, tmp_path / "a.png")
     width, height = _png(tmp_path / "a.png")
     assert width > 600 and height > 400
     (axes,) = figure.axes
@@ -402,21 +406,21 @@ def test_accuracy_vs_sparsity(grid: Path, tmp_path: Path) -> None:
 
 
 def test_erk_vs_uniform_and_learning_curves(grid: Path, tmp_path: Path) -> None:
-    records = report.collect(grid)
-    figure = report.draw("erk_vs_uniform", records, tmp_path / "e.png")
+    records = collect(grid)
+    figure = draw("erk_vs_uniform", records, tmp_path / "e.png")
     (axes,) = figure.axes
     assert _png(tmp_path / "e.png")[0] > 600
     labels = {container.get_label() for container in axes.containers}  # errorbar lines
     assert {"rigl, erk", "rigl, uniform", "static, erk", "static, uniform"} <= labels
     assert {t.get_text() for t in axes.texts} == {"s=0.8", "s=0.9"}
-    figure = report.draw("learning_curves", records, tmp_path / "l.png")
+    figure = draw("learning_curves", records, tmp_path / "l.png")
     loss, accuracy = figure.axes
-    keys = report.varying_keys(records)
-    assert len(loss.get_lines()) == len(report.aggregate(records, keys, []))  # first run per cell
+    keys = varying_keys(records)
+    assert len(loss.get_lines()) == len(aggregate(records, keys, []))  # first run per cell
     assert list(accuracy.get_lines()[0].get_xdata()) == [1, 3]
-    figure = report.draw(
+    figure = draw(
         "learning_curves",
-        report.select_runs(records, ["rigl_erk_*"]),
+        select_runs(records, ["rigl_erk_*"]),
         tmp_path / "l2.png",
         runs=["rigl_erk_*"],
     )
@@ -439,8 +443,8 @@ def test_alpha_delta_t_grid_is_an_annotated_heat_map(tmp_path: Path) -> None:
                     ],
                     80 + 10 * alpha + delta_t / 100 + seed,
                 )
-    records = report.collect(root)
-    figure = report.draw("alpha_delta_t", records, tmp_path / "h.png")
+    records = collect(root)
+    figure = draw("alpha_delta_t", records, tmp_path / "h.png")
     panel = figure.axes[0]
     assert len(panel.images) == 1 and panel.images[0].get_array().shape == (3, 3)
     texts = sorted(t.get_text() for t in panel.texts)
@@ -467,7 +471,7 @@ def test_alpha_delta_t_optuna_trials_are_a_scatter_over_a_contour(tmp_path: Path
             ],
             90 - 5 * abs(alpha - 0.3),
         )
-    figure = report.draw("alpha_delta_t", report.collect(root), tmp_path / "o.png")
+    figure = draw("alpha_delta_t", collect(root), tmp_path / "o.png")
     panel = figure.axes[0]
     assert not panel.images
     kinds = {type(c).__name__ for c in panel.collections}
@@ -475,7 +479,7 @@ def test_alpha_delta_t_optuna_trials_are_a_scatter_over_a_contour(tmp_path: Path
     scatters = [c for c in panel.collections if type(c).__name__ == "PathCollection"]
     assert 20 in [len(c.get_offsets()) for c in scatters]  # every trial a point
     (best,) = [c for c in scatters if len(c.get_offsets()) == 1]  # ringed in red
-    records = [r for r in report.collect(root) if r.done]
+    records = [r for r in collect(root) if r.done]
     top = max(records, key=lambda r: r.metric("test_accuracy"))
     x, y = best.get_offsets()[0]
     assert (x, y) == (top.value("sparsity.args.delta_t"), top.value("sparsity.args.alpha"))
@@ -492,7 +496,7 @@ def test_accuracy_vs_train_flops(tmp_path: Path) -> None:
                     [f"sparsity.method={method}", f"train.multiplier={multiplier}", f"seed={seed}"],
                     85.0 + multiplier + seed,
                 )
-    figure = report.draw("accuracy_vs_train_flops", report.collect(tmp_path), tmp_path / "f.png")
+    figure = draw("accuracy_vs_train_flops", collect(tmp_path), tmp_path / "f.png")
     (axes,) = figure.axes
     lines = {c.get_label(): c.lines[0] for c in axes.containers}  # errorbar: the data line
     assert set(lines) == {"dense", "static, erk", "rigl, erk"}
@@ -514,11 +518,11 @@ def test_layer_density(tmp_path: Path, layers: int) -> None:
             rows=[*pass_rows(), *mask_rows(layers)],
         )
     write_run(tmp_path, "static_s0", overrides_of("static", "erk", 0.9, 0), 80.0, rows=pass_rows())
-    figure = report.draw("layer_density", report.collect(tmp_path), tmp_path / "d.png")
+    figure = draw("layer_density", collect(tmp_path), tmp_path / "d.png")
     panel = figure.axes[0]
     assert len(panel.get_lines()) == layers  # the first rigl run; static has no mask updates
     assert list(panel.get_lines()[0].get_xdata()) == [50, 100, 150, 200, 250]
-    if layers > figures.MAX_LEGEND_LAYERS:
+    if layers > MAX_LEGEND_LAYERS:
         assert len(figure.axes) == 2  # the panel and a colour bar along depth
         assert not figure.legends
     else:
@@ -550,8 +554,8 @@ def test_locked_run_is_missing_with_state_locked(tmp_path: Path) -> None:
     write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0)
     busy = write_run(tmp_path, "rigl_s1", overrides_of("rigl", "erk", 0.9, 1), state="partial")
     with RunDir(busy).lock():  # another trainer holds it
-        (cell,) = report.aggregate(report.collect(tmp_path), ["sparsity.method"], ["test_accuracy"])
-    assert cell.missing == (report.Missing(1, "locked", "rigl_s1"),)
+        (cell,) = aggregate(collect(tmp_path), ["sparsity.method"], ["test_accuracy"])
+    assert cell.missing == (Missing(1, "locked", "rigl_s1"),)
 
 
 def test_runs_restricts_the_report(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -579,8 +583,8 @@ def test_accuracy_by_cell_is_a_bar_per_cell_in_the_study_order_with_each_seed(
                  "params": {"tag": "rigl"}})  # fmt: skip
     plan = {"study": "t", "preset": "quickstart", "runs": runs, "report": {"group_by": ["tag"]}}
     (tmp_path / STUDY_FILE).write_text(json.dumps(plan))
-    records = report.collect(tmp_path)
-    figure = report.draw("accuracy_by_cell", records, tmp_path / "f.png", group_by=["tag"])
+    records = collect(tmp_path)
+    figure = draw("accuracy_by_cell", records, tmp_path / "f.png", group_by=["tag"])
     (axes,) = figure.axes
     assert [bar.get_height() for bar in axes.patches] == [75.0, 95.0]
     from matplotlib.collections import PathCollection
@@ -589,7 +593,7 @@ def test_accuracy_by_cell_is_a_bar_per_cell_in_the_study_order_with_each_seed(
     assert [len(c.get_offsets()) for c in dots] == [2, 1]
     labels = [t.get_text() for t in axes.get_xticklabels()]
     assert labels == ["static\n0.03× train FLOPs", "rigl\n0.03× train FLOPs"]
-    cells = report.aggregate(records, ["tag"], ["test_accuracy"])
+    cells = aggregate(records, ["tag"], ["test_accuracy"])
     assert [str(m) for m in cells[1].missing] == ["1 (absent)"]
     assert _png(tmp_path / "f.png")[0] > 300
 
@@ -604,7 +608,7 @@ def test_alpha_delta_t_selects_and_colours_by_validation_accuracy_when_held_out(
             overrides = [f"sparsity.args.alpha={alpha}", f"sparsity.args.delta_t={delta_t}"]
             write_run(tmp_path, f"a{alpha}_d{delta_t}", ["sparsity.method=rigl", *overrides],
                       90 - 10 * alpha, val_accuracy=80 + 10 * alpha + delta_t / 100)  # fmt: skip
-    figure = report.draw("alpha_delta_t", report.collect(tmp_path), tmp_path / "v.png")
+    figure = draw("alpha_delta_t", collect(tmp_path), tmp_path / "v.png")
     panel, bar = figure.axes
     assert bar.get_ylabel() == "validation accuracy (%)"
     frames = [p.get_xy() for p in panel.patches if p.get_linestyle() == "-"]

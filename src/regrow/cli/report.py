@@ -8,7 +8,9 @@ seeds of each cell) and figures.
     regrow report runs/grid --figures accuracy_vs_sparsity,layer_density --runs 'rigl_*'
     regrow report runs/grid --figures none --out /tmp/grid_report
 
-The work is :mod:`regrow.study.report` (tables) and :mod:`regrow.study.figures` (figures).
+The work is :mod:`regrow.study.report` (over :mod:`~regrow.study.records`,
+:mod:`~regrow.study.cells`, :mod:`~regrow.study.tables` and :mod:`~regrow.study.figures`); the
+manual is ``docs/REPORT.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
             "cell's metrics (mean ± std over its finished runs, n) and its missing seeds (with "
             "the state of their runs: partial, failed, locked, absent). Writes report.md, "
             "report.csv, report.json and the figures (PNG) to --out. Figures the study has no "
-            f"data for are skipped with a note. Figures: {', '.join(FIGURE_KINDS)}."
+            f"data for are skipped with a note. Figures: {', '.join(FIGURE_KINDS)}. "
+            "The manual: docs/REPORT.md in the regrow repository."
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="the study directory (holds run directories)")
