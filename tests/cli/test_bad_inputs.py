@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fake_rows, write_cifar10, write_record
 from regrow.cli import main
 from regrow.data import cifar as cifar_module
 from regrow.train import ConfigError, load_config
 from regrow.train.config import RANGES
+from tests.helpers import fake_rows, write_cifar10, write_record
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TESTS = Path(__file__).resolve().parent
 
 #: A digits run of one epoch: a case the CLI wrongly accepted would train for a second, not a minute.

@@ -16,7 +16,7 @@ from regrow.cli import main
 
 WRN = ["flops", "--model", "wrn22_2"]
 IMAGENET = ["flops", "model.name=resnet50_imagenet"]
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def run_json(capsys, *args: str) -> dict:

@@ -1,4 +1,4 @@
-"""A new method is one file: a method written outside the package (tests/custom_method.py) gets the
+"""A new method is one file: a method written outside the package (tests/sparsity/custom_method.py) gets the
 contract test, training FLOPs, `regrow train` and `regrow flops` with no edit in the package; and a
 method's own arguments reach it from a config, validated against its dataclass."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import regrow
-from helpers import MODELS, OPTIMIZERS
 from regrow.cli import main
-from test_contract import test_contract as contract
+from tests.helpers import MODELS, OPTIMIZERS
+from tests.sparsity.test_contract import test_contract as contract
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -24,9 +24,10 @@ CLASS = "custom_method:NoisyRigL"
 
 
 @pytest.fixture
-def noisy_rigl():
+def noisy_rigl(monkeypatch):
     """The user's method, registered for one test (so registry listings elsewhere stay as they
-    are)."""
+    are). Imported as a top-level module from its folder, as a user's file would be."""
+    monkeypatch.syspath_prepend(str(TESTS))
     cls = regrow.register(importlib.import_module("custom_method").NoisyRigL)
     yield cls
     regrow.METHODS.pop(cls.name, None)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import own_args, write_cifar10
 from regrow.cli import main
 from regrow.train import (
     CheckpointError,
@@ -22,6 +21,7 @@ from regrow.train import (
     train,
 )
 from regrow.train.loop import lr_factor
+from tests.helpers import own_args, write_cifar10
 
 QUICK = ["train.epochs=3", "train.eval_every=1"]
 
