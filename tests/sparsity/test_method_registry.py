@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import regrow
-from regrow.cli import main
 from tests.helpers import MODELS, OPTIMIZERS
 from tests.sparsity.test_contract import test_contract as contract
 
@@ -65,34 +64,6 @@ def test_a_user_method_trains_through_the_cli_by_import_path(tmp_path: Path) -> 
     assert summary["method_args"]["noise"] == 0.5 and summary["method_args"]["delta_t"] == 10
     assert summary["method_args"]["alpha"] == 0.3  # resolved default
     assert 0.96 < summary["sparsity"] < 0.98
-
-
-def test_an_argument_the_method_lacks_is_exit_2_naming_its_arguments(capsys) -> None:
-    code = main(
-        ["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=set",
-         "sparsity.args.decay=0.9"]
-    )  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "method set has no argument 'decay'" in err
-    assert (
-        "delta_t, alpha, t_end_fraction, begin_step, drop_schedule, reinit, redistribution" in err
-    )
-    assert len(err.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("sparsity.args.alpha=2", "alpha=2.0 is out of range"),
-        ("sparsity.args.drop_schedule=step", "'cosine', 'constant', 'linear'"),
-        ("sparsity.method=nowhere:Thing", "cannot be imported"),
-        ("sparsity.method=json:dumps", "not a Sparsifier subclass"),
-    ],
-)
-def test_bad_method_settings_are_exit_2(capsys, override: str, message: str) -> None:
-    assert main(["train", "--preset", "quickstart", "out_dir=x", override]) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_a_user_method_is_counted_by_regrow_flops() -> None:

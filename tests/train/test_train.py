@@ -1,4 +1,5 @@
-"""The harness: config, the training loop end to end, checkpoints, resume, failures, quickstart."""
+"""The harness: the training loop end to end, checkpoints, failures, quickstart (the config is
+test_config.py, resuming test_resume.py)."""
 
 from __future__ import annotations
 
@@ -14,58 +15,14 @@ import torch
 from regrow.cli import main
 from regrow.train import (
     CheckpointError,
-    ConfigError,
     NonFiniteLossError,
     RunDir,
-    load_config,
     train,
 )
 from regrow.train.loop import lr_factor
 from tests.train.runs import digits_config, tiny_cifar_overrides
 
-
-# ------------------------------------------------------------------------------------ config
-def test_presets_and_overrides() -> None:
-    config = load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=3", "out_dir=x"])
-    assert (config.sparsity.method, config.seed, config.model.name) == ("set", 3, "wrn22_2")
-    assert config.train.epochs == 250 and config.train.weight_decay == 5e-4
-    assert config.train.nesterov is True and config.data.name == "cifar10"
-    resnet = load_config("cifar100_resnet50", ["out_dir=x"])
-    assert resnet.train.label_smoothing == 0.1 and resnet.train.warmup_epochs == 5
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["sparsity.methd=rigl"], "sparsity.methd"),
-        (["sparsity.method=lottery"], "allowed values are dense, pruning, rigl"),
-        (["sparsity.sparsity=1.5"], "0 <= x < 1"),
-        (["train.epochs=abc"], "train.epochs"),
-        (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
-        (["sparsity.distribution=normal"], "uniform, er, erk"),
-        (["seed"], "key=value"),
-    ],
-)
-def test_bad_config_names_the_key_and_allowed_values(overrides: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        load_config("quickstart", ["out_dir=x", *overrides])
-
-
-def test_unknown_preset_and_missing_out_dir() -> None:
-    with pytest.raises(
-        ConfigError,
-        match="allowed values are cifar100_resnet50, cifar10_wrn22_2, lottery, quickstart, rigl_reinit",
-    ):
-        load_config("imagenet", [])
-    with pytest.raises(ConfigError, match="out_dir is not set"):
-        load_config(None, [])
-
-
-def test_print_config_and_cli_errors_exit_2(capsys) -> None:
-    assert main(["train", "--preset", "quickstart", "out_dir=x", "seed=4", "--print-config"]) == 0
-    assert "seed: 4" in capsys.readouterr().out
-    assert main(["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=nope"]) == 2
-    assert "sparsity.method='nope'" in capsys.readouterr().err
+# ------------------------------------------------------------------------- learning rate
 
 
 def test_lr_schedule_warmup_and_milestones() -> None:
