@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, batch, own_args
 from regrow.train import RunDir, load_config, train
+from tests.helpers import MODELS, batch, own_args
 
 COMMON = [
     "train.epochs=2", "sparsity.sparsity=0.8", "train.device=cpu", "train.eval_every=1",

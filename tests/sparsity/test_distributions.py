@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from helpers import resnet50_shapes, wrn22_2_shapes
 from regrow import layer_densities
 from regrow.sparsity.distributions import active_counts
+from tests.helpers import resnet50_shapes, wrn22_2_shapes
 
 SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.99]
 SHAPE_LISTS = {"wrn22_2": wrn22_2_shapes(), "resnet50": resnet50_shapes()}

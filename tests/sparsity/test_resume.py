@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch, own_args
+from tests.helpers import MODELS, OPTIMIZERS, batch, own_args
 
 TOTAL = 60
 

@@ -1,4 +1,5 @@
-"""The harness: config, the training loop end to end, checkpoints, resume, failures, quickstart."""
+"""The harness: the training loop end to end, checkpoints, failures, quickstart (the config is
+test_config.py, resuming test_resume.py)."""
 
 from __future__ import annotations
 
@@ -11,81 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import own_args, write_cifar10
 from regrow.cli import main
 from regrow.train import (
     CheckpointError,
-    ConfigError,
     NonFiniteLossError,
     RunDir,
-    load_config,
     train,
 )
 from regrow.train.loop import lr_factor
+from tests.train.runs import digits_config, tiny_cifar_overrides
 
-QUICK = ["train.epochs=3", "train.eval_every=1"]
-
-
-def digits_config(out_dir: Path, *overrides: str):
-    """The quickstart preset, 3 epochs; mask updates every 10 steps for methods that have them."""
-    method = next((o.split("=")[1] for o in overrides if o.startswith("sparsity.method=")), "rigl")
-    update = [f"sparsity.args.{k}={v}" for k, v in own_args(method, delta_t=10).items()]
-    return load_config("quickstart", [f"out_dir={out_dir}", *QUICK, *update, *overrides])
-
-
-@pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar10(root, per_batch=16, test=16)  # 80 training images, 16 test images
-    return root
-
-
-def tiny_cifar_overrides(root: Path) -> list[str]:
-    return [f"data.root={root}", "model.width=0.25", "train.batch_size=16", "train.eval_every=1"]
-
-
-# ------------------------------------------------------------------------------------ config
-def test_presets_and_overrides() -> None:
-    config = load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=3", "out_dir=x"])
-    assert (config.sparsity.method, config.seed, config.model.name) == ("set", 3, "wrn22_2")
-    assert config.train.epochs == 250 and config.train.weight_decay == 5e-4
-    assert config.train.nesterov is True and config.data.name == "cifar10"
-    resnet = load_config("cifar100_resnet50", ["out_dir=x"])
-    assert resnet.train.label_smoothing == 0.1 and resnet.train.warmup_epochs == 5
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["sparsity.methd=rigl"], "sparsity.methd"),
-        (["sparsity.method=lottery"], "allowed values are dense, pruning, rigl"),
-        (["sparsity.sparsity=1.5"], "0 <= x < 1"),
-        (["train.epochs=abc"], "train.epochs"),
-        (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
-        (["sparsity.distribution=normal"], "uniform, er, erk"),
-        (["seed"], "key=value"),
-    ],
-)
-def test_bad_config_names_the_key_and_allowed_values(overrides: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        load_config("quickstart", ["out_dir=x", *overrides])
-
-
-def test_unknown_preset_and_missing_out_dir() -> None:
-    with pytest.raises(
-        ConfigError,
-        match="allowed values are cifar100_resnet50, cifar10_wrn22_2, lottery, quickstart, rigl_reinit",
-    ):
-        load_config("imagenet", [])
-    with pytest.raises(ConfigError, match="out_dir is not set"):
-        load_config(None, [])
-
-
-def test_print_config_and_cli_errors_exit_2(capsys) -> None:
-    assert main(["train", "--preset", "quickstart", "out_dir=x", "seed=4", "--print-config"]) == 0
-    assert "seed: 4" in capsys.readouterr().out
-    assert main(["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=nope"]) == 2
-    assert "sparsity.method='nope'" in capsys.readouterr().err
+# ------------------------------------------------------------------------- learning rate
 
 
 def test_lr_schedule_warmup_and_milestones() -> None:
@@ -137,61 +74,6 @@ def test_two_epoch_cifar_run_through_the_cli_in_a_subprocess(
     assert (out / "config.yaml").is_file()
     assert [row["event"] for row in RunDir(out).provenance()] == ["start"]
     assert json.loads(result.stdout)["method"] == "rigl"
-
-
-def stopped_then_resumed(config_overrides: list[str], tmp_path: Path, stop: int, make):
-    full = make(tmp_path / "full", *config_overrides)
-    assert train(full)["status"] == "finished"
-    part = make(tmp_path / f"part{stop}", *config_overrides, f"train.stop_at_step={stop}")
-    first = train(part)
-    assert first == {
-        "status": "stopped",
-        "reason": "stop_at_step",
-        "step": stop,
-        "checkpoint": str(tmp_path / f"part{stop}" / "checkpoint.pt"),
-    }
-    second = train(part, resume=True)
-    assert second["status"] == "finished"
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / f"part{stop}" / "checkpoint.pt", weights_only=False)
-    return a, b
-
-
-@pytest.mark.parametrize("stop", [20, 21, 45])
-def test_resume_at_a_mask_update_boundary_is_bit_identical(tmp_path: Path, stop: int) -> None:
-    """RigL with ΔT=10: stopping at step 20 checkpoints right before the update at step 20, 21 right
-    after it; 45 stops mid-epoch (44 steps per epoch)."""
-    a, b = stopped_then_resumed([], tmp_path, stop, digits_config)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert a["sparsifier"]["step_count"] == b["sparsifier"]["step_count"]
-    assert a["flops"] == b["flops"]
-    full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    part_rows = (tmp_path / f"part{stop}" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(full_rows) == strip(part_rows)
-
-
-def test_resume_with_dropout_and_augmentation_is_bit_identical(
-    cifar_root: Path, tmp_path: Path
-) -> None:
-    """WRN's dropout draws from the global RNG and the crops from (seed, epoch): both restored."""
-
-    def make(out: Path, *extra: str):
-        return load_config(
-            "cifar10_wrn22_2",
-            [
-                *tiny_cifar_overrides(cifar_root),
-                "train.epochs=2",
-                "sparsity.args.delta_t=3",
-                f"out_dir={out}",
-                *extra,
-            ],
-        )
-
-    a, b = stopped_then_resumed([], tmp_path, 6, make)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

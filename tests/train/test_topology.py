@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import regrow
-from helpers import MODELS, batch
 from regrow.cli import main
 from regrow.sparsity.schedules import drop_fraction
 from regrow.train import RunDir, load_config, train
+from tests.helpers import MODELS, batch
 
 SHORT = ["train.epochs=3", "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false"]
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import conv_net
 from regrow.cli import main
 from regrow.export import (
     compress_state_dict,
@@ -33,6 +32,7 @@ from regrow.export.inference import TOLERANCE
 from regrow.models import get_model
 from regrow.sparsity.masks import register_masks
 from regrow.train import load_config, train
+from tests.helpers import conv_net
 
 
 @pytest.fixture(autouse=True)

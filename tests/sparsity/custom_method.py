@@ -1,4 +1,4 @@
-"""A method written outside the package, as a user would write one (used by test_custom_method)."""
+"""A method written outside the package, as a user would write one (used by test_method_registry)."""
 
 from dataclasses import dataclass
 

@@ -12,7 +12,7 @@ import regrow
 from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
 from regrow.train.config import to_yaml
 from regrow.train.rundir import RESUME_OVERRIDABLE, RunDirError, differing_keys
-from test_train import digits_config
+from tests.train.runs import digits_config
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:

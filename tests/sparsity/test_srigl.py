@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch
 from regrow.cli import main
 from regrow.sparsity.methods.srigl import ablated_neurons, constant_fan_in_count
+from tests.helpers import MODELS, OPTIMIZERS, batch
 
 
 def rows(mask: torch.Tensor) -> torch.Tensor:

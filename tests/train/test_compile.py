@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import regrow
-from helpers import own_args
 from regrow.cli import main
 from regrow.sparsity import Sparsifier
 from regrow.train import RunDir, load_config, train
@@ -18,6 +17,7 @@ from regrow.train.config import TrainConfig
 from regrow.train.distributed import Context
 from regrow.train.loop import build
 from regrow.train.step import CompileError, Settings, TrainStep
+from tests.helpers import own_args
 
 #: 3 passes of 44 steps on digits; mask updates every 15 steps for methods with a ΔT.
 SHORT = ["train.epochs=3", "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false"]

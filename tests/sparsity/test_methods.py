@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch, own_args
 from regrow.sparsity.schedules import drop_fraction
+from tests.helpers import MODELS, OPTIMIZERS, batch, own_args
 
 
 class Layer(nn.Module):

@@ -1,9 +1,9 @@
 """A run directory under the faults a user meets: nothing lost, nothing garbled.
 
-Resuming a finished run, a copied run and a run started with a relative out_dir from elsewhere;
-one writer per run directory; an out_dir that is a file, lies under one, is read-only or fills
+One writer per run directory; an out_dir that is a file, lies under one, is read-only or fills
 up; a torn metrics row; temporaries left by killed writes; SIGINT/SIGTERM exit statuses; progress
-lines in a log; file modes that follow the umask; a changed config named key by key. CLI cases run
+lines in a log; file modes that follow the umask. (Resuming a finished, copied or relative run and
+a changed config are tests/train/test_resume.py.) CLI cases run
 ``python -m regrow train`` in a subprocess on the digits preset (a few seconds each)."""
 
 from __future__ import annotations
@@ -24,23 +24,13 @@ import torch
 
 import regrow.train.logging as train_logging
 from regrow.cli import main
-from regrow.train import RunDir, load_config, train
+from regrow.train import RunDir, train
 from regrow.train.rundir import RunDirError, RunLockedError
+from tests.train.runs import SHORT, config, copy_tree, one_error_line, regrow_train
 
-#: 2 passes of 44 optimizer steps: static masks, so no pass is spilled into.
-SHORT = ["sparsity.method=static", "train.epochs=2"]
 #: One optimizer step per pass (a global batch of 1024 of the 1,437 digits): many short passes, a
 #: checkpoint after each, so a signal or a second process meets a run in the middle.
 MANY_PASSES = ["sparsity.method=static", "train.batch_size=1024", "train.checkpoint_every=1"]
-
-
-def config(out_dir: Path | str, *overrides: str):
-    return load_config("quickstart", [f"out_dir={out_dir}", *SHORT, *overrides])
-
-
-def regrow_train(*args: str, cwd: Path | None = None, **options) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "regrow", "train", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=cwd, **options)
 
 
 def start_regrow_train(*args: str, log: Path) -> subprocess.Popen:
@@ -59,84 +49,6 @@ def wait_for_metrics(out: Path, process: subprocess.Popen, log: Path) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"no metrics row within 120 s: {log.read_text()}")
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int, int]]:
-    """Every file below ``directory``: its bytes, modification time and mode."""
-    return {
-        str(path.relative_to(directory)): (
-            path.read_bytes(),
-            path.stat().st_mtime_ns,
-            path.stat().st_mode,
-        )
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
-
-
-def copy_tree(source: Path, target: Path) -> None:
-    """``cp -a``, as a user copies a run directory."""
-    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
-
-
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("regrow train: error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def relative_partial_run(tmp_path_factory) -> Path:
-    """A run started with the relative ``out_dir=run`` and stopped at step 50 (mid pass 1); tests
-    copy it (``cp -a``) and resume their copy."""
-    origin = tmp_path_factory.mktemp("origin")
-    here = Path.cwd()
-    os.chdir(origin)
-    try:
-        assert train(config("run", "train.stop_at_step=50"))["status"] == "stopped"
-    finally:
-        os.chdir(here)
-    return origin / "run"
-
-
-# ------------------------------------------------------------------ 1-3: what resume writes
-def test_resuming_a_finished_run_changes_nothing_and_says_so(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    summary = train(config(out))
-    before = snapshot(tmp_path)
-    result = regrow_train("--resume", str(out))
-    assert result.returncode == 0, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert str(out) in line and "already finished" in line
-    assert json.loads(result.stdout)["test_accuracy"] == summary["test_accuracy"]
-    assert snapshot(tmp_path) == before, "every file byte-identical, none added or removed"
-
-
-def test_a_copied_run_resumes_into_the_copy_only(tmp_path: Path) -> None:
-    original, copy = tmp_path / "runA", tmp_path / "runB"
-    assert train(config(original, "train.stop_at_step=50"))["status"] == "stopped"
-    copy_tree(original, copy)
-    before = snapshot(original)
-    result = regrow_train("--resume", str(copy))
-    assert result.returncode == 0, result.stderr
-    assert snapshot(original) == before, "the original run directory is untouched"
-    assert RunDir(original).state() == "partial" and RunDir(copy).state() == "done"
-    start, resume = RunDir(copy).provenance()
-    assert (start["run_dir"], resume["run_dir"]) == (str(original.resolve()), str(copy.resolve()))
-    assert [row["epoch"] for row in RunDir(copy).metrics()] == [0, 1]
-
-
-def test_resume_works_from_any_working_directory(tmp_path: Path, relative_partial_run) -> None:
-    """The run was started as ``out_dir=run``; it resumes by its absolute path from elsewhere."""
-    (tmp_path / "work").mkdir()
-    run, elsewhere = tmp_path / "work" / "run", tmp_path / "elsewhere"
-    copy_tree(relative_partial_run, run)
-    elsewhere.mkdir()
-    result = regrow_train("--resume", str(run), cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    assert RunDir(run).state() == "done" and RunDir(run).summary()["steps"] == 88
-    assert list(elsewhere.iterdir()) == [], "nothing written into the working directory"
 
 
 # ------------------------------------------------------------------------- 4: one writer
@@ -402,26 +314,6 @@ def test_run_directory_files_follow_the_umask(logged_run, tmp_path: Path) -> Non
         os.umask(previous)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "run").iterdir()}
     assert set(modes.values()) == {oct(0o664)}, modes
-
-
-# -------------------------------------------------------------------- 14: a changed config
-def test_resume_with_a_changed_config_names_the_keys_that_differ(
-    tmp_path: Path, relative_partial_run
-) -> None:
-    run = tmp_path / "run"
-    copy_tree(relative_partial_run, run)
-    path = run / RunDir.CONFIG
-    edited = re.sub(r"^seed: 0$", "seed: 3", path.read_text(), flags=re.M)
-    edited = re.sub(r"^  lr: 0.05$", "  lr: 0.1", edited, flags=re.M)
-    assert edited.count("seed: 3") == edited.count("lr: 0.1") == 1
-    path.write_text(edited)
-    result = regrow_train("--resume", str(run))
-    assert result.returncode == 2, result.stderr
-    line = one_error_line(result.stderr)
-    assert "different configuration" in line and str(run / RunDir.CHECKPOINT) in line
-    assert "seed: 0 saved, 3 now" in line and "train.lr: 0.05 saved, 0.1 now" in line
-    assert [row["event"] for row in RunDir(run).provenance()] == ["start"]
-    assert RunDir(run).state() == "partial"
 
 
 def test_run_dir_errors_exit_2_through_the_harness_mapping() -> None:

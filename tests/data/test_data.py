@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import fake_rows, write_cifar10, write_cifar100, write_record
 from regrow.data import (
     DATASETS,
     DeviceLoader,
@@ -37,6 +36,7 @@ from regrow.data import (
     split_train_validation,
 )
 from regrow.data import cifar as cifar_module
+from tests.helpers import fake_rows, write_cifar10, write_cifar100, write_record
 
 # ----------------------------------------------------------------------------------------------
 # Fixture helpers: CIFAR files in the official layout, written by the test itself.

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import regrow
-from helpers import mlp
 from regrow.cli import main
 from regrow.train import ConfigError, RunDir, load_config, train
 from regrow.train.checkpoint import load_checkpoint
 from regrow.train.distributed import Context
 from regrow.train.loop import build
+from tests.helpers import mlp
 
 QUICK = ["train.epochs=2", "train.eval_every=2", "train.progress=false"]
 

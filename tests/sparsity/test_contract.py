@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS, batch, own_args
 from regrow.sparsity.optim_state import ELEMENTWISE_OPTIMIZERS, state_tensors
+from tests.helpers import MODELS, OPTIMIZERS, batch, own_args
 
 STEPS = 240
 

@@ -20,16 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fake_rows, write_cifar10, write_record
 from regrow.cli import main
 from regrow.data import cifar as cifar_module
 from regrow.train import ConfigError, load_config
-from regrow.train.config import RANGES
+from tests.helpers import fake_rows, write_cifar10, write_record
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TESTS = Path(__file__).resolve().parent
 
 #: A digits run of one epoch: a case the CLI wrongly accepted would train for a second, not a minute.
+#: ``regrow flops`` on WRN-22-2, the base of its bad-input cases.
+WRN = ["flops", "--model", "wrn22_2"]
+
 QUICK = ["--preset", "quickstart", "out_dir=run", "train.epochs=1"]
 
 #: Preset files the cases below refer to, written into the cases' working directory.
@@ -299,84 +301,6 @@ def test_values_that_would_run_another_experiment_are_refused(capsys, override, 
     assert needles[0] in err
 
 
-def test_the_new_ranges_are_in_the_table_and_their_edges_pass():
-    for key in ("train.lr_gamma", "train.weight_decay", "train.momentum", "train.warmup_epochs"):
-        assert key in RANGES
-    config = load_config(
-        "quickstart",
-        ["out_dir=x", "train.weight_decay=0", "train.warmup_epochs=0", "train.lr_gamma=1.5"],
-    )
-    assert config.train.weight_decay == 0 and config.train.lr_gamma == 1.5
-    plain = load_config("quickstart", ["out_dir=x", "train.momentum=0", "train.nesterov=false"])
-    assert plain.train.momentum == 0
-
-
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("train.epoch=3", "did you mean train.epochs?"),
-        ("epochs=3", "did you mean train.epochs?"),
-        ("optim.lr=0.1", "'optim.lr'"),  # named as typed, matched by its last part
-        ("sparsity.methd=set", "did you mean sparsity.method?"),
-        ("colour=blue", "'colour' is unknown: list every key"),
-    ],
-)
-def test_an_unknown_key_names_the_closest_keys_not_all_of_them(override, expected):
-    with pytest.raises(ConfigError) as info:
-        load_config(None, ["out_dir=x", override])
-    message = str(info.value)
-    assert expected in message and "--print-config" in message
-    assert "train.tensorboard" not in message and "\n" not in message
-
-
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("train.epochs=abc", "train.epochs='abc' is not an integer: allowed values are integers"),
-        ("train.epochs=1.5", "train.epochs=1.5 is not an integer"),
-        ("train.epochs=null", "train.epochs=null is not an integer"),
-        ("sparsity.sparsity=abc", "sparsity.sparsity='abc' is not a number: allowed values are"),
-        ("train.lr_milestones=[a]", "train.lr_milestones=['a'] is not a list of numbers"),
-        ("train.lr_milestones=0.5", "train.lr_milestones=0.5 is not a list of numbers"),
-        ("sparsity.custom_densities=3", "is not a mapping of names to numbers"),
-        ("train.device=[1]", "train.device=[1] is not a string"),
-    ],
-)
-def test_type_errors_are_rewritten_in_the_configs_words(override, expected):
-    with pytest.raises(ConfigError) as info:
-        load_config(None, ["out_dir=x", override])
-    message = str(info.value)
-    assert expected in message, message
-    for internal in ("full_key", "object_type", "reference_type", "could not be converted"):
-        assert internal not in message
-    assert "\n" not in message
-
-
-def test_preset_errors_name_the_file_and_line(tmp_path):
-    cases = {
-        "syntax.yaml": ("a: 1\nb: [2\n", ["syntax.yaml", "line 3", "not valid YAML"]),
-        "dup.yaml": ("seed: 1\nseed: 2\n", ["dup.yaml", "line 2", "duplicate key seed"]),
-        "docs.yaml": ("seed: 1\n---\nseed: 2\n", ["docs.yaml", "line 2", "single document"]),
-        "list.yaml": ("- 1\n", ["list.yaml", "holds a list", "not a mapping"]),
-        "scalar.yaml": ("42\n", ["scalar.yaml", "holds the value '42'"]),
-        "type.yaml": (
-            "seed: 0\ntrain:\n  epochs: ten\n",
-            ["train.epochs='ten' (in preset", "type.yaml, line 3", "not an integer"],
-        ),
-    }
-    for name, (text, needles) in cases.items():
-        path = tmp_path / name
-        path.write_text(text)
-        with pytest.raises(ConfigError) as info:
-            load_config(str(path), ["out_dir=x"])
-        message = str(info.value)
-        for needle in needles:
-            assert needle in message, (name, message)
-        assert "\n" not in message
-    (tmp_path / "empty.yaml").write_text("")
-    assert load_config(str(tmp_path / "empty.yaml"), ["out_dir=x"]).seed == 0  # empty is fine
-
-
 def test_a_batch_larger_than_the_training_set_is_worded_in_config_keys(capsys, tmp_path):
     argv = ["train", "--preset", "quickstart", f"out_dir={tmp_path / 'run'}"]
     err = one_error_line(capsys, [*argv, "train.batch_size=2000", "data.limit_train=100"])
@@ -440,3 +364,103 @@ def test_labels_out_of_range_are_refused_at_load(capsys, tmp_path, bad):
     assert "0 to 9" in err and "10 classes" in err
     assert f"first at image {4 - len(bad)}" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# D: each command's own bad input through main(): regrow flops, argparse, train's method settings
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ["flops", "--model", "vgg16", "sparsity.sparsity=0.8"],
+            ["'vgg16'", "wrn22_2", "resnet50_imagenet"],
+        ),
+        ([*WRN, "sparsity.sparsity=1.5"], ["1.5", "0 <= x < 1"]),
+        ([*WRN, "sparsity.method=lottery"], ["'lottery'", "rigl", "small_dense"]),
+        ([*WRN, "sparsity.distribution=gaussian"], ["'gaussian'", "erk"]),
+        ([*WRN, "--match-flops", "0.001"], ["cannot reach", "'erk'"]),
+        ([*WRN, "--match-flops", "normal"], ["'normal'", "uniform"]),
+        ([*WRN, "sparsity.dense_layers=[stem]"], ["'stem'", "conv1.weight"]),
+        ([*WRN, "train.multiplier=0"], ["train.multiplier"]),
+        ([*WRN, "--input-shape", "1,28,28"], ["--input-shape", "(1, 28, 28)"]),
+        ([*WRN, "--total-steps", "0"], ["--total-steps"]),
+        # an unknown key: named, with the known ones
+        ([*WRN, "sparsity.methd=rigl"], ["'sparsity.methd'", "sparsity.method"]),
+        # a method argument the method does not have: the method's own arguments are listed
+        (
+            [*WRN, "sparsity.method=rigl", "sparsity.args.foo=1"],
+            ["'foo'", "rigl", "delta_t, alpha"],
+        ),
+        ([*WRN, "sparsity.method=static", "sparsity.args.delta_t=5"], ["'delta_t'", "none"]),
+        ([*WRN, "sparsity.method=pruning", "sparsity.args.scope=global"], ["scope=layer"]),
+        ([*WRN, "sparsity.sparsity=abc"], ["abc", "sparsity.sparsity"]),
+    ],
+)
+def test_bad_input_exits_2_naming_the_value(capsys, args, needles):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("regrow flops: error: ") and err.count("\n") == 1
+    for needle in needles:
+        assert needle in err
+
+
+def test_argparse_errors_return_2(capsys):
+    assert main(["flops", "--match-flops"]) == 2  # the value is missing
+    assert main(["flops", "--small-dense", "--match-flops", "uniform"]) == 2  # one mode at a time
+    assert main(["nonsense"]) == 2
+    assert main([*WRN, "--total-steps", "abc"]) == 2
+    assert "abc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["flops", "--num-classes", "abc"], "--num-classes: invalid int value: 'abc'"),
+        (["quickstart", "--seeds"], "--seeds: expected one argument"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_argparse_errors_are_one_line_without_the_usage_block(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err and needle in err
+    assert err.startswith("regrow") and "--help" in err
+
+
+def test_print_config_and_cli_errors_exit_2(capsys) -> None:
+    assert main(["train", "--preset", "quickstart", "out_dir=x", "seed=4", "--print-config"]) == 0
+    assert "seed: 4" in capsys.readouterr().out
+    assert main(["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=nope"]) == 2
+    assert "sparsity.method='nope'" in capsys.readouterr().err
+
+
+def test_an_argument_the_method_lacks_is_exit_2_naming_its_arguments(capsys) -> None:
+    code = main(
+        ["train", "--preset", "quickstart", "out_dir=x", "sparsity.method=set",
+         "sparsity.args.decay=0.9"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "method set has no argument 'decay'" in err
+    assert (
+        "delta_t, alpha, t_end_fraction, begin_step, drop_schedule, reinit, redistribution" in err
+    )
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sparsity.args.alpha=2", "alpha=2.0 is out of range"),
+        ("sparsity.args.drop_schedule=step", "'cosine', 'constant', 'linear'"),
+        ("sparsity.method=nowhere:Thing", "cannot be imported"),
+        ("sparsity.method=json:dumps", "not a Sparsifier subclass"),
+    ],
+)
+def test_bad_method_settings_are_exit_2(capsys, override: str, message: str) -> None:
+    assert main(["train", "--preset", "quickstart", "out_dir=x", override]) == 2
+    assert message in capsys.readouterr().err

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import regrow
-from helpers import MODELS, OPTIMIZERS
 from regrow.sparsity.distributions import active_counts, layer_densities
 from regrow.sparsity.plan import AllocationPlan
+from tests.helpers import MODELS, OPTIMIZERS
 
 
 class TinyTransformer(nn.Module):

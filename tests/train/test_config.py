@@ -1,0 +1,131 @@
+"""The train config: presets and overrides, ranges, unknown keys with the closest ones named, type
+errors in the config's own words, preset files named by file and line, a description per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from regrow.train import ConfigError, load_config
+from regrow.train.config import RANGES, descriptions
+
+
+def test_presets_and_overrides() -> None:
+    config = load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=3", "out_dir=x"])
+    assert (config.sparsity.method, config.seed, config.model.name) == ("set", 3, "wrn22_2")
+    assert config.train.epochs == 250 and config.train.weight_decay == 5e-4
+    assert config.train.nesterov is True and config.data.name == "cifar10"
+    resnet = load_config("cifar100_resnet50", ["out_dir=x"])
+    assert resnet.train.label_smoothing == 0.1 and resnet.train.warmup_epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sparsity.methd=rigl"], "sparsity.methd"),
+        (["sparsity.method=lottery"], "allowed values are dense, pruning, rigl"),
+        (["sparsity.sparsity=1.5"], "0 <= x < 1"),
+        (["train.epochs=abc"], "train.epochs"),
+        (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
+        (["sparsity.distribution=normal"], "uniform, er, erk"),
+        (["seed"], "key=value"),
+    ],
+)
+def test_bad_config_names_the_key_and_allowed_values(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("quickstart", ["out_dir=x", *overrides])
+
+
+def test_unknown_preset_and_missing_out_dir() -> None:
+    with pytest.raises(
+        ConfigError,
+        match="allowed values are cifar100_resnet50, cifar10_wrn22_2, lottery, quickstart, rigl_reinit",
+    ):
+        load_config("imagenet", [])
+    with pytest.raises(ConfigError, match="out_dir is not set"):
+        load_config(None, [])
+
+
+def test_the_new_ranges_are_in_the_table_and_their_edges_pass():
+    for key in ("train.lr_gamma", "train.weight_decay", "train.momentum", "train.warmup_epochs"):
+        assert key in RANGES
+    config = load_config(
+        "quickstart",
+        ["out_dir=x", "train.weight_decay=0", "train.warmup_epochs=0", "train.lr_gamma=1.5"],
+    )
+    assert config.train.weight_decay == 0 and config.train.lr_gamma == 1.5
+    plain = load_config("quickstart", ["out_dir=x", "train.momentum=0", "train.nesterov=false"])
+    assert plain.train.momentum == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epoch=3", "did you mean train.epochs?"),
+        ("epochs=3", "did you mean train.epochs?"),
+        ("optim.lr=0.1", "'optim.lr'"),  # named as typed, matched by its last part
+        ("sparsity.methd=set", "did you mean sparsity.method?"),
+        ("colour=blue", "'colour' is unknown: list every key"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_keys_not_all_of_them(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["out_dir=x", override])
+    message = str(info.value)
+    assert expected in message and "--print-config" in message
+    assert "train.tensorboard" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=abc", "train.epochs='abc' is not an integer: allowed values are integers"),
+        ("train.epochs=1.5", "train.epochs=1.5 is not an integer"),
+        ("train.epochs=null", "train.epochs=null is not an integer"),
+        ("sparsity.sparsity=abc", "sparsity.sparsity='abc' is not a number: allowed values are"),
+        ("train.lr_milestones=[a]", "train.lr_milestones=['a'] is not a list of numbers"),
+        ("train.lr_milestones=0.5", "train.lr_milestones=0.5 is not a list of numbers"),
+        ("sparsity.custom_densities=3", "is not a mapping of names to numbers"),
+        ("train.device=[1]", "train.device=[1] is not a string"),
+    ],
+)
+def test_type_errors_are_rewritten_in_the_configs_words(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["out_dir=x", override])
+    message = str(info.value)
+    assert expected in message, message
+    for internal in ("full_key", "object_type", "reference_type", "could not be converted"):
+        assert internal not in message
+    assert "\n" not in message
+
+
+def test_preset_errors_name_the_file_and_line(tmp_path):
+    cases = {
+        "syntax.yaml": ("a: 1\nb: [2\n", ["syntax.yaml", "line 3", "not valid YAML"]),
+        "dup.yaml": ("seed: 1\nseed: 2\n", ["dup.yaml", "line 2", "duplicate key seed"]),
+        "docs.yaml": ("seed: 1\n---\nseed: 2\n", ["docs.yaml", "line 2", "single document"]),
+        "list.yaml": ("- 1\n", ["list.yaml", "holds a list", "not a mapping"]),
+        "scalar.yaml": ("42\n", ["scalar.yaml", "holds the value '42'"]),
+        "type.yaml": (
+            "seed: 0\ntrain:\n  epochs: ten\n",
+            ["train.epochs='ten' (in preset", "type.yaml, line 3", "not an integer"],
+        ),
+    }
+    for name, (text, needles) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), ["out_dir=x"])
+        message = str(info.value)
+        for needle in needles:
+            assert needle in message, (name, message)
+        assert "\n" not in message
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(str(tmp_path / "empty.yaml"), ["out_dir=x"]).seed == 0  # empty is fine
+
+
+def test_every_config_key_has_a_description():
+    found = descriptions()
+    assert found["sparsity.sparsity"] == "fraction of zero weights over the sparse layers"
+    assert found["out_dir"] == "the run directory"
+    missing = [key for key, text in found.items() if not text.strip()]
+    assert missing == []
