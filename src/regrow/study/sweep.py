@@ -478,12 +478,8 @@ class LocalExecutor:
 
 
 def _import_submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise StudyError(
-            'the SLURM/submitit executors need submitit: pip install "regrow[slurm]"'
-        ) from None
+    import submitit  # optional (the slurm extra); the CLI names the extra when it is missing
+
     return submitit
 
 
