@@ -8,6 +8,11 @@ stopped for a non-finite loss exits 3, an interrupted one 130 (SIGINT) or 143 (S
 cut short by its reader (``regrow flops ... | head``) ends quietly with status 141
 (128 + SIGPIPE), without a traceback. ``regrow --version`` prints the version; ``regrow`` alone
 prints the help.
+
+A command whose extra is not installed (``pip install regrow`` is the library alone) says which
+one to install, in one line, status 2: a failed import of a module of
+:data:`~regrow.cli.common.OPTIONAL_MODULES`, while building the parser or running the command, is
+reported here for every subcommand. ``regrow --help`` lists every command either way.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .bench import add_bench_parser, run_bench
-from .common import UsageError
+from .common import USAGE_STATUS, UsageError, missing_extra
 from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
@@ -60,8 +65,52 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _MissingExtraParser(OneLineParser):
+    """Stands in for a subcommand whose parser needs a missing extra: whatever follows the
+    command (``--help`` too), its handler re-raises the failed import for :func:`main` to report."""
+
+    def __init__(self, *, error: ModuleNotFoundError, **kwargs: Any) -> None:
+        super().__init__(add_help=False, **kwargs)
+        self.missing = error
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        def handler(_args: argparse.Namespace) -> int:
+            raise self.missing
+
+        return argparse.Namespace(handler=handler), []
+
+
+#: The subcommands, in the order ``regrow --help`` lists them.
+_SUBCOMMANDS: tuple[tuple[str, Callable[[Any], argparse.ArgumentParser]], ...] = (
+    ("train", add_train_parser),
+    ("quickstart", add_quickstart_parser),
+    ("flops", add_flops_parser),
+    ("export", add_export_parser),
+    ("bench-inference", add_bench_parser),
+    ("report", add_report_parser),
+    ("sweep", add_sweep_parser),
+)
+
+
+def _add_subcommand(subparsers: Any, name: str, add: Callable[[Any], Any]) -> None:
+    try:
+        add(subparsers)
+    except ModuleNotFoundError as error:
+        line = missing_extra(error)
+        if line is None:
+            raise
+        # The add_* functions import before they register, so the name is still free.
+        base = subparsers._parser_class
+        subparsers._parser_class = _MissingExtraParser
+        try:
+            subparsers.add_parser(name, help=f"unavailable: {line}", error=error)
+        finally:
+            subparsers._parser_class = base
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``regrow`` parser with every subcommand registered."""
+    """The ``regrow`` parser with every subcommand registered (a stand-in for one whose extra is
+    missing)."""
     from .. import __version__
 
     parser = OneLineParser(
@@ -70,13 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"regrow {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_train_parser(subparsers)
-    add_quickstart_parser(subparsers)
-    add_flops_parser(subparsers)
-    add_export_parser(subparsers)
-    add_bench_parser(subparsers)
-    add_report_parser(subparsers)
-    add_sweep_parser(subparsers)
+    for name, add in _SUBCOMMANDS:
+        _add_subcommand(subparsers, name, add)
     return parser
 
 
@@ -105,4 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE_STATUS
+    except ModuleNotFoundError as error:
+        line = missing_extra(error)
+        if line is None:
+            raise  # not an optional module: a bug, keep the traceback
+        print(f"regrow {args.command}: error: {line}", file=sys.stderr)
+        return USAGE_STATUS
     return status

@@ -1,9 +1,11 @@
-"""What every subcommand shares: the usage error and the mapping of harness errors to exit
-statuses (one line on stderr, ``regrow <cmd>: error: ...``, never a traceback).
+"""What every subcommand shares: the usage error, the mapping of harness errors to exit
+statuses (one line on stderr, ``regrow <cmd>: error: ...``, never a traceback), and the one table
+of optional third-party modules and the extra that installs each (:data:`OPTIONAL_MODULES`).
 
 =====  ================================================================================
  0     done
- 2     bad input: a config key or value, a preset, a data file, a download, a run directory
+ 2     bad input: a config key or value, a preset, a data file, a download, a run directory;
+       or a missing extra (``pip install "regrow[harness]"`` and the like)
  3     the run stopped for a non-finite loss (the last good checkpoint is kept)
  130   interrupted by SIGINT (Ctrl-C); 143 for SIGTERM
  N     any exception that carries an ``exit_code`` attribute (an ``int``) exits with it
@@ -20,10 +22,38 @@ class UsageError(ValueError):
     """Bad command-line input; the message names the input and the allowed values."""
 
 
+#: Exit status of bad input, and of a command whose extra is not installed.
+USAGE_STATUS = 2
 #: Exit status of a run stopped for a non-finite loss.
 NON_FINITE_STATUS = 3
 #: Exit status after SIGINT (128 + 2), as a shell reports it.
 SIGINT_STATUS = 130
+
+
+#: Each optional third-party module (top-level import name) and the extra of pyproject.toml that
+#: installs it; ``import regrow`` and the library (sparsity, flops) need none of them.
+OPTIONAL_MODULES = {
+    "omegaconf": "harness",
+    "yaml": "harness",
+    "tqdm": "harness",
+    "sklearn": "harness",
+    "matplotlib": "report",
+    "optuna": "search",
+    "submitit": "slurm",
+    "tensorboard": "tensorboard",
+}
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """The one line saying which extra to install when ``error`` is the failed import of an
+    optional module (:data:`OPTIONAL_MODULES`); ``None`` for any other error."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    module = error.name.partition(".")[0]
+    extra = OPTIONAL_MODULES.get(module)
+    if extra is None:
+        return None
+    return f'needs the {extra} extra (no module named {module!r}): pip install "regrow[{extra}]"'
 
 
 def one_line(error: BaseException) -> str:
@@ -63,6 +93,6 @@ def run_harness(command: str, work: Callable[[], int]) -> int:
             user_error = (ConfigError, CheckpointError, ValueError, OSError)
             if not isinstance(exc, user_error):
                 raise  # a bug: keep the traceback
-            code = 2
+            code = USAGE_STATUS
         print(f"regrow {command}: error: {one_line(exc)}", file=sys.stderr)
         return code

@@ -48,10 +48,12 @@ def load_digits(
     (1,438 train / 359 test at the default 20%)."""
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
-    except ImportError as error:
-        raise ImportError(
+    except ModuleNotFoundError as error:
+        # Same class and name, so the CLI still recognises the missing extra.
+        raise ModuleNotFoundError(
             "the 'digits' dataset is scikit-learn's bundled copy: install it with "
-            "`pip install scikit-learn`, or train on cifar10/cifar100 instead"
+            '`pip install "regrow[harness]"`, or train on cifar10/cifar100 instead',
+            name=error.name,
         ) from error
     bunch = sklearn_load_digits()
     images = torch.from_numpy(bunch.data).to(torch.float32).div_(16.0)

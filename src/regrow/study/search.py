@@ -40,10 +40,8 @@ LOCK_FILE = ".search.lock"
 
 
 def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise StudyError('a search: study needs Optuna: pip install "regrow[search]"') from None
+    import optuna  # optional (the search extra); the CLI names the extra when it is missing
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

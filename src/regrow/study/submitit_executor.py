@@ -31,12 +31,8 @@ __all__ = ["SubmititExecutor", "SweepJob"]
 
 
 def _import_submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise StudyError(
-            'the SLURM/submitit executors need submitit: pip install "regrow[slurm]"'
-        ) from None
+    import submitit  # optional (the slurm extra); the CLI names the extra when it is missing
+
     return submitit
 
 
