@@ -21,7 +21,7 @@ from regrow.train import (
     load_config,
     train,
 )
-from regrow.train.loop import lr_factor
+from regrow.train.optim import lr_factor
 
 QUICK = ["train.epochs=3", "train.eval_every=1"]
 
