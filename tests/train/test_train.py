@@ -19,7 +19,7 @@ from regrow.train import (
     RunDir,
     train,
 )
-from regrow.train.loop import lr_factor
+from regrow.train.optim import lr_factor
 from tests.train.runs import digits_config, tiny_cifar_overrides
 
 # ------------------------------------------------------------------------- learning rate

@@ -34,6 +34,8 @@ masks made useless.
    be copied, moved and saved like any other.
 5. **Checked** against the masked model on a random batch (:attr:`ExportReport.max_abs_diff`).
 
+Steps 1–3 are :mod:`.passes`, step 4 :mod:`.csr`; both read the graph through :mod:`.graph`.
+
 The result is a :class:`torch.fx.GraphModule` of ``torch.nn`` modules and ``torch`` functions only:
 ``torch.save`` it and ``torch.load(path, weights_only=False)`` needs only PyTorch, not regrow. It is
 an eval-mode model (batch norm uses its running statistics; dropout is gone): do not train it.
@@ -42,9 +44,7 @@ an eval-mode model (batch norm uses its running statistics; dropout is gone): do
 from __future__ import annotations
 
 import copy
-import operator
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -52,32 +52,17 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..sparsity.masks import MASK_SUFFIX
+from .csr import CSR_MARGIN, choose_csr
+from .csr import CSR_MAX_DENSITY as CSR_MAX_DENSITY
+from .graph import finish, propagate_shapes
+from .passes import drop_identities, fold_batch_norms, remove_dead_channels
 from .timing import interleaved_seconds, median
 
 CSR_MODES = ("auto", "always", "never")
-#: ``csr="auto"`` makes a layer CSR only when its timed CSR call takes at most this × the dense one.
-CSR_MARGIN = 0.9
-#: Layers denser than this are never tried in CSR (sparse kernels lose to dense ones there).
-CSR_MAX_DENSITY = 0.5
 #: Outputs must agree within ``TOLERANCE × (1 + max |reference output|)``.
 TOLERANCE = 1e-4
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-_DROPPED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
-_ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus,
-)  # fmt: skip
-_F = nn.functional
-_ACTIVATION_FUNCTIONS = {
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, _F.relu, _F.relu6, _F.leaky_relu, _F.elu,
-    _F.gelu, _F.silu, _F.hardswish, _F.hardsigmoid, _F.hardtanh, _F.mish, _F.softplus,
-}  # fmt: skip
-_INPLACE_FUNCTIONS = {torch.relu_}
-_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 
 
 @dataclass
@@ -187,32 +172,20 @@ def _export(
     }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        _drop_identities(graph_module)
-        _propagate_shapes(graph_module, example)
-        _remove_dead_channels(graph_module, report)
-        _propagate_shapes(graph_module, example)
-        folded = _fold_batch_norms(graph_module)
-        _propagate_shapes(graph_module, example)
+        drop_identities(graph_module)
+        propagate_shapes(graph_module, example)
+        kept_dead, removed = remove_dead_channels(graph_module)
+        report.kept_dead.update(kept_dead)
+        report.removed_channels.update(removed)
+        propagate_shapes(graph_module, example)
+        folded = fold_batch_norms(graph_module)
+        propagate_shapes(graph_module, example)
         layers = _layer_reports(graph_module, before, folded)
         all_dense = copy.deepcopy(graph_module) if csr == "auto" else None
-        _choose_csr(graph_module, csr, layers, rounds)
-        _finish(graph_module)
+        choose_csr(graph_module, csr, layers, rounds)
+        finish(graph_module)
         if all_dense is not None and any(layer.format == "csr" for layer in layers.values()):
-            # Layers timed alone can mislead (call overheads, caches): keep the CSR layers only
-            # if the whole model is faster with them too.
-            _finish(all_dense)
-            with torch.inference_mode():
-                seconds = interleaved_seconds(
-                    {"dense": partial(all_dense, example), "csr": partial(graph_module, example)},
-                    rounds=rounds,
-                    block_seconds=0.01,
-                    max_block=1000,
-                )
-            report.model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
-            if not report.model_ms["csr"] <= CSR_MARGIN * report.model_ms["dense"]:
-                graph_module = all_dense
-                for layer in layers.values():
-                    layer.format = "dense"
+            graph_module = _faster_of(graph_module, all_dense, layers, example, rounds, report)
         for parameter in graph_module.parameters():
             parameter.requires_grad_(False)
         report.layers = list(layers.values())
@@ -221,11 +194,32 @@ def _export(
     return graph_module, report
 
 
-def _finish(graph_module: fx.GraphModule) -> None:
-    graph_module.graph.eliminate_dead_code()
-    graph_module.graph.lint()
-    graph_module.recompile()
-    graph_module.delete_all_unused_submodules()
+def _faster_of(
+    with_csr: fx.GraphModule,
+    all_dense: fx.GraphModule,
+    layers: dict[str, LayerReport],
+    example: torch.Tensor,
+    rounds: int,
+    report: ExportReport,
+) -> fx.GraphModule:
+    """``with_csr`` if the whole model is faster with its CSR layers by :data:`CSR_MARGIN`, else
+    ``all_dense`` (every layer marked dense again); the timings go to ``report.model_ms``."""
+    # Layers timed alone can mislead (call overheads, caches): keep the CSR layers only if the
+    # whole model is faster with them too.
+    finish(all_dense)
+    with torch.inference_mode():
+        seconds = interleaved_seconds(
+            {"dense": partial(all_dense, example), "csr": partial(with_csr, example)},
+            rounds=rounds,
+            block_seconds=0.01,
+            max_block=1000,
+        )
+    report.model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
+    if report.model_ms["csr"] <= CSR_MARGIN * report.model_ms["dense"]:
+        return with_csr
+    for layer in layers.values():
+        layer.format = "dense"
+    return all_dense
 
 
 def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor) -> float:
@@ -247,282 +241,6 @@ def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor
     return diff
 
 
-# --------------------------------------------------------------------------- graph helpers
-def _modules(graph_module: fx.GraphModule) -> dict[str, nn.Module]:
-    return dict(graph_module.named_modules())
-
-
-def _calls(graph_module: fx.GraphModule) -> Counter[str]:
-    """How many times each submodule is called (a module called twice is shared: left alone)."""
-    return Counter(n.target for n in graph_module.graph.nodes if n.op == "call_module")
-
-
-def _rank(node: fx.Node) -> int | None:
-    meta = node.meta.get("tensor_meta")
-    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    return tuple(node.meta["tensor_meta"].shape)
-
-
-def _propagate_shapes(graph_module: fx.GraphModule, example: torch.Tensor) -> None:
-    graph_module.recompile()
-    ShapeProp(graph_module).propagate(example)
-
-
-def _drop_identities(graph_module: fx.GraphModule) -> None:
-    """Remove dropout and identity modules (eval semantics): their users read their input."""
-    modules = _modules(graph_module)
-    for node in list(graph_module.graph.nodes):
-        dropped = node.op == "call_module" and isinstance(modules[node.target], _DROPPED_MODULES)
-        if dropped and len(node.args) == 1 and not node.kwargs:
-            node.replace_all_uses_with(node.args[0])
-            graph_module.graph.erase_node(node)
-    graph_module.recompile()
-
-
-def _layer(module: nn.Module, rank: int | None) -> bool:
-    """A conv / linear layer whose channels are dimension 1 of a tensor of this rank."""
-    if isinstance(module, nn.Linear):
-        return rank == 2
-    return isinstance(module, nn.Conv2d) and module.groups == 1 and rank == 4
-
-
-def _has_node(values: Sequence[Any]) -> bool:
-    found = []
-    fx.node.map_arg(tuple(values), found.append)
-    return bool(found)
-
-
-def _inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return bool(getattr(modules[node.target], "inplace", False))
-    if node.op == "call_method":
-        return str(node.target).endswith("_")
-    return node.target in _INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
-
-
-def _elementwise(
-    node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]
-) -> bool:
-    """Whether ``node`` maps each channel of ``source`` on its own, keeping the shape: a batch norm
-    with running statistics called once, or an activation, reading ``source`` only."""
-    if not node.args or node.args[0] is not source:
-        return False
-    if _has_node([*node.args[1:], *node.kwargs.values()]):
-        return False
-    if _inplace(node, modules) and len(source.users) > 1:
-        return False
-    if node.op == "call_module":
-        module = modules[node.target]
-        if isinstance(module, _BATCH_NORMS):
-            return calls[node.target] == 1 and module.running_mean is not None
-        return isinstance(module, _ACTIVATION_MODULES)
-    if node.op == "call_function":
-        return node.target in _ACTIVATION_FUNCTIONS
-    return node.op == "call_method" and node.target in _ACTIVATION_METHODS
-
-
-def _consumer(
-    node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], calls: Counter[str], rank: int
-) -> bool:
-    """Whether ``node`` is a conv / linear layer (called once) reading ``source`` as its input."""
-    if node.op != "call_module" or node.args != (source,) or node.kwargs:
-        return False
-    return calls[node.target] == 1 and _layer(modules[node.target], rank)
-
-
-def _channel_tree(
-    producer: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]
-) -> tuple[list[fx.Node], list[fx.Node]] | str:
-    """The elementwise nodes (in order) and the consumers that ``producer``'s channels reach, or,
-    when they reach anything else, a short reason naming it."""
-    rank = _rank(producer)
-    assert rank is not None
-    elementwise, consumers, frontier = [], [], [producer]
-    while frontier:
-        source = frontier.pop(0)
-        for user in source.users:
-            if _consumer(user, source, modules, calls, rank):
-                consumers.append(user)
-            elif _elementwise(user, source, modules, calls):
-                elementwise.append(user)
-                frontier.append(user)
-            else:
-                what = "the model's output" if user.op == "output" else f"{user.name}"
-                return f"its channels feed {what}"
-    return elementwise, consumers
-
-
-def _run_node(node: fx.Node, value: torch.Tensor, modules: dict[str, nn.Module]) -> torch.Tensor:
-    value = value.clone()
-    if node.op == "call_module":
-        return modules[node.target](value)
-    if node.op == "call_function":
-        return node.target(value, *node.args[1:], **node.kwargs)
-    return getattr(value, node.target)(*node.args[1:], **node.kwargs)
-
-
-def _foldable(module: nn.Module) -> bool:
-    """A consumer that sees a constant input channel as a constant: linear, 1×1 unpadded conv."""
-    if isinstance(module, nn.Linear):
-        return True
-    padding = module.padding
-    unpadded = padding == "valid" or all(p == 0 for p in padding)
-    return all(k == 1 for k in module.kernel_size) and unpadded
-
-
-def _set(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
-    if value is None:
-        return
-    if isinstance(getattr(module, name), nn.Parameter):
-        setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=False))
-    else:
-        setattr(module, name, value.contiguous())
-
-
-def _keep_out(module: nn.Module, keep: torch.Tensor) -> None:
-    _set(module, "weight", module.weight[keep])
-    if module.bias is not None:
-        _set(module, "bias", module.bias[keep])
-    if isinstance(module, nn.Linear):
-        module.out_features = len(keep)
-    else:
-        module.out_channels = len(keep)
-
-
-def _keep_in(module: nn.Module, keep: torch.Tensor) -> None:
-    _set(module, "weight", module.weight[:, keep])
-    if isinstance(module, nn.Linear):
-        module.in_features = len(keep)
-    else:
-        module.in_channels = len(keep)
-
-
-def _keep_batch_norm(module: nn.Module, keep: torch.Tensor) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        value = getattr(module, name)
-        _set(module, name, None if value is None else value[keep])
-    module.num_features = len(keep)
-
-
-# ------------------------------------------------------------------------ dead channels
-def _remove_dead_channels(graph_module: fx.GraphModule, report: ExportReport) -> None:
-    modules, calls = _modules(graph_module), _calls(graph_module)
-    for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or calls[node.target] != 1:
-            continue
-        producer = modules[node.target]
-        if not _layer(producer, _rank(node)):
-            continue
-        weight = producer.weight.detach()
-        channels = weight.shape[0]
-        row_dead = (weight.reshape(channels, -1) == 0).all(1)
-        tree = _channel_tree(node, modules, calls)
-        if isinstance(tree, str):
-            if row_dead.any():
-                report.kept_dead[node.target] = [int(row_dead.sum()), tree]
-            continue
-        elementwise, consumers = tree
-        if not consumers:
-            continue
-        # The value each dead channel carries: the bias (or 0) through the elementwise ops.
-        probe = torch.zeros(channels, dtype=weight.dtype)
-        if producer.bias is not None:
-            probe = producer.bias.detach().clone()
-        values = {node: probe.reshape(1, channels, *([1] * (weight.dim() - 2)))}
-        for op in elementwise:
-            values[op] = _run_node(op, values[op.args[0]], modules)
-        removable = torch.ones(channels, dtype=torch.bool)
-        folds = []
-        for consumer in consumers:
-            layer = modules[consumer.target]
-            columns = layer.weight.detach().transpose(0, 1).reshape(channels, -1)
-            unused = (columns == 0).all(1)
-            constant = values[consumer.args[0]].reshape(channels)
-            zero = constant == 0
-            fold = _foldable(layer) & torch.isfinite(constant)
-            removable &= unused | (row_dead & (zero | fold))
-            folds.append((layer, row_dead & ~unused & ~zero, constant))
-        if bool(removable.all()):
-            removable[0] = False  # no empty layers
-        kept_dead = int((row_dead & ~removable).sum())
-        if kept_dead:
-            report.kept_dead[node.target] = [
-                kept_dead,
-                "they carry a non-zero constant into a padded conv",
-            ]
-        if not removable.any():
-            continue
-        keep = (~removable).nonzero().flatten()
-        for layer, folded, constant in folds:
-            drop = (folded & removable).nonzero().flatten()
-            if len(drop):
-                _fold_constant(layer, drop, constant)
-        _keep_out(producer, keep)
-        for op in elementwise:
-            if op.op == "call_module" and isinstance(modules[op.target], _BATCH_NORMS):
-                _keep_batch_norm(modules[op.target], keep)
-        for consumer in consumers:
-            _keep_in(modules[consumer.target], keep)
-        report.removed_channels[node.target] = channels - len(keep)
-
-
-def _fold_constant(layer: nn.Module, channels: torch.Tensor, constant: torch.Tensor) -> None:
-    """Add what the constant input ``channels`` contribute to ``layer``'s bias."""
-    weight = layer.weight.detach().double()[:, channels]
-    per_channel = weight.reshape(weight.shape[0], len(channels), -1).sum(2)
-    delta = per_channel @ constant[channels].double()
-    bias = layer.bias
-    base = torch.zeros_like(delta) if bias is None else bias.detach().double()
-    layer.bias = nn.Parameter((base + delta).to(layer.weight.dtype), requires_grad=False)
-
-
-# -------------------------------------------------------------------------- batch norm
-def _fold_batch_norms(graph_module: fx.GraphModule) -> dict[str, str]:
-    """Fold each batch norm into the conv / linear right before it (when that feeds nothing else);
-    returns layer → the batch norm folded into it."""
-    modules, calls = _modules(graph_module), _calls(graph_module)
-    folded = {}
-    for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or calls[node.target] != 1:
-            continue
-        norm = modules[node.target]
-        if not isinstance(norm, _BATCH_NORMS) or norm.running_mean is None:
-            continue
-        source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
-        if not isinstance(source, fx.Node) or source.op != "call_module":
-            continue
-        if len(source.users) != 1 or calls[source.target] != 1:
-            continue
-        layer = modules[source.target]
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-            continue
-        expected = (2, nn.BatchNorm1d) if isinstance(layer, nn.Linear) else (4, nn.BatchNorm2d)
-        if _rank(source) != expected[0] or not isinstance(norm, expected[1]):
-            continue
-        weight = layer.weight.detach().double()
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight.detach().double()
-        shift = -norm.running_mean.double() * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias.detach().double()
-        bias = layer.bias.detach().double() if layer.bias is not None else 0.0
-        dtype = layer.weight.dtype
-        new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        layer.weight = nn.Parameter(new_weight.to(dtype), requires_grad=False)
-        layer.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad=False)
-        node.replace_all_uses_with(source)
-        graph_module.graph.erase_node(node)
-        folded[source.target] = node.target
-    graph_module.recompile()
-    graph_module.delete_all_unused_submodules()
-    return folded
-
-
-# --------------------------------------------------------------------------------- CSR
 def _layer_reports(
     graph_module: fx.GraphModule, before: dict[str, list[int]], folded: dict[str, str]
 ) -> dict[str, LayerReport]:
@@ -539,154 +257,3 @@ def _layer_reports(
                 folded_batch_norm=folded.get(name),
             )
     return reports
-
-
-def _csr_eligible(node: fx.Node, module: nn.Module) -> bool:
-    if not isinstance(node.args[0], fx.Node) or len(node.args) != 1 or node.kwargs:
-        return False
-    rank = _rank(node.args[0])
-    if isinstance(module, nn.Linear):
-        return rank == 2
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.groups == 1
-        and rank == 4
-        and all(k == 1 for k in module.kernel_size)
-        and _foldable(module)
-    )
-
-
-def csr_arrays(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row pointers and column indices (int32) and values of ``weight`` as a 2-d CSR matrix."""
-    matrix = weight.detach().reshape(weight.shape[0], -1).to_sparse_csr()
-    return (
-        matrix.crow_indices().to(torch.int32),
-        matrix.col_indices().to(torch.int32),
-        matrix.values().clone(),
-    )
-
-
-def csr_linear(
-    x: torch.Tensor,
-    crow: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    size: tuple[int, int],
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """``x @ W.T + b`` with ``W`` in CSR (``bias``: a column, ``[out, 1]``); what a CSR linear layer
-    of the exported model computes (its graph spells the same calls out)."""
-    weight = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
-    out = torch.sparse.mm(weight, x.t()) if bias is None else torch.addmm(bias, weight, x.t())
-    return out.t().contiguous()
-
-
-def csr_conv1x1(
-    x: torch.Tensor,
-    crow: torch.Tensor,
-    col: torch.Tensor,
-    values: torch.Tensor,
-    size: tuple[int, int],
-    bias: torch.Tensor | None,
-    stride: tuple[int, int],
-) -> torch.Tensor:
-    """A 1×1 unpadded conv with its ``[out, in]`` weight in CSR (see :func:`csr_linear`)."""
-    if tuple(stride) != (1, 1):
-        x = x[:, :, :: stride[0], :: stride[1]]
-    n, c, h, w = x.shape
-    columns = x.transpose(0, 1).reshape(c, -1)
-    weight = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
-    out = torch.sparse.mm(weight, columns) if bias is None else torch.addmm(bias, weight, columns)
-    return out.reshape(-1, n, h, w).transpose(0, 1).contiguous()
-
-
-def _choose_csr(
-    graph_module: fx.GraphModule, mode: str, layers: dict[str, LayerReport], rounds: int
-) -> None:
-    if mode == "never":
-        return
-    modules = _modules(graph_module)
-    for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or node.target not in layers:
-            continue
-        module, layer = modules[node.target], layers[node.target]
-        if not _csr_eligible(node, module):
-            continue
-        if mode == "auto" and layer.density > CSR_MAX_DENSITY:
-            continue
-        crow, col, values = csr_arrays(module.weight)
-        size = (module.weight.shape[0], module.weight[0].numel())
-        bias = None if module.bias is None else module.bias.detach().reshape(-1, 1).clone()
-        if mode == "auto":
-            x = torch.randn(_shape(node.args[0]))
-            layer.dense_ms, layer.csr_ms = _time_layer(module, x, (crow, col, values), bias, rounds)
-            if not layer.csr_ms <= CSR_MARGIN * layer.dense_ms:
-                continue
-        _replace_with_csr(graph_module, node, module, (crow, col, values), size, bias)
-        layer.format = "csr"
-
-
-def _time_layer(
-    module: nn.Module,
-    x: torch.Tensor,
-    arrays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    bias: torch.Tensor | None,
-    rounds: int,
-) -> tuple[float, float]:
-    """Median ms per call of ``module(x)`` and of its CSR form, timed side by side."""
-    size = (module.weight.shape[0], module.weight[0].numel())
-    if isinstance(module, nn.Linear):
-        sparse = partial(csr_linear, x, *arrays, size, bias)
-    else:
-        sparse = partial(csr_conv1x1, x, *arrays, size, bias, tuple(module.stride))
-    with torch.inference_mode():
-        seconds = interleaved_seconds(
-            {"dense": partial(module, x), "csr": sparse}, rounds=rounds, block_seconds=0.002
-        )
-    return median(seconds["dense"]) * 1e3, median(seconds["csr"]) * 1e3
-
-
-def _replace_with_csr(
-    graph_module: fx.GraphModule,
-    node: fx.Node,
-    module: nn.Module,
-    arrays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    size: tuple[int, int],
-    bias: torch.Tensor | None,
-) -> None:
-    """Rewrite ``node`` (a linear / 1×1 conv call) into the calls of :func:`csr_linear` /
-    :func:`csr_conv1x1`, with the CSR arrays (and bias column) as buffers of the graph module."""
-    graph = graph_module.graph
-    prefix = str(node.target).replace(".", "_") + "_csr"
-    names = {}
-    for suffix, tensor in zip(("crow", "col", "values", "bias"), (*arrays, bias), strict=True):
-        if tensor is not None:
-            names[suffix] = f"{prefix}_{suffix}"
-            graph_module.register_buffer(names[suffix], tensor)
-    x = node.args[0]
-    with graph.inserting_before(node):
-        crow, col, values = (graph.get_attr(names[s]) for s in ("crow", "col", "values"))
-        weight = graph.call_function(
-            torch.sparse_csr_tensor, (crow, col, values, size), {"check_invariants": False}
-        )
-        if isinstance(module, nn.Conv2d):
-            if tuple(module.stride) != (1, 1):
-                step = (slice(None), slice(None), *(slice(None, None, s) for s in module.stride))
-                x = graph.call_function(operator.getitem, (x, step))
-            n, h, w = (graph.call_method("size", (x, d)) for d in (0, 2, 3))
-            columns = graph.call_method("transpose", (x, 0, 1))
-            columns = graph.call_method("reshape", (columns, size[1], -1))
-        else:
-            columns = graph.call_method("t", (x,))
-        if bias is None:
-            out = graph.call_function(torch.sparse.mm, (weight, columns))
-        else:
-            out = graph.call_function(torch.addmm, (graph.get_attr(names["bias"]), weight, columns))
-        if isinstance(module, nn.Conv2d):
-            out = graph.call_method("reshape", (out, -1, n, h, w))
-            out = graph.call_method("transpose", (out, 0, 1))
-        else:
-            out = graph.call_method("t", (out,))
-        out = graph.call_method("contiguous", (out,))
-    node.replace_all_uses_with(out)
-    graph.erase_node(node)

@@ -3,16 +3,14 @@
 ``load_config("cifar10_wrn22_2", ["sparsity.method=set", "seed=2"])`` starts from the dataclass
 defaults, merges the preset (``src/regrow/train/presets/<name>.yaml``, shipped inside the package so an
 installed ``regrow`` finds it) and then the overrides. OmegaConf checks keys and types against the
-dataclasses; :func:`validate` checks values (ranges, names) and says what is allowed.
+dataclasses (:mod:`.config_errors` words its errors); :func:`validate` checks values (ranges,
+names) and says what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,15 +20,19 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..sparsity.distributions import DISTRIBUTIONS
-from ..util.suggest import did_you_mean
 from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
+from .config_errors import (
+    ConfigError,
+    Source,
+    check_layer,
+    field_types,
+    in_override,
+    in_preset,
+    type_error,
+)
 
 #: The presets shipped with the package (``regrow train --preset NAME``).
 PRESETS = package_folder("regrow.train", "presets")
-
-
-class ConfigError(ValueError):
-    """A bad preset, key or value: the message names it and the allowed values."""
 
 
 def described(default: Any, help: str) -> Any:
@@ -219,137 +221,6 @@ def _preset_layer(preset: str) -> tuple[Any, Any]:
     return layer, root
 
 
-def _line_of(root: Any, key: str) -> int | None:
-    """The line (1-based) of dotted ``key`` in a composed YAML mapping, if it is there."""
-    node, line = root, None
-    for part in key.split("[")[0].split("."):
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for name, value in node.value:
-            if getattr(name, "value", None) == part:
-                node, line = value, name.start_mark.line + 1
-                break
-        else:
-            break
-    return line
-
-
-def _known_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _known_keys(value, f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
-def _field_types(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
-    """Each leaf key's type hint by dotted name (``"train.epochs": int``)."""
-    found: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            found.update(_field_types(hint, f"{prefix}{f.name}."))
-        else:
-            found[f"{prefix}{f.name}"] = hint
-    return found
-
-
-_SCALARS = {
-    int: ("an integer", "integers"),
-    float: ("a number", "numbers"),
-    bool: ("true or false", "true or false"),
-    str: ("a string", "strings"),
-}
-
-
-def _type_phrase(hint: Any) -> str:
-    """``int`` → "an integer", ``list[float]`` → "a list of numbers", ``X | None`` → "... or null"."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
-        return f"{_type_phrase(args[0])} or null"
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return f"a list of {_SCALARS.get(args[0], ('', 'values'))[1]}" if args else "a list"
-    if origin is dict:
-        value = args[1] if len(args) == 2 else Any
-        return f"a mapping of names to {_SCALARS[value][1]}" if value in _SCALARS else "a mapping"
-    return _SCALARS.get(hint, ("a value of the right type",))[0]
-
-
-#: Command that prints every key with its value and description.
-LIST_KEYS = "`regrow train [--preset P] out_dir=x --print-config`"
-
-
-#: Where a key was set, as text to insert after it: ``" (in preset P, line 3)"`` or ``""``.
-Source = Callable[[str], str]
-
-
-def _in_override(key: str) -> str:
-    return ""  # the message shows key=value as typed
-
-
-def _in_preset(preset: str, nodes: Any, key: str) -> str:
-    line = _line_of(nodes, key)
-    return f" (in preset {preset}, line {line})" if line else f" (in preset {preset})"
-
-
-def _unknown_key(key: str, source: Source) -> ConfigError:
-    known = _known_keys(RunConfig(out_dir=""))
-    hint = did_you_mean(key, known)
-    hint = f"{hint} List" if hint else "list"
-    return ConfigError(
-        f"config key {key!r}{source(key)} is unknown: {hint} every key with {LIST_KEYS}."
-    )
-
-
-def _check_layer(tree: Any, cls: type, prefix: str, source: Source) -> None:
-    """Unknown keys, and values given to a whole section, before OmegaConf words them."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if key not in names:
-            while isinstance(value, dict) and len(value) >= 1:  # name the key as typed: a.b.c
-                key, value = next(iter(value.items()))
-                name = f"{name}.{key}"
-            raise _unknown_key(name, source)
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                first = dataclasses.fields(hint)[0]
-                raise ConfigError(
-                    f"{name}={_show(value)}{source(name)}: {name} is a section, not a value: set its keys, "
-                    f"e.g. {name}.{first.name}=... (list them with {LIST_KEYS})."
-                )
-            _check_layer(value, hint, f"{name}.", source)
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it (``null``, not ``None``)."""
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value, resolve=False)
-    return "null" if value is None else repr(value)
-
-
-def _type_error(error: OmegaConfBaseException, layer: Any, source: Source) -> ConfigError:
-    """OmegaConf's conversion error as ``key=value is not <type>: allowed values are ...``."""
-    types_ = _field_types()
-    full = str(getattr(error, "full_key", "") or "")
-    key = max((k for k in types_ if full == k or full.startswith((f"{k}.", f"{k}["))), key=len,
-              default=None)  # fmt: skip
-    if key is None:  # not one of ours (should not happen): still one line, still the source
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return ConfigError(f"config{source(full)}: {text}.")
-    value = OmegaConf.select(layer, key, default=None, throw_on_missing=False)
-    expected = _type_phrase(types_[key])
-    allowed = f": allowed values are {RANGES[key][1]}" if key in RANGES else ""
-    return ConfigError(f"{key}={_show(value)}{source(key)} is not {expected}{allowed}.")
-
-
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the preset, then ``key=value`` overrides; validated.
 
@@ -359,14 +230,14 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     layers: list[tuple[Any, Source]] = []
     for name in (part.strip() for part in (preset or "").split(",") if part.strip()):
         layer, nodes = _preset_layer(name)
-        layers.append((layer, partial(_in_preset, name, nodes)))
+        layers.append((layer, partial(in_preset, name, nodes)))
     for item in overrides or []:
         if not item.split("=", 1)[0].strip() or "=" not in item:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
             )
         try:
-            layers.append((OmegaConf.from_dotlist([item]), _in_override))
+            layers.append((OmegaConf.from_dotlist([item]), in_override))
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
             reason = getattr(error, "problem", None) or str(error).splitlines()[0]
             raise ConfigError(
@@ -374,11 +245,11 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
             ) from None
     merged = OmegaConf.structured(RunConfig)
     for layer, source in layers:
-        _check_layer(OmegaConf.to_container(layer, resolve=False), RunConfig, "", source)
+        check_layer(OmegaConf.to_container(layer, resolve=False), RunConfig, source)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
-            raise _type_error(error, layer, source) from None
+            raise type_error(error, layer, source, RunConfig, RANGES) from None
     if OmegaConf.is_missing(merged, "out_dir"):
         raise ConfigError("out_dir is not set: give the run directory, e.g. out_dir=runs/rigl_s0.")
     try:
@@ -442,7 +313,7 @@ def validate(config: RunConfig) -> None:
                 f"{key}={_get(config, key)!r} is not allowed: allowed values are "
                 f"{', '.join(map(str, allowed))}."
             )
-    for key in _field_types():
+    for key in field_types(RunConfig):
         value = _get(config, key)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}={value!r} is not a finite number.")

@@ -5,7 +5,7 @@
 (:func:`restore`), then runs :func:`train_step` over passes of the data (:func:`train_epoch`) until
 ``epochs × multiplier`` epochs' worth of optimizer steps are done, and writes the summary
 (:func:`summarize`). What the run directory holds, its states, and what each metric name means:
-:mod:`regrow.train.rundir`.
+``docs/RUN_DIR.md``.
 
 Checkpoints are written every ``checkpoint_every`` passes, at the end, at ``stop_at_step`` and on
 SIGINT/SIGTERM. ``train(config, resume=True)`` continues bit-identically on the CPU: the data order
@@ -38,9 +38,10 @@ from ..sparsity import Sparsifier
 from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import ConfigError, RunConfig, to_yaml
+from .config import ConfigError, RunConfig, TrainConfig, to_yaml
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
+from .optim import build_optimizer, lr_schedule
 from .rundir import DONE, MASK_UPDATE_EVENT, RunDir, RunDirError
 from .step import (
     CompiledStep,
@@ -85,30 +86,6 @@ def select_device(name: str) -> torch.device:
             f"allowed values are auto, cpu, cuda, cuda:0 … cuda:{torch.cuda.device_count() - 1}."
         )
     return device
-
-
-def build_optimizer(
-    model: nn.Module, config: RunConfig, settings: Settings | None = None
-) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; weight decay on weights only, not biases or norms (SPEC §8).
-    ``settings`` picks the implementation (fused, foreach, for-loop)."""
-    weights = [p for p in model.parameters() if p.ndim > 1]
-    others = [p for p in model.parameters() if p.ndim <= 1]
-    t = config.train
-    groups = [
-        {"params": weights, "weight_decay": t.weight_decay},
-        {"params": others, "weight_decay": 0.0},
-    ]
-    implementation = settings.sgd_keywords() if settings else {}
-    return torch.optim.SGD(
-        groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, **implementation
-    )
-
-
-def lr_factor(step: int, total: int, warmup: int, milestones: list[float], gamma: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then ×gamma at each milestone (fractions of ``total``)."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return warm * gamma ** sum(step >= round(m * total) for m in milestones)
 
 
 @torch.inference_mode()
@@ -182,7 +159,7 @@ class Run:
         return self.loader.global_batch_size
 
     def train_flops_ratio(self) -> float:
-        """Training FLOPs so far ÷ dense training of the whole 1× run (rundir's glossary)."""
+        """Training FLOPs so far ÷ dense training of the whole 1× run (docs/RUN_DIR.md)."""
         return self.flops.train_flops / (3.0 * self.dense_flops * self.samples_1x)
 
 
@@ -304,14 +281,7 @@ def build(
 ) -> Run:
     """Data, model, optimizer, LR schedule, sparsifier and FLOP counter of ``config``."""
     t, s, d = config.train, config.sparsity, config.data
-    settings = Settings.resolve(t, device)  # bf16, channels_last, compile, …: auto → per device
-    settings.apply()
-    if settings.compile and context.distributed:
-        raise CompileError(
-            "train.compile=true is not supported with several processes (torchrun) yet: its "
-            "backward runs inside the compiled graph, where DDP's gradient hooks cannot; train "
-            "with train.compile=false."
-        )
+    settings = resolve_settings(t, context, device)
     # Data and model (at the width the method trains: Small-Dense solves its own).
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     data = load_dataset(d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed)
@@ -331,10 +301,7 @@ def build(
     augment = d.augment and data.augment
     loader = data.train_loader(t.batch_size, config.seed, device, augment=augment, **shard)
     total_steps = round(t.epochs * t.multiplier) * len(loader)
-    warmup = round(t.warmup_epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, t.lr_milestones, t.lr_gamma)
-    )
+    scheduler = lr_schedule(optimizer, t, total_steps, len(loader))
     # Masks from another run start from the weights as built (the sparsifier zeroes them).
     initial = {n: p.detach().clone() for n, p in model.named_parameters()} if s.init_masks else None
     sparsifier = method(
@@ -364,6 +331,21 @@ def build(
         total_steps=total_steps, samples_1x=samples_1x, settings=settings, step=step,
         init_masks=init_masks,
     )  # fmt: skip
+
+
+def resolve_settings(
+    t: TrainConfig, context: distributed.Context, device: torch.device
+) -> Settings:
+    """bf16, channels_last, compile, …: ``auto`` resolved for ``device``, and applied."""
+    settings = Settings.resolve(t, device)
+    settings.apply()
+    if settings.compile and context.distributed:
+        raise CompileError(
+            "train.compile=true is not supported with several processes (torchrun) yet: its "
+            "backward runs inside the compiled graph, where DDP's gradient hooks cannot; train "
+            "with train.compile=false."
+        )
+    return settings
 
 
 def restore(run: Run, saved: dict[str, Any]) -> LoopState:
@@ -518,7 +500,7 @@ def finite_loss(run: Run, state: LoopState, loss_sum: torch.Tensor) -> float:
 
 
 def metrics_row(run: Run, state: LoopState) -> dict[str, Any]:
-    """The ``metrics.jsonl`` row of the pass just finished (names: rundir's glossary)."""
+    """The ``metrics.jsonl`` row of the pass just finished (names: docs/RUN_DIR.md)."""
     seen = max(state.seen, 1)
     return {
         "epoch": state.epoch,
@@ -534,7 +516,7 @@ def metrics_row(run: Run, state: LoopState) -> dict[str, Any]:
 
 
 def mask_update_row(run: Run, state: LoopState) -> dict[str, Any]:
-    """The ``metrics.jsonl`` row of the mask update this batch made (rundir's glossary)."""
+    """The ``metrics.jsonl`` row of the mask update this batch made (docs/RUN_DIR.md)."""
     sparsifier = run.sparsifier
     return {
         "event": MASK_UPDATE_EVENT,

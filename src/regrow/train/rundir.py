@@ -1,124 +1,16 @@
 """The run directory: the one place that knows its file names, its state and what "the same run"
-means.
+means. The lock that keeps one writer per directory is :mod:`.runlock`.
 
-A run directory holds:
-
-=====================  ==========================================================================
-``config.yaml``        the run's configuration, written once when the run starts
-``provenance.jsonl``   one JSON row per start and per resume (``"event": "start" | "resume"``,
-                       the time, the step, the directory written, package/git/torch/device
-                       versions); only appended (a torn last row is dropped first)
-``metrics.jsonl``      one JSON row per pass over the training data and one per mask update
-                       (below); a resume cuts it back, atomically, to the rows its checkpoint
-                       had seen
-``checkpoint.pt``      everything a resume needs (atomic; see :mod:`regrow.train.checkpoint`)
-``summary.json``       the finished run: every value that defines it and its results (below)
-``failed.json``        why the run stopped with an error (a non-finite loss or another exception);
-                       cleared by a later start or resume
-``tensorboard/``       a mirror of the metrics when ``train.tensorboard`` is set
-``.lock``              while a process trains here: its host, pid and start time (below)
-=====================  ==========================================================================
-
-:meth:`RunDir.state` is ``new`` (nothing to continue), ``partial`` (a checkpoint, no finished
-summary), ``done`` (``summary.json`` with ``"status": "finished"``), ``failed`` (``failed.json``,
-with or without a checkpoint to resume from) or ``locked`` (another live process trains here now).
-
-A run directory is self-contained: ``regrow train --resume DIR`` writes into ``DIR`` and nowhere
-else, from any working directory, whatever ``out_dir`` its ``config.yaml`` recorded (the directory
-where the run started; a copy, ``cp -a runA runB``, resumes into ``runB``). ``out_dir`` is
-therefore not part of what makes two configurations the same run. Resuming a finished run changes
-nothing: it says so and exits 0.
-
-**One run directory, one writer.** A start or a resume holds :meth:`RunDir.lock` for as long as it
-trains: an exclusive ``flock`` on ``.lock``, which records the holder (host, pid, start time). A
-second start or resume of the same directory stops at once with one line naming the holder
-(:class:`RunLockedError`, exit status 2); under ``torchrun`` only rank 0 takes the lock. The kernel
-releases the lock when its process ends in any way, so a ``.lock`` left by a crashed process is
-simply taken over (``flock`` does not work across hosts on every network file system: do not train
-into one directory from two machines). The lock is removed when its holder finishes.
-
-**Cleanup.** A process killed in the middle of an atomic write leaves its temporary
-(``.checkpoint.pt.<random>.tmp`` and the like, as large as a checkpoint) beside the file. Holding
-the lock, a start or resume removes these leftovers, and so does every successful checkpoint write.
-
-**Errors** a user can act on are one line and exit status 2 (:class:`RunDirError`): ``out_dir``
-is a file or lies under one, cannot be written (read-only, permissions), the disk is full (the last
-good checkpoint is kept: checkpoints are written atomically), the directory is locked. A torn last
-line of ``metrics.jsonl`` or ``provenance.jsonl`` (an append cut short by a full disk or a kill) is
-dropped with a warning naming the file. Exit statuses of ``regrow train``: 0 finished (or already
-finished, or stopped at ``train.stop_at_step``), 2 bad input or an unusable run directory, 3 a
-non-finite loss, 130 stopped by SIGINT, 143 stopped by SIGTERM (both after writing a checkpoint).
-
-Metric names (one meaning each, in ``metrics.jsonl`` and ``summary.json`` alike)
--------------------------------------------------------------------------------
-
-``epoch``
-    the index of the pass over the training data (0-based).
-``epochs`` (summary only), ``data_passes`` (summary only)
-    ``epochs`` is the configured ``train.epochs``: the run takes ``epochs × multiplier × batches
-    per pass`` optimizer steps (``total_steps``). ``data_passes`` counts the passes over the data
-    actually begun. They differ for RigL and SNIP: their update batches are spent on the mask update
-    instead of an optimizer step (so the step counter, and every step-based schedule, counts real
-    optimizer steps), which leaves a few steps to take after the last configured pass; the run
-    takes them at the start of one more pass, so ``data_passes`` is ``epochs + 1`` and
-    ``metrics.jsonl`` has a row for that short pass (``epoch`` = ``epochs``).
-``step``
-    optimizer steps taken so far (``steps`` in the summary: at the end).
-``train_loss``, ``train_accuracy``
-    mean loss and accuracy (%) over the samples of this pass, over every process (a pass
-    interrupted by a stop and resumed reports the same values as one uninterrupted).
-``val_loss``, ``val_accuracy``, ``test_loss``, ``test_accuracy``
-    one pass over that split, in rows where the run evaluated (every ``train.eval_every`` passes
-    and at the end); the summary holds the last evaluation.
-``lr``
-    the learning rate after the pass's last step.
-``density``
-    the fraction of active weights over the sparse layers (``sparsity`` in the summary is
-    ``1 - density`` at the end; ``target_sparsity`` is the configured one).
-``train_flops``
-    training FLOPs spent so far, over every sample of every process (SPEC §7: ``3 f_S`` per sample,
-    ``2 f_S + f_D`` when the backward pass computes the dense weight gradient).
-``train_flops_ratio``
-    ``train_flops`` ÷ the dense training FLOPs of the whole 1× run: ``3 f_D`` per sample × the
-    samples of ``train.epochs`` epochs, ``f_D`` the forward FLOPs of the full-width dense model.
-    It grows during the run; at the end it is 1 for Dense and ≈M for a run ×M, as in
-    ``regrow flops``. (:attr:`TrainingFlopsCounter.ratio`, over dense training of the samples
-    seen so far, is a different quantity and is not logged.)
-``inference_flops``, ``inference_flops_ratio`` (summary only)
-    forward FLOPs of one sample with the final masks, and that ÷ ``f_D``.
-``seconds`` (``wall_seconds`` in the summary)
-    wall-clock seconds of training so far, summed over the run's sessions.
-
-A **mask-update row** (``"event": "mask_update"``; pass rows have no ``event``) is written after
-every batch that changed the masks:
-
-``epoch``, ``step``
-    the pass, and the optimizer step at which the masks changed.
-``density``
-    as above, after the update.
-``changed_fraction``
-    the connections the update replaced or removed, as a fraction of those active before it:
-    ``max(grown, dropped) / active`` (RigL, SET: the drop fraction of that step; pruning: the
-    fraction pruned).
-``grown``, ``dropped``
-    connections that became active, and inactive, at this update (over every sparse layer).
-``itop_rate``
-    the in-time over-parameterisation rate (Liu et al., ICML 2021): the fraction of the sparse
-    layers' weights active at any step so far. It is kept with the masks in the checkpoint.
-``layer_density``
-    each sparse layer's density after the update, by parameter name.
+What a run directory holds, its states, the metric names, resume rules and exit statuses, for a
+user: ``docs/RUN_DIR.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
-import os
-import platform
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +25,8 @@ from .checkpoint import (
     write_text,
 )
 from .config import RunConfig, to_yaml
+from .runlock import RunDirError, RunLock, now
+from .runlock import RunLockedError as RunLockedError
 
 NEW, PARTIAL, DONE, FAILED, LOCKED = "new", "partial", "done", "failed", "locked"
 
@@ -150,20 +44,6 @@ RESUME_OVERRIDABLE = (
 #: Keys that never make two configurations different runs: ``out_dir`` only says where the run
 #: started (a resume writes into the directory it is given), and the overridable keys.
 NOT_IDENTITY = ("out_dir", *RESUME_OVERRIDABLE)
-
-#: Attempts to take a lock another process holds (a moment's hold, as by :meth:`RunDir.state`).
-LOCK_ATTEMPTS, LOCK_RETRY_SECONDS = 5, 0.05
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked: not a directory, not writable, full, or in
-    use. The message names the path and what to do (``regrow train`` exits with status 2)."""
-
-    exit_code = 2
-
-
-class RunLockedError(RunDirError):
-    """Another process trains in this run directory (the message names its host and pid)."""
 
 
 def _as_dict(config: RunConfig | str) -> dict[str, Any]:
@@ -197,7 +77,7 @@ def _warn(message: str) -> None:
 
 
 class RunDir:
-    """One run directory (see the module docstring). Nothing here trains; the loop calls it."""
+    """One run directory (docs/RUN_DIR.md). Nothing here trains; the loop calls it."""
 
     CONFIG = "config.yaml"
     PROVENANCE = "provenance.jsonl"
@@ -212,8 +92,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock_descriptor: int | None = None
-        self._held = False  #: this object holds the lock (see :meth:`lock`)
+        self._lock = RunLock(self.path, self.lock_path, self._writing)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -227,9 +106,14 @@ class RunDir:
     tensorboard_path = property(lambda self: self.path / self.TENSORBOARD)
     lock_path = property(lambda self: self.path / self.LOCK)
 
+    @property
+    def _held(self) -> bool:
+        """This object holds the lock (see :meth:`lock`)."""
+        return self._lock.held
+
     # ----------------------------------------------------------------------------- reading
     def state(self) -> str:
-        """``new``, ``partial``, ``done``, ``failed`` or ``locked`` (module docstring)."""
+        """``new``, ``partial``, ``done``, ``failed`` or ``locked`` (docs/RUN_DIR.md)."""
         if not self._held and self.holder() is not None:
             return LOCKED
         summary = self.summary()
@@ -291,19 +175,7 @@ class RunDir:
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock now (``host``, ``pid``, ``started``) if another process holds it,
         else ``None``. (It takes a shared lock for a moment to find out.)"""
-        try:
-            descriptor = os.open(self.lock_path, os.O_RDONLY)
-        except OSError:  # no lock file (or none readable): nobody trains here
-            return None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return self._holder_info(descriptor)
-        except OSError:  # a file system without flock: nothing to tell
-            return None
-        finally:
-            os.close(descriptor)  # releases the shared lock, if taken
-        return None
+        return self._lock.holder()
 
     # ------------------------------------------------------------------- the lock, cleanup
     @contextlib.contextmanager
@@ -313,17 +185,11 @@ class RunDir:
         :class:`RunLockedError` naming the holder if another process holds it, and
         :class:`RunDirError` if the directory cannot be created or written."""
         self.create()
-        self._lock_descriptor = self._acquire()
-        self._held = True
+        self._lock.acquire()
         try:
             yield self
         finally:
-            self._held = False
-            descriptor, self._lock_descriptor = self._lock_descriptor, None
-            if descriptor is not None:
-                with contextlib.suppress(OSError):
-                    self.lock_path.unlink()  # still holding it: nobody else is between
-                os.close(descriptor)
+            self._lock.release()
 
     def create(self) -> None:
         """Make the directory (and its parents); :class:`RunDirError` naming the path and what to
@@ -347,67 +213,6 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunDirError(self._write_error(self.path, error, parent, "create")) from None
-
-    def _acquire(self) -> int | None:
-        """The descriptor of ``.lock``, exclusively locked, holding this process's details."""
-        for attempt in range(LOCK_ATTEMPTS):
-            with self._writing(self.lock_path):
-                descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._holder_info(descriptor)
-                os.close(descriptor)
-                if attempt + 1 < LOCK_ATTEMPTS:
-                    time.sleep(LOCK_RETRY_SECONDS)
-                    continue
-                raise RunLockedError(self._locked_message(holder)) from None
-            except OSError as error:  # e.g. a network file system without flock
-                os.close(descriptor)
-                with contextlib.suppress(OSError):
-                    self.lock_path.unlink()
-                _warn(f"cannot lock {self.lock_path} ({error.strerror}); training without a lock")
-                return None
-            if not self._same_file(descriptor):  # its holder removed it as we opened it
-                os.close(descriptor)
-                continue
-            info = {"host": platform.node(), "pid": os.getpid(), "started": _now()}
-            with self._writing(self.lock_path):
-                os.ftruncate(descriptor, 0)
-                os.write(descriptor, (json.dumps(info) + "\n").encode())
-            return descriptor
-        raise RunLockedError(self._locked_message(None))
-
-    def _same_file(self, descriptor: int) -> bool:
-        try:
-            here, there = os.fstat(descriptor), os.stat(self.lock_path)
-        except OSError:
-            return False
-        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-    @staticmethod
-    def _holder_info(descriptor: int) -> dict[str, Any] | None:
-        """The holder's row in ``.lock`` (written just after it took the lock: wait a moment)."""
-        for _ in range(LOCK_ATTEMPTS):
-            try:
-                text = os.pread(descriptor, 4096, 0).decode(errors="replace")
-                return json.loads(text)
-            except (OSError, ValueError):
-                time.sleep(LOCK_RETRY_SECONDS)
-        return None
-
-    def _locked_message(self, holder: dict[str, Any] | None) -> str:
-        if holder is None:
-            who, stop = "another process (its details are unreadable)", "stop it"
-        else:
-            host, pid = holder.get("host", "?"), holder.get("pid", "?")
-            who = f"another process (host {host}, pid {pid}, since {holder.get('started', '?')})"
-            stop = f"stop it (kill {pid} on {host})"
-        return (
-            f"{self.path} is in use: {who} holds {self.lock_path}. One run directory has one "
-            f"writer: wait for it to finish, or {stop} and resume: regrow train --resume "
-            f"{self.path}."
-        )
 
     def remove_stale_temporaries(self, names: tuple[str, ...] = ATOMIC) -> list[Path]:
         """Remove the temporaries a killed atomic write left beside ``names`` (only while holding
@@ -492,7 +297,7 @@ class RunDir:
         rows, torn = self._read_rows(self.provenance_path)
         if torn:
             self._rewrite_rows(self.provenance_path, rows)
-        event = {"event": "resume" if resume else "start", "time": _now(), "step": step}
+        event = {"event": "resume" if resume else "start", "time": now(), "step": step}
         self._append(self.provenance_path, {**event, "run_dir": str(self.path.resolve()), **info})
 
     # ------------------------------------------------------------------------ while running
@@ -516,7 +321,7 @@ class RunDir:
 
     def record_failure(self, error: BaseException, **where: Any) -> None:
         """Write ``failed.json``: the error's type and message, and ``where`` (step, epoch)."""
-        reason = {"error": type(error).__name__, "reason": str(error), "time": _now()}
+        reason = {"error": type(error).__name__, "reason": str(error), "time": now()}
         with self._writing(self.failure_path):
             write_json(self.failure_path, {**reason, **where})
 
@@ -588,7 +393,3 @@ class RunDir:
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return f"{what}: make {where or self.path} writable, or choose another out_dir."
         return f"{what} ({errno.errorcode.get(error.errno or 0, 'error')}): check {self.path}."
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

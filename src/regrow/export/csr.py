@@ -1,0 +1,184 @@
+"""CSR layers of the inference model: the kernels (:func:`csr_linear`, :func:`csr_conv1x1`), which
+layers may become CSR, the export-time timing that chooses them, and the graph rewrite.
+
+A CSR layer keeps its arrays (int32 indices) as plain buffers of the graph module and builds the
+sparse tensor per call, so the module copies, moves and saves like any other.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from functools import partial
+from typing import Protocol
+
+import torch
+from torch import fx, nn
+
+from .graph import foldable, rank_of, shape_of, submodules
+from .timing import interleaved_seconds, median
+
+#: ``csr="auto"`` makes a layer CSR only when its timed CSR call takes at most this × the dense one.
+CSR_MARGIN = 0.9
+#: Layers denser than this are never tried in CSR (sparse kernels lose to dense ones there).
+CSR_MAX_DENSITY = 0.5
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class CsrChoice(Protocol):
+    """What :func:`choose_csr` reads and writes of a layer (its report)."""
+
+    density: float
+    format: str
+    dense_ms: float | None
+    csr_ms: float | None
+
+
+def csr_arrays(weight: torch.Tensor) -> Arrays:
+    """Row pointers and column indices (int32) and values of ``weight`` as a 2-d CSR matrix."""
+    matrix = weight.detach().reshape(weight.shape[0], -1).to_sparse_csr()
+    return (
+        matrix.crow_indices().to(torch.int32),
+        matrix.col_indices().to(torch.int32),
+        matrix.values().clone(),
+    )
+
+
+def csr_linear(
+    x: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    size: tuple[int, int],
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``x @ W.T + b`` with ``W`` in CSR (``bias``: a column, ``[out, 1]``); what a CSR linear layer
+    of the exported model computes (its graph spells the same calls out)."""
+    weight = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+    out = torch.sparse.mm(weight, x.t()) if bias is None else torch.addmm(bias, weight, x.t())
+    return out.t().contiguous()
+
+
+def csr_conv1x1(
+    x: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    size: tuple[int, int],
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+) -> torch.Tensor:
+    """A 1×1 unpadded conv with its ``[out, in]`` weight in CSR (see :func:`csr_linear`)."""
+    if tuple(stride) != (1, 1):
+        x = x[:, :, :: stride[0], :: stride[1]]
+    n, c, h, w = x.shape
+    columns = x.transpose(0, 1).reshape(c, -1)
+    weight = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+    out = torch.sparse.mm(weight, columns) if bias is None else torch.addmm(bias, weight, columns)
+    return out.reshape(-1, n, h, w).transpose(0, 1).contiguous()
+
+
+def _csr_eligible(node: fx.Node, module: nn.Module) -> bool:
+    if not isinstance(node.args[0], fx.Node) or len(node.args) != 1 or node.kwargs:
+        return False
+    rank = rank_of(node.args[0])
+    if isinstance(module, nn.Linear):
+        return rank == 2
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and rank == 4
+        and all(k == 1 for k in module.kernel_size)
+        and foldable(module)
+    )
+
+
+def choose_csr(
+    graph_module: fx.GraphModule, mode: str, layers: Mapping[str, CsrChoice], rounds: int
+) -> None:
+    """Rewrite each eligible layer into CSR (``"always"``, or ``"auto"`` where it times faster),
+    recording its timing and ``format`` in ``layers``."""
+    if mode == "never":
+        return
+    modules = submodules(graph_module)
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or node.target not in layers:
+            continue
+        module, layer = modules[node.target], layers[node.target]
+        if not _csr_eligible(node, module):
+            continue
+        if mode == "auto" and layer.density > CSR_MAX_DENSITY:
+            continue
+        crow, col, values = csr_arrays(module.weight)
+        size = (module.weight.shape[0], module.weight[0].numel())
+        bias = None if module.bias is None else module.bias.detach().reshape(-1, 1).clone()
+        if mode == "auto":
+            x = torch.randn(shape_of(node.args[0]))
+            layer.dense_ms, layer.csr_ms = _time_layer(module, x, (crow, col, values), bias, rounds)
+            if not layer.csr_ms <= CSR_MARGIN * layer.dense_ms:
+                continue
+        _replace_with_csr(graph_module, node, module, (crow, col, values), size, bias)
+        layer.format = "csr"
+
+
+def _time_layer(
+    module: nn.Module, x: torch.Tensor, arrays: Arrays, bias: torch.Tensor | None, rounds: int
+) -> tuple[float, float]:
+    """Median ms per call of ``module(x)`` and of its CSR form, timed side by side."""
+    size = (module.weight.shape[0], module.weight[0].numel())
+    if isinstance(module, nn.Linear):
+        sparse = partial(csr_linear, x, *arrays, size, bias)
+    else:
+        sparse = partial(csr_conv1x1, x, *arrays, size, bias, tuple(module.stride))
+    with torch.inference_mode():
+        seconds = interleaved_seconds(
+            {"dense": partial(module, x), "csr": sparse}, rounds=rounds, block_seconds=0.002
+        )
+    return median(seconds["dense"]) * 1e3, median(seconds["csr"]) * 1e3
+
+
+def _replace_with_csr(
+    graph_module: fx.GraphModule,
+    node: fx.Node,
+    module: nn.Module,
+    arrays: Arrays,
+    size: tuple[int, int],
+    bias: torch.Tensor | None,
+) -> None:
+    """Rewrite ``node`` (a linear / 1×1 conv call) into the calls of :func:`csr_linear` /
+    :func:`csr_conv1x1`, with the CSR arrays (and bias column) as buffers of the graph module."""
+    graph = graph_module.graph
+    prefix = str(node.target).replace(".", "_") + "_csr"
+    names = {}
+    for suffix, tensor in zip(("crow", "col", "values", "bias"), (*arrays, bias), strict=True):
+        if tensor is not None:
+            names[suffix] = f"{prefix}_{suffix}"
+            graph_module.register_buffer(names[suffix], tensor)
+    x = node.args[0]
+    with graph.inserting_before(node):
+        crow, col, values = (graph.get_attr(names[s]) for s in ("crow", "col", "values"))
+        weight = graph.call_function(
+            torch.sparse_csr_tensor, (crow, col, values, size), {"check_invariants": False}
+        )
+        if isinstance(module, nn.Conv2d):
+            if tuple(module.stride) != (1, 1):
+                step = (slice(None), slice(None), *(slice(None, None, s) for s in module.stride))
+                x = graph.call_function(operator.getitem, (x, step))
+            n, h, w = (graph.call_method("size", (x, d)) for d in (0, 2, 3))
+            columns = graph.call_method("transpose", (x, 0, 1))
+            columns = graph.call_method("reshape", (columns, size[1], -1))
+        else:
+            columns = graph.call_method("t", (x,))
+        if bias is None:
+            out = graph.call_function(torch.sparse.mm, (weight, columns))
+        else:
+            out = graph.call_function(torch.addmm, (graph.get_attr(names["bias"]), weight, columns))
+        if isinstance(module, nn.Conv2d):
+            out = graph.call_method("reshape", (out, -1, n, h, w))
+            out = graph.call_method("transpose", (out, 0, 1))
+        else:
+            out = graph.call_method("t", (out,))
+        out = graph.call_method("contiguous", (out,))
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
