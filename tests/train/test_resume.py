@@ -6,7 +6,6 @@ by key. (The sparsifier's own save/load round trip is tests/sparsity/test_resume
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -78,20 +77,6 @@ def test_resume_with_dropout_and_augmentation_is_bit_identical(
     a, b = stopped_then_resumed([], tmp_path, 6, make)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-
-
-@pytest.fixture(scope="module")
-def relative_partial_run(tmp_path_factory) -> Path:
-    """A run started with the relative ``out_dir=run`` and stopped at step 50 (mid pass 1); tests
-    copy it (``cp -a``) and resume their copy."""
-    origin = tmp_path_factory.mktemp("origin")
-    here = Path.cwd()
-    os.chdir(origin)
-    try:
-        assert train(config("run", "train.stop_at_step=50"))["status"] == "stopped"
-    finally:
-        os.chdir(here)
-    return origin / "run"
 
 
 def test_resuming_a_finished_run_changes_nothing_and_says_so(tmp_path: Path) -> None:
