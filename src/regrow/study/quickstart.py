@@ -9,8 +9,9 @@ import shlex
 from collections.abc import Sequence
 
 from ..study import sweep
+from ..study.planning import plan_runs
 from ..study.report import Report, build_report
-from ..study.spec import load_study, plan_runs
+from ..study.schema import load_study
 
 #: The study the quickstart runs.
 STUDY = "quickstart"

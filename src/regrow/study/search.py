@@ -27,7 +27,8 @@ from typing import Any
 
 from ..train.config import ConfigError
 from ..train.rundir import RunDir
-from .spec import RunSpec, SearchSpace, StudyError, StudyPlan, _config_of, render_value
+from .planning import RunSpec, StudyPlan, _config_of, render_value
+from .schema import SearchSpace, StudyError
 from .sweep import DONE_, Executor, Progress, sweep_state, write_study_json
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "dry_run", "run_search", "trial_runs"]

@@ -1,4 +1,4 @@
-"""``regrow sweep``: train every run of a study (:mod:`regrow.study.spec`), each a ``regrow
+"""``regrow sweep``: train every run of a study (:mod:`regrow.study.planning`), each a ``regrow
 train`` child process, through an existing engine: :mod:`concurrent.futures` + :mod:`subprocess`
 on this machine, or submitit (SLURM, or submitit's own local/debug executors).
 
@@ -67,7 +67,8 @@ from ..train.checkpoint import write_json
 from ..train.rundir import DONE, FAILED, LOCKED, NEW, PARTIAL, RunDir, differing_keys
 from ..util.signals import handling_signals
 from .names import STUDY_FILE
-from .spec import RunSpec, StudyError, StudyPlan
+from .planning import RunSpec, StudyPlan
+from .schema import StudyError
 
 __all__ = [
     "FAILURE_FILE",
