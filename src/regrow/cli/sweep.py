@@ -1,6 +1,6 @@
 """``regrow sweep``: every run of a study (a shipped one or a YAML file), on this machine's CPUs or
 GPUs, or on SLURM through submitit; resumable. The study format is described in
-:mod:`regrow.study.schema`, the sweep's behaviour in :mod:`regrow.study.sweep`."""
+:mod:`regrow.study.schema` (docs/STUDIES.md), the sweep's behaviour in :mod:`regrow.study.sweep`."""
 
 from __future__ import annotations
 
@@ -61,8 +61,7 @@ def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
             "overrides reach every run (a method argument such as sparsity.args.delta_t=50 only "
             "the runs whose method has it). Ctrl-C checkpoints the running runs; the same "
             "command continues. Exit status: 0 all done, 1 some failed, 2 bad input, "
-            "130 interrupted. The study format: `python -c 'import regrow.study.schema as s; "
-            "help(s)'`."
+            "130 interrupted. The study format: docs/STUDIES.md."
         ),
     )
     parser.add_argument("study", metavar="STUDY_OR_FILE", help="a shipped study or a .yaml path")
