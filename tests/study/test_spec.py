@@ -11,7 +11,8 @@ import pytest
 
 from regrow.cli import main
 from regrow.study.names import FIGURE_KINDS
-from regrow.study.spec import StudyError, load_study, plan_runs, shipped_studies
+from regrow.study.planning import plan_runs
+from regrow.study.schema import StudyError, load_study, shipped_studies
 
 BASE = """\
 name: t

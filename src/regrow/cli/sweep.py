@@ -1,6 +1,6 @@
 """``regrow sweep``: every run of a study (a shipped one or a YAML file), on this machine's CPUs or
 GPUs, or on SLURM through submitit; resumable. The study format is described in
-:mod:`regrow.study.spec`, the sweep's behaviour in docs/SWEEP.md."""
+docs/STUDIES.md, the sweep's behaviour in docs/SWEEP.md."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ EXECUTORS = {
 
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow sweep``."""
-    from ..study.spec import shipped_studies
+    from ..study.schema import shipped_studies
 
     base = subparsers._parser_class  # the parent's class (one-line errors)
 
@@ -64,8 +64,7 @@ def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
             "overrides reach every run (a method argument such as sparsity.args.delta_t=50 only "
             "the runs whose method has it). Ctrl-C checkpoints the running runs; the same "
             "command continues. Exit status: 0 all done, 1 some failed, 2 bad input, "
-            "130 interrupted. The study format: `python -c 'import regrow.study.spec as s; "
-            "help(s)'`."
+            "130 interrupted. The study format: docs/STUDIES.md."
         ),
     )
     parser.add_argument("study", metavar="STUDY_OR_FILE", help="a shipped study or a .yaml path")
@@ -224,7 +223,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     def work() -> int:
         from ..study import sweep
-        from ..study.spec import load_study, plan_runs
+        from ..study.planning import plan_runs
+        from ..study.schema import load_study
 
         study = load_study(args.study)
         if args.seeds is not None and args.seeds < 1:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from ..train.checkpoint import write_json
 from ..train.rundir import DONE, FAILED, LOCKED, NEW, PARTIAL, RunDir
 from ..util.signals import handling_signals
-from .spec import RunSpec, StudyPlan
+from .planning import RunSpec, StudyPlan
 
 __all__ = [
     "FAILURE_FILE",

@@ -8,10 +8,11 @@ import os
 import shlex
 from collections.abc import Sequence
 
-from ..study import sweep
-from ..study.executors import LocalExecutor
-from ..study.report import Report, build_report
-from ..study.spec import load_study, plan_runs
+from . import sweep
+from .executors import LocalExecutor
+from .planning import plan_runs
+from .report import Report, build_report
+from .schema import load_study
 
 #: The study the quickstart runs.
 STUDY = "quickstart"

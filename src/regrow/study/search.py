@@ -28,7 +28,8 @@ from typing import Any
 from ..train.config import ConfigError
 from ..train.rundir import RunDir
 from .executors import Executor, RunOutcome, SweepProgress, sweep_state
-from .spec import RunSpec, SearchSpace, StudyError, StudyPlan, _config_of, render_value
+from .planning import RunSpec, StudyPlan, render_value, run_config
+from .schema import SearchSpace, StudyError
 from .sweep import write_study_json
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "dry_run", "run_search", "trial_runs"]
@@ -107,7 +108,7 @@ def trial_runs(
         path = str(Path(plan.out_dir) / name)
         overrides = (*point.overrides, *assign, f"seed={seed}", f"out_dir={path}")
         try:
-            _config_of(plan.study, plan.preset, list(overrides), name)
+            run_config(plan.study, plan.preset, list(overrides), name)
         except ConfigError as error:
             raise StudyError(str(error)) from None
         run_params = {**point.params, **params, "trial": number, "seed": seed}
@@ -124,7 +125,7 @@ def _probe(plan: StudyPlan) -> None:
         for space in search.space:
             for value in space.probe_values():
                 item = f"{space.key}={render_value(value)}"
-                _config_of(
+                run_config(
                     plan.study, plan.preset, [*point.overrides, item, "out_dir=x"], point.name
                 )
         config = plan.configs[point.name]

@@ -25,7 +25,8 @@ from .executors import (
     execute,
     thread_env,
 )
-from .spec import RunSpec, StudyError, StudyPlan
+from .planning import RunSpec, StudyPlan
+from .schema import StudyError
 
 __all__ = ["SubmititExecutor", "SweepJob"]
 

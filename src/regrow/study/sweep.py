@@ -27,7 +27,8 @@ from .executors import (
     sweep_state,
 )
 from .names import STUDY_FILE
-from .spec import RunSpec, StudyError, StudyPlan
+from .planning import RunSpec, StudyPlan
+from .schema import StudyError
 
 __all__ = [
     "check_existing",
