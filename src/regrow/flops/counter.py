@@ -56,7 +56,6 @@ __all__ = [
 COUNTED_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-
 @dataclass(frozen=True)
 class LayerGeometry:
     """What the FLOP count of one conv/linear layer depends on, measured in a forward pass.

@@ -223,6 +223,15 @@ class Sparsifier:
     def _install_initial_masks(self) -> None:
         """Full masks (a method that starts dense) or random ones at the plan's counts; weights and
         optimizer state zeroed where inactive."""
+        # The masks are held in four views, kept equal by ``_apply_masks`` (the one place that
+        # changes them) and by ``load_state_dict``:
+        #   self.masks        name -> bool tensor, registered on the model as ``<param>_mask``
+        #                     buffers, so ``model.state_dict()`` carries them;
+        #   self._mask_values the same masks in the parameter's dtype, for the foreach multiplies
+        #                     of every step (no per-step cast, no host sync);
+        #   self._active      the active count of each layer as a Python int, for the count rules
+        #                     and the FLOP counter without reading the device;
+        #   self._ever_active the union of every mask so far (in-time over-parameterisation).
         initial = [
             torch.ones_like(p, dtype=torch.bool)
             if self.traits.starts_dense

@@ -210,6 +210,7 @@ def format_name(
 
 
 def run_config(study: Study, preset: str | None, overrides: list[str], label: str) -> RunConfig:
+    """The validated config of one run (``label`` names it in the error, with the study file)."""
     try:
         return load_config(preset, overrides)
     except ConfigError as error:
