@@ -19,6 +19,9 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..data import DATASETS
+from ..models import MODELS
+from ..sparsity import METHODS, Sparsifier, get_method
 from ..sparsity.distributions import DISTRIBUTIONS
 from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
 from .config_errors import (
@@ -42,9 +45,19 @@ def described(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: What ``train.compile_mode`` may be (``auto`` and torch.compile's own modes).
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: What ``train.sgd_implementation`` may be (``auto`` and torch.optim.SGD's implementations).
+SGD_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+
+
+def _choices(names: Any) -> str:
+    return " | ".join(names)
+
+
 @dataclass
 class DataConfig:
-    name: str = described("cifar10", "cifar10 | cifar100 | digits")
+    name: str = described("cifar10", _choices(DATASETS))
     root: str = described("data", "folder holding cifar-10-batches-py/ or cifar-100-python/")
     download: bool = described(False, "fetch the official archive (checksum verified) if missing")
     validation_size: int = described(0, "training images held out for validation (report: 5,000)")
@@ -54,7 +67,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = described("wrn22_2", "a registered model (see regrow.models.MODELS)")
+    name: str = described("wrn22_2", f"a registered model: {_choices(MODELS)}")
     width: float = described(1.0, "channel multiplier (Small-Dense variants)")
 
 
@@ -91,10 +104,10 @@ class TrainConfig:
     compile_mode: str = described(
         "auto",
         "torch.compile mode: auto (reduce-overhead, i.e. CUDA graphs, on CUDA; default on the "
-        "CPU) | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs",
+        f"CPU) | {_choices(COMPILE_MODES[1:])}",
     )
     sgd_implementation: str = described(
-        "auto", "auto (fused on CUDA, foreach on the CPU) | fused | foreach | for_loop"
+        "auto", f"auto (fused on CUDA, foreach on the CPU) | {_choices(SGD_IMPLEMENTATIONS[1:])}"
     )
     cudnn_benchmark: bool | None = described(
         None, "let cuDNN pick the fastest convolution algorithms (null: yes on CUDA)"
@@ -117,12 +130,11 @@ class SparsityConfig:
 
     method: str = described(
         "rigl",
-        "a registered method (dense, static, set, snfs, rigl, snip, pruning, small_dense) or "
-        "package.module:ClassName of your own",
+        f"a registered method ({', '.join(METHODS)}) or package.module:ClassName of your own",
     )
     sparsity: float = described(0.8, "fraction of zero weights over the sparse layers")
     distribution: str = described(
-        "erk", "uniform | er | erk: how the sparsity is split over layers"
+        "erk", f"{_choices(DISTRIBUTIONS)}: how the sparsity is split over layers"
     )
     dense_layers: list[str] | None = field(
         default=None,
@@ -140,14 +152,14 @@ class SparsityConfig:
         None, "start from the masks of this run directory's checkpoint (null: the method's own)"
     )
     init_masks_mode: str = described(
-        "exact", "exact | shuffle_within_layers: the masks as saved, or each layer's permuted"
+        "exact",
+        f"{_choices(Sparsifier.START_MODES)}: the masks as saved, or each layer's permuted",
     )
     rewind: bool = described(
         False, "with init_masks: the source run's initial weights (same seed, model, data)"
     )
 
     def method_class(self) -> type:
-        from ..sparsity import get_method
 
         return get_method(self.method)
 
@@ -297,9 +309,6 @@ def _get(config: RunConfig, key: str) -> Any:
 
 def validate(config: RunConfig) -> None:
     """Check values the types cannot: names against the registries, ranges."""
-    from ..data import DATASETS
-    from ..models import MODELS
-
     names = {
         "data.name": sorted(DATASETS),
         "model.name": sorted(MODELS),
@@ -344,22 +353,13 @@ def validate(config: RunConfig) -> None:
             )
 
 
-#: What ``train.compile_mode`` may be (``auto`` and torch.compile's own modes).
-COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-#: What ``train.sgd_implementation`` may be (``auto`` and torch.optim.SGD's implementations).
-SGD_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
-
-#: What ``sparsity.init_masks_mode`` may be.
-INIT_MASKS_MODES = ("exact", "shuffle_within_layers")
-
-
 def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
     """``sparsity.init_masks``, ``init_masks_mode`` and ``rewind`` (the run directory itself is
     read when the run is built: :mod:`regrow.train.init_masks`)."""
-    if s.init_masks_mode not in INIT_MASKS_MODES:
+    if s.init_masks_mode not in Sparsifier.START_MODES:
         raise ConfigError(
             f"sparsity.init_masks_mode={s.init_masks_mode!r} is not allowed: allowed values are "
-            f"{', '.join(INIT_MASKS_MODES)}."
+            f"{', '.join(Sparsifier.START_MODES)}."
         )
     if s.init_masks is None:
         if s.rewind:
