@@ -1,45 +1,7 @@
-"""The inference model: a masked model rewritten as plain PyTorch modules that skip the work its
-masks made useless.
-
-:func:`export_model` traces the model (eval mode) with :mod:`torch.fx` and rewrites the graph:
-
-1. **Masks out, eval semantics in.** The ``<param>_mask`` buffers are dropped (the weights are
-   already zero where they are off) and dropout / identity modules are removed.
-2. **Dead channels removed.** A *producer* (``nn.Linear``, or ``nn.Conv2d`` with ``groups=1``) whose
-   output channels reach only per-channel elementwise ops (batch norm with running statistics,
-   activations) and then only ``nn.Linear`` / ``nn.Conv2d`` *consumers* — nothing else: no residual
-   add, no flatten, no concatenation, no graph output — loses every channel that is
-
-   - dead: its weight row is all zero (an ablated neuron). Such a channel carries a constant (the
-     producer's bias, or 0, through the elementwise ops); where that constant is 0 the channel is
-     simply dropped, where it is not it is folded into the bias of a consumer that sees it as a
-     constant (``nn.Linear``, or a 1×1 unpadded conv); a padded k×k conv would see it change at
-     the borders, so there a dead channel with a non-zero constant stays; or
-   - unused: every consumer's weight column for it is all zero.
-
-   The producer's rows, the batch norms' entries and the consumers' input columns go together, so
-   the layers are smaller dense layers. Channels anywhere else keep their layer at full size, zeros
-   included (:attr:`ExportReport.kept_dead` says where, and why).
-3. **Batch norm folded** into the conv / linear layer right before it when that layer feeds nothing
-   else (``W·γ/σ``, ``(b-μ)·γ/σ+β``; zeros stay zeros). Other batch norms (a pre-activation
-   network's, after a residual add) are kept as they are.
-4. **CSR where it is faster.** Each remaining ``nn.Linear`` on 2-d inputs and 1×1 conv (``groups=1``,
-   no padding) with weight density at most :data:`CSR_MAX_DENSITY` is timed at export, on its own
-   input shape at the chosen batch size: dense vs. ``torch.addmm`` with a CSR weight (int32
-   indices, MKL on x86 CPUs). It becomes CSR only if that is at most :data:`CSR_MARGIN` × the dense
-   time, and only if the whole model, timed with those layers in CSR and with none, is faster by
-   the same margin too (else every layer stays dense: a layer timed alone hides call overheads);
-   ``csr="always"`` / ``"never"`` skip the timing. A CSR layer keeps its CSR arrays as plain
-   buffers and builds the sparse tensor per call (``torch.sparse_csr_tensor``), so the module can
-   be copied, moved and saved like any other.
-5. **Checked** against the masked model on a random batch (:attr:`ExportReport.max_abs_diff`).
-
-Steps 1–3 are :mod:`.passes`, step 4 :mod:`.csr`; both read the graph through :mod:`.graph`.
-
-The result is a :class:`torch.fx.GraphModule` of ``torch.nn`` modules and ``torch`` functions only:
-``torch.save`` it and ``torch.load(path, weights_only=False)`` needs only PyTorch, not regrow. It is
-an eval-mode model (batch norm uses its running statistics; dropout is gone): do not train it.
-"""
+"""The inference model: :func:`export_model` rewrites a masked model, traced with torch.fx, as plain
+PyTorch modules that skip the work its masks made useless (dead channels removed, batch norm
+folded, CSR where measured faster), then checks it against the masked model. The steps, and what
+the result may and may not be used for: docs/EXPORT.md."""
 
 from __future__ import annotations
 
