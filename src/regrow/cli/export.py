@@ -31,7 +31,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
             "removed, batch norm folded where it follows a conv/linear, linear and 1x1 conv "
             "layers in CSR where that timed faster at --batch-size; load it with "
             "torch.load(path, weights_only=False), eval mode only) and export.json (sizes, "
-            "per-layer choices, the output check)."
+            "per-layer choices, the output check). What the rewrite does: docs/EXPORT.md."
         ),
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a regrow run directory")

@@ -64,7 +64,8 @@ def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
             "overrides reach every run (a method argument such as sparsity.args.delta_t=50 only "
             "the runs whose method has it). Ctrl-C checkpoints the running runs; the same "
             "command continues. Exit status: 0 all done, 1 some failed, 2 bad input, "
-            "130 interrupted. The study format: docs/STUDIES.md."
+            "130 interrupted. The study format: docs/STUDIES.md; the sweep (states, threads, GPUs, "
+            "SLURM): docs/SWEEP.md."
         ),
     )
     parser.add_argument("study", metavar="STUDY_OR_FILE", help="a shipped study or a .yaml path")
@@ -97,16 +98,7 @@ def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--slurm-local", action="store_true", help="short for --executor submitit-local"
     )
-    slurm = parser.add_argument_group("SLURM (through submitit; pip install 'regrow[slurm]')")
-    slurm.add_argument("--slurm-partition", default=None)
-    slurm.add_argument("--slurm-time", type=int, default=1440, metavar="MINUTES")
-    slurm.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="N")
-    slurm.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="N")
-    slurm.add_argument("--slurm-mem-gb", type=int, default=None, metavar="GB")
-    slurm.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N")
-    slurm.add_argument("--slurm-account", default=None)
-    slurm.add_argument("--slurm-qos", default=None)
-    slurm.add_argument("--slurm-constraint", default=None)
+    _add_slurm_options(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="print each run's state and a count line"
     )
@@ -121,6 +113,19 @@ def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for every run")
     parser.set_defaults(handler=run_sweep)
     return parser
+
+
+def _add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    slurm = parser.add_argument_group("SLURM (through submitit; pip install 'regrow[slurm]')")
+    slurm.add_argument("--slurm-partition", default=None)
+    slurm.add_argument("--slurm-time", type=int, default=1440, metavar="MINUTES")
+    slurm.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="N")
+    slurm.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="N")
+    slurm.add_argument("--slurm-mem-gb", type=int, default=None, metavar="GB")
+    slurm.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N")
+    slurm.add_argument("--slurm-account", default=None)
+    slurm.add_argument("--slurm-qos", default=None)
+    slurm.add_argument("--slurm-constraint", default=None)
 
 
 def _executor_kind(args: argparse.Namespace) -> str:

@@ -27,7 +27,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             "copy); a finished run is left as it is. One process at a time trains in a run "
             "directory (it holds RUN_DIR/.lock). Exit status: 0 finished (or stopped at "
             "train.stop_at_step), 2 bad input or an unusable run directory, 3 non-finite loss, "
-            "130 SIGINT, 143 SIGTERM."
+            "130 SIGINT, 143 SIGTERM. The run directory's files, states, metric names and exit "
+            "statuses: docs/RUN_DIR.md."
         ),
     )
     parser.add_argument(

@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from .. import __version__
+from ..models import get_model_spec
+from ..sparsity import get_method
+from ..sparsity.masks import MASK_SUFFIX, register_masks
+from ..train.checkpoint import atomic_write, load_checkpoint, write_json
+from ..train.rundir import RunDir
 from .compress import load_compressed, save_compressed, size_report
 from .inference import ExportReport, export_model
 
@@ -72,8 +79,6 @@ def build_masked_model(
 ) -> tuple[nn.Module, int]:
     """The registered model ``name`` at ``width`` with ``state`` loaded, its masks registered as
     buffers; the number of classes is read from the last linear layer's weight when not given."""
-    from ..models import get_model_spec
-    from ..sparsity.masks import MASK_SUFFIX, register_masks
 
     spec = get_model_spec(name)
     if num_classes is None:
@@ -99,10 +104,6 @@ def build_masked_model(
 def load_run(run_dir: str | Path) -> MaskedModel:
     """The masked model of a regrow run directory, rebuilt from its ``checkpoint.pt`` (the model
     and width from its config and ``summary.json``)."""
-    import yaml
-
-    from ..train.checkpoint import load_checkpoint
-    from ..train.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.path.is_dir():
@@ -122,7 +123,6 @@ def load_run(run_dir: str | Path) -> MaskedModel:
     width = float(summary.get("model_width", model_config.get("width", 1.0)))
     state = saved["model"]
     model, num_classes = build_masked_model(name, width, state)
-    from ..models import get_model_spec
 
     method = summary.get("method", (config or {}).get("sparsity", {}).get("method"))
     return MaskedModel(
@@ -160,8 +160,6 @@ def export_run(
     """Write ``compressed.pt``, ``model.pt`` and ``export.json`` for ``masked`` into ``out``;
     returns the ``export.json`` content and the export report. ``zero_signs``: see
     :func:`regrow.export.compress.compress_state_dict`."""
-    from .. import __version__
-    from ..train.checkpoint import atomic_write, write_json
 
     path = check_out_dir(out)
     state = masked.model.state_dict()
@@ -222,8 +220,6 @@ def random_masked_model(
     """The registered model ``name`` with the masks a ``method`` (default: Static, random masks)
     installs at ``sparsity`` (``dense_layers`` the default: the stem stays dense), freshly
     initialised — for timing an architecture without a run."""
-    from ..models import get_model_spec
-    from ..sparsity import get_method
 
     spec = get_model_spec(name)
     torch.manual_seed(seed)

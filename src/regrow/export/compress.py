@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..sparsity.masks import MASK_SUFFIX
+from ..train.checkpoint import atomic_write
 
 FORMAT = "regrow-compressed-state-dict"
 VERSION = 1
@@ -161,8 +162,6 @@ def save_compressed(
 ) -> int:
     """Write the compressed form of ``state`` to ``path`` (atomically); returns its size in bytes.
     ``zero_signs``: see :func:`compress_state_dict`."""
-    from ..train.checkpoint import atomic_write
-
     data = serialized(compress_state_dict(state, zero_signs))
     atomic_write(Path(path), lambda handle: handle.write(data))
     return len(data)
