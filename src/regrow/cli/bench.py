@@ -24,6 +24,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow bench-inference``."""
     from ..export import CSR_MODES
     from ..models import MODELS
+    from ..sparsity.distributions import DISTRIBUTIONS
 
     parser = subparsers.add_parser(
         "bench-inference",
@@ -52,7 +53,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     spec.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)}")
     spec.add_argument("--sparsity", type=float, default=0.9, help="default 0.9")
     spec.add_argument("--width", type=float, default=1.0, help="default 1.0")
-    spec.add_argument("--distribution", default="erk", help="uniform | er | erk (default erk)")
+    spec.add_argument(
+        "--distribution", default="erk", help=f"{' | '.join(DISTRIBUTIONS)} (default erk)"
+    )
     spec.add_argument("--method", default="static", help="whose initial masks (default static)")
     spec.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")

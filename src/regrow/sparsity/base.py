@@ -52,6 +52,16 @@ def register(cls: type[Sparsifier]) -> type[Sparsifier]:
     return cls
 
 
+def sparse_start_methods() -> list[str]:
+    """Registered methods that start from sparse masks (so can start from another run's)."""
+    return [n for n, c in METHODS.items() if c.traits.masked and not c.traits.starts_dense]
+
+
+def unmasked_methods() -> list[str]:
+    """Registered methods that train without masks (the dense baselines)."""
+    return [n for n, c in METHODS.items() if not c.traits.masked]
+
+
 def get_method(name: str) -> type[Sparsifier]:
     """The sparsifier class registered as ``name`` (case-insensitive), or ``package.module:Class``
     (imported; its module registers it or not, the class is used either way)."""
@@ -569,7 +579,7 @@ class Sparsifier:
             why = "trains without masks" if not self.traits.masked else "starts dense"
             raise ValueError(
                 f"{kind} {why}, so it cannot start from given masks: use a method that starts "
-                "from sparse masks (static, set, snfs, rigl, srigl)."
+                f"from sparse masks ({', '.join(sparse_start_methods())})."
             )
         if self.step_count != 0 or self.last_update_step is not None:
             raise ValueError(

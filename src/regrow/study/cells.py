@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sparsity import METHODS
+from ..sparsity.distributions import DISTRIBUTIONS
 from .records import ABSENT, SORT_FIRST, RunRecord, freeze, key_priority
 
 #: Natural order of sparsity distributions.
-DISTRIBUTION_ORDER = ("uniform", "er", "erk")
+DISTRIBUTION_ORDER = DISTRIBUTIONS
 
 
 def method_order() -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..data import DATASETS
 from ..models import MODELS
 from ..sparsity import METHODS, Sparsifier, get_method
+from ..sparsity.base import sparse_start_methods
 from ..sparsity.distributions import DISTRIBUTIONS
 from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
 from .config_errors import (
@@ -374,7 +375,7 @@ def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
         why = "trains without masks" if not cls.traits.masked else "starts dense"
         raise ConfigError(
             f"sparsity.init_masks is set, but sparsity.method={s.method} {why}: start from masks "
-            "with a method that starts sparse (static, set, snfs, rigl, srigl)."
+            f"with a method that starts sparse ({', '.join(sparse_start_methods())})."
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...sparsity.base import unmasked_methods
 from ..cells import Cell, aggregate
 from ..records import RunRecord
 from .common import (
@@ -164,7 +165,7 @@ def accuracy_vs_train_flops(records: Sequence[RunRecord], group_by: Sequence[str
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         all_x += xs
         style, marker = DISTRIBUTION_STYLE.get(str(cell.values[DISTRIBUTION]), (":", "D"))
-        if cell.values[METHOD] in ("dense", "small_dense"):
+        if cell.values[METHOD] in unmasked_methods():
             style = ":"
         axes.errorbar(
             xs,
@@ -190,8 +191,7 @@ def erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: A
     done = [
         r
         for r in finished(records, ACCURACY, "inference_flops_ratio")
-        if r.value(DISTRIBUTION) in ("erk", "uniform")
-        and r.value(METHOD) not in ("dense", "small_dense")
+        if r.value(DISTRIBUTION) in ("erk", "uniform") and r.value(METHOD) not in unmasked_methods()
     ]
     both = {
         m

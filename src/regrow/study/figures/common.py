@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...sparsity.base import unmasked_methods
 from ...train.checkpoint import atomic_write
 from ..cells import Cell, aggregate, fmt_value, method_order, short
 from ..records import RunRecord
@@ -104,7 +105,7 @@ def cell_labels(cells: Sequence[Cell]) -> list[str]:
     labels = []
     for cell in cells:
         values = cell.values
-        dense = values.get(METHOD) in ("dense", "small_dense")  # no distribution to name
+        dense = values.get(METHOD) in unmasked_methods()  # no distribution to name
         parts = [
             fmt_value(values[k])
             if k in (METHOD, DISTRIBUTION) or _is_label(k)
