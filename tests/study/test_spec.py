@@ -211,3 +211,33 @@ def test_shipped_studies_plan_over_any_preset(name):
 def test_study_error_is_a_one_line_value_error():
     with pytest.raises(StudyError, match="is unknown"):
         load_study("nope")
+
+
+def test_duplicate_grid_and_also_values_are_named_as_duplicates(tmp_path, capsys):
+    # issue 18, item 13: a value given twice was reported as a run-name clash.
+    err = sweep_error(tmp_path, capsys, "grid:\n  sparsity.method: [static, rigl, static]\n")
+    assert "grid.sparsity.method" in err and "duplicate value 'static'" in err, err
+    assert "both named" not in err
+    err = sweep_error(tmp_path, capsys, "grid:\n  sparsity.sparsity: [0.8, 0.9, 0.8]\n")
+    assert "grid.sparsity.sparsity" in err and "duplicate value 0.8" in err, err
+    err = sweep_error(tmp_path, capsys, "also:\n  - {sparsity.method: [dense, dense]}\n")
+    assert "also[0].sparsity.method" in err and "duplicate value 'dense'" in err, err
+    # true and 1 are different values (as the run names and the configs tell them apart)
+    text = "zip:\n  sparsity.method: [rigl, rigl]\n  sparsity.args.alpha: [0.1, 0.3]\n"
+    assert len(plan_runs(load_study(str(write(tmp_path, text))), seeds=1).runs) == 2
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "..", ".hidden", "-x", "a b", "/abs"])
+def test_study_name_that_is_not_a_plain_name_is_refused(tmp_path, capsys, monkeypatch, name):
+    # issue 18, item 7: a study name containing ../ wrote outside runs/.
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: {json.dumps(name)}\npreset: quickstart\n")
+    status = main(["sweep", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("regrow sweep: error: "), err
+    assert f"name {name!r} is not a plain name" in err and "letters, digits" in err, err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(StudyError, match="not a plain name"):
+        load_study(str(path))

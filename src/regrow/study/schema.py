@@ -76,6 +76,9 @@ FREE_SECTIONS = ("sparsity.args.", "sparsity.custom_densities.")
 SHIPPED = package_folder("regrow.study", "studies")
 #: A placeholder in a name pattern: ``{dotted.key}`` or ``{dotted.key:format}``.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
+#: A study's name is a plain directory name (the default study directory is ``runs/<name>``):
+#: the characters of a run name, not starting with a dot or a dash.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")
 
 
 class StudyError(ConfigError):
@@ -186,6 +189,13 @@ def _check_top_level(tree: dict[str, Any], source: str) -> None:
             )
     if not isinstance(tree.get("name"), str) or not tree["name"].strip():
         raise StudyError(f"study {source}: name is missing or empty: add `name: <study name>`.")
+    name = tree["name"].strip()
+    if not PLAIN_NAME.fullmatch(name):
+        raise StudyError(
+            f"study {source}: name {name!r} is not a plain name (it names the study directory "
+            "runs/<name>): allowed characters are letters, digits and . _ + -, not first a dot "
+            "or a dash; rename the study."
+        )
 
 
 def _parse(tree: dict[str, Any], source: str) -> Study:
@@ -298,8 +308,19 @@ def _value_lists(value: Any, where: str, fail: Fail) -> dict[str, list[Any]]:
                     f"value {item!r} is a {type(item).__name__}: allowed values are strings, "
                     "numbers, true/false, null, or a list of those for a list-valued key.",
                 )
+        if where == "grid":
+            _check_distinct(values, name, fail)
         found[str(key)] = list(values)
     return found
+
+
+def _check_distinct(values: list[Any], where: str, fail: Fail) -> None:
+    """A value listed twice would plan the same runs twice (``true`` and ``1`` differ)."""
+    seen: list[Any] = []
+    for item in values:
+        if any(item == s and isinstance(item, bool) == isinstance(s, bool) for s in seen):
+            raise fail(where, f"duplicate value {item!r}: list each value once.")
+        seen.append(item)
 
 
 def _also(value: Any, fail: Fail) -> list[dict[str, Any]]:
@@ -319,6 +340,8 @@ def _also(value: Any, fail: Fail) -> list[dict[str, Any]]:
             items = item if isinstance(item, list) else [item]
             if not items or not all(_scalar_ok(v) for v in items):
                 raise fail(name, f"{item!r}: allowed values are a value or a non-empty list.")
+            if isinstance(item, list):
+                _check_distinct(item, name, fail)
             checked[str(key)] = item
         entries.append(checked)
     return entries
