@@ -336,3 +336,93 @@ def test_gpu_and_torchrun_commands_and_thread_counts(tmp_path):
         {"CUDA_VISIBLE_DEVICES": "0"},
         {"CUDA_VISIBLE_DEVICES": "1"},
     ]
+
+
+#: One run (static, seed 0) of :func:`study_file`'s grid.
+SHORT = "[train.epochs=2, data.limit_train=256]"
+ONE_RUN = "exclude:\n  - {sparsity.method: rigl}\n  - {seed: 1}\n"
+
+
+def one_error_line(status: int, err: str) -> str:
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("regrow sweep: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_study_directory_belongs_to_one_study(tmp_path, capsys):
+    # issue 18, item 1: a second study swept into the directory overwrote study.json.
+    study = study_file(tmp_path, SHORT, extra=ONE_RUN)
+    out = tmp_path / "out"
+    (out / "static_seed0").mkdir(parents=True)
+    (out / "static_seed0" / "summary.json").write_text('{"status": "finished"}')  # done by hand
+    status, err = sweep_here(capsys, study, out)
+    assert status == 0, err
+    written = (out / STUDY_FILE).read_text()
+    assert json.loads(written)["study"] == "s"
+    other = study_file(tmp_path, SHORT, extra=ONE_RUN, name="other")
+    for args in ([], ["--dry-run"], ["--print-commands"]):
+        err = one_error_line(*sweep_here(capsys, other, out, *args))
+        assert f"{out / STUDY_FILE} belongs to study s, not other" in err, err
+        assert "--out" in err
+    assert (out / STUDY_FILE).read_text() == written
+    # The same study again (a rerun, more seeds) continues in it.
+    status, err = sweep_here(capsys, study, out)
+    assert status == 0 and "1 done, 0 to run" in err, err
+    status, err = sweep_here(capsys, study, out, "--seeds", "2", "--dry-run")
+    assert status == 0, err
+    # A study.json that cannot be read names itself; it is not overwritten either.
+    (out / STUDY_FILE).write_text("{torn")
+    err = one_error_line(*sweep_here(capsys, study, out))
+    assert f"{out / STUDY_FILE} is not readable JSON" in err
+    assert (out / STUDY_FILE).read_text() == "{torn"
+
+
+def test_gpus_without_cuda_is_refused(tmp_path, capsys, monkeypatch):
+    # issue 18, item 5: --gpus 0 on a machine without CUDA trained on the CPU, no warning.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    study = study_file(tmp_path, SHORT, extra=ONE_RUN)
+    out = tmp_path / "out"
+    for value in ("0", "0,1", "auto"):
+        for extra in ([], ["--dry-run"]):
+            err = one_error_line(*sweep_here(capsys, study, out, "--gpus", value, *extra))
+            assert f"--gpus {value}: no GPU is visible here" in err, err
+            assert "drop --gpus to run on the CPU" in err
+    assert not out.exists()
+    # --print-commands writes commands for another machine: the GPUs need not be here.
+    status, err = sweep_here(capsys, study, out, "--gpus", "0,1", "--print-commands")
+    assert status == 0, err
+
+
+def test_dry_run_refuses_what_the_sweep_refuses(tmp_path, capsys):
+    # issue 18, item 7: --dry-run reported "new" for runs the real sweep refuses.
+    study = study_file(tmp_path)
+    out = tmp_path / "out"
+    for args in (["--workers", "0"], ["--threads-per-run", "0"], ["--gpus", "x"]):
+        real = one_error_line(*sweep_here(capsys, study, out, *args))
+        assert one_error_line(*sweep_here(capsys, study, out, *args, "--dry-run")) == real
+    assert not out.exists()
+    # A file where a run directory goes; a run directory whose config.yaml is not YAML.
+    out.mkdir()
+    (out / "static_seed0").write_text("not a directory")
+    for extra in (["--dry-run"], ["--print-commands"], []):
+        err = one_error_line(*sweep_here(capsys, study, out, *extra))
+        assert f"{out / 'static_seed0'} is not a directory" in err, err
+    (out / "static_seed0").unlink()
+    (out / "rigl_seed1").mkdir()
+    (out / "rigl_seed1" / "config.yaml").write_text(": : not yaml")
+    for extra in (["--dry-run"], ["--print-commands"], []):
+        err = one_error_line(*sweep_here(capsys, study, out, *extra))
+        assert f"{out / 'rigl_seed1' / 'config.yaml'} is not a readable configuration" in err
+    assert not (out / STUDY_FILE).exists() and not (out / "static_seed0").exists()
+
+
+def test_dry_run_and_print_commands_together_are_refused(tmp_path, capsys):
+    # issue 18, item 13: --print-commands was silently ignored next to --dry-run.
+    study = study_file(tmp_path)
+    err = one_error_line(
+        *sweep_here(capsys, study, tmp_path / "out", "--dry-run", "--print-commands")
+    )
+    assert "--dry-run and --print-commands" in err and "give one" in err

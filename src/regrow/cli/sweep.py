@@ -141,27 +141,33 @@ def _executor_kind(args: argparse.Namespace) -> str:
     return chosen.pop() if chosen else "processes"
 
 
-def _gpu_list(value: str | None) -> list[str] | None:
+def _gpu_list(value: str | None, here: bool = True) -> list[str] | None:
+    """``--gpus``'s ids; ``here``: refused when this machine has no GPU (the runs would train on
+    the CPU), as ``auto`` is."""
     if value is None:
         return None
-    if value == "auto":
-        import torch
+    if value != "auto":
+        ids = [part.strip() for part in value.split(",") if part.strip()]
+        if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+            raise UsageError(
+                f"--gpus {value!r}: allowed values are auto or distinct ids, e.g. 0,1."
+            )
+        if not here:
+            return ids
+    import torch
 
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise UsageError("--gpus auto: no GPU is visible here; drop --gpus to run on the CPU.")
-        return [str(i) for i in range(count)]
-    ids = [part.strip() for part in value.split(",") if part.strip()]
-    if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
-        raise UsageError(f"--gpus {value!r}: allowed values are auto or distinct ids, e.g. 0,1.")
-    return ids
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise UsageError(
+            f"--gpus {value}: no GPU is visible here (torch sees no CUDA device); drop --gpus to "
+            "run on the CPU."
+        )
+    return ids if value != "auto" else [str(i) for i in range(count)]
 
 
-def make_executor(args: argparse.Namespace, out_dir: str) -> Executor:
-    """The executor the command line asks for (:mod:`regrow.study.executors`)."""
-    from ..study.executors import LocalExecutor
-    from ..study.submitit_executor import SubmititExecutor
-
+def check_options(args: argparse.Namespace, here: bool = True) -> tuple[str, list[str] | None]:
+    """The executor kind and the GPU ids, every option checked as the sweep checks it (``here``:
+    the GPUs must be visible on this machine; not for ``--print-commands``)."""
     for flag in ("workers", "gpus_per_run", "threads_per_run", "seeds"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -169,17 +175,30 @@ def make_executor(args: argparse.Namespace, out_dir: str) -> Executor:
                 f"--{flag.replace('_', '-')} {value}: allowed values are integers >= 1."
             )
     kind = _executor_kind(args)
+    if kind != "processes":
+        if args.gpus or args.workers is not None:
+            raise UsageError(f"--workers/--gpus are for local processes, not --executor {kind}.")
+        return kind, None
+    gpus = _gpu_list(args.gpus, here)
+    if gpus and args.workers is not None:
+        raise UsageError("--workers and --gpus: give one (with --gpus, one run per GPU group).")
+    if args.gpus_per_run > 1 and not gpus:
+        raise UsageError("--gpus-per-run needs --gpus (the GPUs to share out).")
+    if gpus and len(gpus) < args.gpus_per_run:
+        raise UsageError(
+            f"--gpus-per-run {args.gpus_per_run} needs at least that many GPUs (--gpus {args.gpus})."
+        )
+    return kind, gpus
+
+
+def make_executor(args: argparse.Namespace, out_dir: str) -> Executor:
+    """The executor the command line asks for (:mod:`regrow.study.executors`)."""
+    from ..study.executors import LocalExecutor
+    from ..study.submitit_executor import SubmititExecutor
+
+    kind, gpus_here = check_options(args)
     if kind == "processes":
-        gpus = _gpu_list(args.gpus)
-        if gpus and args.workers is not None:
-            raise UsageError("--workers and --gpus: give one (with --gpus, one run per GPU group).")
-        if args.gpus_per_run > 1 and not gpus:
-            raise UsageError("--gpus-per-run needs --gpus (the GPUs to share out).")
-        if gpus and len(gpus) < args.gpus_per_run:
-            raise UsageError(
-                f"--gpus-per-run {args.gpus_per_run} needs at least that many GPUs (--gpus {args.gpus})."
-            )
-        return LocalExecutor(args.workers or 1, gpus, args.gpus_per_run, args.threads_per_run)
+        return LocalExecutor(args.workers or 1, gpus_here, args.gpus_per_run, args.threads_per_run)
     if args.gpus or args.workers is not None:
         raise UsageError(f"--workers/--gpus are for local processes, not --executor {kind}.")
     gpus = args.slurm_gpus_per_node
@@ -227,6 +246,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``regrow sweep``."""
 
     def work() -> int:
+        if args.dry_run and args.print_commands:
+            raise UsageError(
+                "--dry-run and --print-commands: give one (--dry-run prints each run's state, "
+                "--print-commands the commands of the pending runs)."
+            )
         from ..study import sweep
         from ..study.planning import plan_runs
         from ..study.schema import load_study
@@ -244,15 +268,19 @@ def run_sweep(args: argparse.Namespace) -> int:
                     "from the finished ones; run it with regrow sweep (or drop its search: section)."
                 )
             if args.dry_run:
+                check_options(args)
+                sweep.check_study_dir(plan)
                 print(search.dry_run(plan), end="")
                 return 0
             executor = make_executor(args, plan.out_dir)
             return search.run_search(plan, executor, continue_command(args, plan.out_dir))
         if args.dry_run:
+            check_options(args)
             sweep.check_existing(plan)
             print(sweep.dry_run(plan), end="")
             return 0
         if args.print_commands:
+            check_options(args, here=False)
             sweep.check_existing(plan)
             nproc = args.gpus_per_run if args.gpus else (args.slurm_gpus_per_node or 1)
             print(sweep.print_commands(plan, args.retry_failed, nproc), end="")

@@ -30,7 +30,7 @@ from ..train.rundir import RunDir
 from .executors import Executor, RunOutcome, SweepProgress, sweep_state
 from .planning import RunSpec, StudyPlan, render_value, run_config
 from .schema import SearchSpace, StudyError
-from .sweep import write_study_json
+from .sweep import check_study_dir, write_study_json
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "dry_run", "run_search", "trial_runs"]
 
@@ -188,6 +188,7 @@ def run_search(plan: StudyPlan, executor: Executor, command: str) -> int:
     search = plan.study.search
     assert search is not None
     _probe(plan)
+    check_study_dir(plan)
     distributions = {s.key: _distribution(optuna, s) for s in search.space}
     with _search_lock(plan.out_dir):
         storage = _storage(optuna, plan.out_dir)

@@ -5,12 +5,15 @@ the outcomes into the exit status. It never launches a process itself. The manua
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..train.checkpoint import write_json
 from ..train.rundir import DONE, FAILED, LOCKED, NEW, PARTIAL, RunDir, differing_keys
@@ -32,6 +35,7 @@ from .schema import StudyError
 
 __all__ = [
     "check_existing",
+    "check_study_dir",
     "continue_hint",
     "dry_run",
     "pending_runs",
@@ -43,14 +47,63 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------ states, files
+def check_study_dir(plan: StudyPlan) -> None:
+    """A :class:`StudyError` if ``DIR/study.json`` is there and belongs to another study, or
+    cannot be read (it is never overwritten then: a study directory holds one study)."""
+    path = Path(plan.out_dir) / STUDY_FILE
+    if not path.exists():
+        return
+    name = plan.study.name
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(getattr(error, "strerror", None) or error).split())[:120]
+        raise StudyError(
+            f"{path} is not readable JSON ({reason}): it says which study the directory holds; "
+            f"remove it if the directory holds study {name} (the sweep writes it again), or give "
+            "another --out."
+        ) from None
+    owner = found.get("study") if isinstance(found, dict) else None
+    if not isinstance(owner, str):
+        raise StudyError(
+            f"{path} names no study: remove it if the directory holds study {name} (the sweep "
+            "writes it again), or give another --out."
+        )
+    if owner != name:
+        raise StudyError(
+            f"{path} belongs to study {owner}, not {name}: a study directory holds one study; "
+            f"give another --out (or sweep {owner} to continue it there)."
+        )
+
+
 def check_existing(plan: StudyPlan) -> None:
-    """A :class:`StudyError` if a run directory already holds a run of another configuration
-    (it would be resumed, or skipped as done, under this study's name)."""
+    """A :class:`StudyError` if the study directory holds another study (:func:`check_study_dir`),
+    if a run's path is not a directory, or if a run directory already holds a run of another
+    configuration (it would be resumed, or skipped as done, under this study's name) or a
+    ``config.yaml`` that cannot be read."""
+    check_study_dir(plan)
     for run in plan.runs:
+        path = Path(run.path)
+        if path.exists() and not path.is_dir():
+            raise StudyError(
+                f"{path} is not a directory, and run {run.name} trains there: move it away, or "
+                "give another --out."
+            )
         config_path = RunDir(run.path).config_path
         if not config_path.is_file() or run.name not in plan.configs:
             continue
-        differ = differing_keys(config_path.read_text(), plan.configs[run.name])
+        try:
+            text = config_path.read_text()
+            saved = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            saved = " ".join(str(getattr(error, "strerror", None) or error).split())[:120]
+        if not isinstance(saved, dict):
+            what = saved if isinstance(saved, str) else f"a YAML {type(saved).__name__}"
+            raise StudyError(
+                f"{config_path} is not a readable configuration ({what}): move {run.path} away, "
+                "or give another --out."
+            )
+        differ = differing_keys(text, plan.configs[run.name])
         if differ:
             listed = "; ".join(f"{k}: {a!r} there, {b!r} planned" for k, (a, b) in differ.items())
             raise StudyError(
