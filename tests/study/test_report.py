@@ -614,3 +614,24 @@ def test_alpha_delta_t_selects_and_colours_by_validation_accuracy_when_held_out(
     frames = [p.get_xy() for p in panel.patches if p.get_linestyle() == "-"]
     assert frames == [(0.5, 1.5)]  # ΔT 100 (column 1), α 0.5 (row 2): the best validation
     assert figure.get_suptitle().startswith("Validation accuracy over α × ΔT")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{torn", '"finished"'])
+def test_damaged_summary_is_an_unreadable_run_named_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    # issue 18, item 9: a summary.json holding a JSON list crashed the report (AttributeError).
+    write_run(tmp_path, "a", overrides_of("rigl", "erk", 0.9, 0), 85.0)
+    damaged = write_run(tmp_path, "b", overrides_of("rigl", "erk", 0.9, 1), 86.0)
+    (damaged / "summary.json").write_text(content)
+    records = {r.name: r for r in collect(tmp_path)}
+    assert records["b"].state == UNREADABLE and "summary.json" in records["b"].detail
+    assert main(["report", str(tmp_path), "--figures", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "- b: unreadable, summary.json" in captured.out, captured.out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    (run,) = [r for r in report["runs"] if r["name"] == "b"]
+    assert run["state"] == UNREADABLE and "summary.json" in run["detail"]
+    (cell,) = report["cells"]
+    assert cell["n"] == 1 and cell["metrics"]["test_accuracy"]["values"] == [85.0]

@@ -426,3 +426,32 @@ def test_dry_run_and_print_commands_together_are_refused(tmp_path, capsys):
         *sweep_here(capsys, study, tmp_path / "out", "--dry-run", "--print-commands")
     )
     assert "--dry-run and --print-commands" in err and "give one" in err
+
+
+def test_a_damaged_summary_is_named_and_never_stops_the_sweep(tmp_path, capsys):
+    # issue 18, item 9: a summary.json holding a list crashed the sweep (AttributeError); a torn
+    # one stopped it with a JSON error naming no file.
+    study = study_file(tmp_path, SHORT, extra="exclude:\n  - {sparsity.method: rigl}\n")
+    out = tmp_path / "out"
+    for name, content in (("static_seed0", "[1, 2]"), ("static_seed1", "{torn")):
+        (out / name).mkdir(parents=True)
+        (out / name / "summary.json").write_text(content)
+    status = main(["sweep", str(study), "--out", str(out), "--seeds", "3", "--dry-run"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("static_seed0  unreadable (") and "summary.json" in lines[0]
+    assert lines[1].startswith("static_seed1  unreadable (") and "summary.json" in lines[1]
+    assert lines[-1].endswith("1 new, 0 partial, 0 done, 0 failed, 0 locked, 2 unreadable")
+    status = main(["sweep", str(study), "--out", str(out), "--seeds", "3", "--print-commands"])
+    captured = capsys.readouterr()
+    assert status == 0 and len(captured.out.splitlines()) == 1, captured
+    assert "static_seed0" in captured.err and "static_seed1" in captured.err
+    status, err = sweep_here(capsys, study, out, "--seeds", "3")
+    assert status == 1, err
+    assert "Traceback" not in err
+    assert RunDir(out / "static_seed2").state() == "done"  # the others trained
+    for name in ("static_seed0", "static_seed1"):
+        assert f"unreadable: {name}: {out / name / 'summary.json'}" in err, err
+    assert "2 unreadable" in err
+    assert (out / "static_seed0" / "summary.json").read_text() == "[1, 2]"  # left as it was

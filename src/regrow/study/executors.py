@@ -26,6 +26,7 @@ from ..train.checkpoint import write_json
 from ..train.rundir import DONE, FAILED, LOCKED, NEW, PARTIAL, RunDir
 from ..util.signals import handling_signals
 from .planning import RunSpec, StudyPlan
+from .records import UNREADABLE, summary_problem
 
 __all__ = [
     "FAILURE_FILE",
@@ -41,6 +42,7 @@ __all__ = [
     "execute",
     "sweep_state",
     "train_command",
+    "unreadable_detail",
 ]
 
 #: The child's stdout and stderr, appended, in each run directory.
@@ -62,14 +64,28 @@ class RunOutcome(str, enum.Enum):
     ELSEWHERE = "running elsewhere"
     SKIPPED = "failed earlier (not retried)"
     STOPPED = "stopped at train.stop_at_step"
+    UNREADABLE = "unreadable (not launched)"
 
     def __str__(self) -> str:
         return self.value
 
 
+def unreadable_detail(path: str | Path) -> str | None:
+    """Why a run directory no process holds is ``unreadable`` (a damaged ``summary.json``, named),
+    else ``None``."""
+    problem = summary_problem(path)
+    if problem is None or RunDir(path).holder() is not None:
+        return None
+    return problem
+
+
 def sweep_state(path: str | Path) -> str:
-    """The run's state as the sweep sees it: :meth:`RunDir.state`, and ``failed`` when a sweep's
-    last launch of it failed (:data:`FAILURE_FILE`) and it is not done or locked."""
+    """The run's state as the sweep sees it: :meth:`RunDir.state`; ``unreadable`` when its
+    ``summary.json`` is damaged (:func:`unreadable_detail`: never launched, never a crash), and
+    ``failed`` when a sweep's last launch of it failed (:data:`FAILURE_FILE`) and it is not done
+    or locked."""
+    if unreadable_detail(path) is not None:
+        return UNREADABLE
     state = RunDir(path).state()
     if state in (NEW, PARTIAL) and (Path(path) / FAILURE_FILE).is_file():
         return FAILED
@@ -247,6 +263,9 @@ def execute(task: RunTask, children: Children | None = None, attempts: int = 3) 
             return Outcome(task.name, RunOutcome.DONE, 0, str(log))
         if state == LOCKED:
             return Outcome(task.name, RunOutcome.ELSEWHERE, None, str(log), _holder(path))
+        if state == UNREADABLE:
+            detail = unreadable_detail(path) or "unreadable"
+            return Outcome(task.name, RunOutcome.UNREADABLE, None, str(log), detail)
         resume = RunDir(path).has_checkpoint()
         command = train_command(task, resume)
         path.mkdir(parents=True, exist_ok=True)
@@ -264,7 +283,7 @@ def execute(task: RunTask, children: Children | None = None, attempts: int = 3) 
             finally:
                 children.finished(process)
         tail = _tail(log, start)
-        after = RunDir(path).state()
+        after = sweep_state(path)
         if code == 0:
             status = RunOutcome.DONE if after == DONE else RunOutcome.STOPPED
             return Outcome(task.name, status, 0, str(log))

@@ -28,9 +28,11 @@ from .executors import (
     SweepProgress,
     display_command,
     sweep_state,
+    unreadable_detail,
 )
 from .names import STUDY_FILE
 from .planning import RunSpec, StudyPlan
+from .records import UNREADABLE
 from .schema import StudyError
 
 __all__ = [
@@ -121,14 +123,30 @@ def write_study_json(plan: StudyPlan, runs: Sequence[RunSpec] | None = None, **e
 
 
 # ----------------------------------------------------------------------------- the sweep
+def _state_text(run: RunSpec, state: str) -> str:
+    """A run's state as printed: an ``unreadable`` one with why (the damaged file named)."""
+    if state != UNREADABLE:
+        return state
+    return f"{state} ({unreadable_detail(run.path) or 'it changed while being read'})"
+
+
 def dry_run(plan: StudyPlan) -> str:
-    """Each run's name and state, then a count line."""
+    """Each run's name and state, then a count line (``unreadable`` runs counted when any)."""
     states = {run.name: sweep_state(run.path) for run in plan.runs}
     width = max(len(name) for name in states)
-    lines = [f"{name.ljust(width)}  {state}" for name, state in states.items()]
+    lines = [f"{run.name.ljust(width)}  {_state_text(run, states[run.name])}" for run in plan.runs]
     counts = {s: list(states.values()).count(s) for s in (NEW, PARTIAL, DONE, FAILED, LOCKED)}
+    if UNREADABLE in states.values():
+        counts[UNREADABLE] = list(states.values()).count(UNREADABLE)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     return "\n".join([*lines, f"{len(states)} runs in {plan.out_dir}: {summary}"]) + "\n"
+
+
+def _unreadable_line(run: RunSpec, detail: str) -> str:
+    return (
+        f"regrow sweep: unreadable: {run.name}: {detail}: repair it, or move {run.path} away to "
+        "train the run again"
+    )
 
 
 def pending_runs(plan: StudyPlan, retry_failed: bool) -> list[tuple[RunSpec, str]]:
@@ -140,6 +158,10 @@ def pending_runs(plan: StudyPlan, retry_failed: bool) -> list[tuple[RunSpec, str
 
 def print_commands(plan: StudyPlan, retry_failed: bool, nproc: int = 1) -> str:
     """One shell-quoted ``regrow train`` line per pending run (a resume for a partial one)."""
+    for run in plan.runs:
+        detail = unreadable_detail(run.path)
+        if detail is not None:
+            print(f"{_unreadable_line(run, detail)} (not listed)", file=sys.stderr)
     lines = []
     for run, _state in pending_runs(plan, retry_failed):
         task = RunTask.of(plan, run, nproc=nproc)
@@ -164,13 +186,20 @@ def run_sweep(plan: StudyPlan, executor: Executor, retry_failed: bool, command: 
         outcomes[run.name] = Outcome(
             run.name, RunOutcome.SKIPPED, None, str(Path(run.path) / LOG_FILE)
         )
-    todo = [run for run in plan.runs if states[run.name] not in (DONE,) and run not in skipped]
+    damaged = [run for run in plan.runs if states[run.name] == UNREADABLE]
+    for run in damaged:
+        detail = unreadable_detail(run.path) or "unreadable"
+        log = str(Path(run.path) / LOG_FILE)
+        outcomes[run.name] = Outcome(run.name, RunOutcome.UNREADABLE, None, log, detail)
+    left = {DONE, UNREADABLE}
+    todo = [run for run in plan.runs if states[run.name] not in left and run not in skipped]
     print(
         f"regrow sweep: study {plan.study.name}: {len(plan.runs)} runs in {plan.out_dir} "
-        f"({done} done, {len(todo)} to run{f', {len(skipped)} failed earlier' if skipped else ''})",
+        f"({done} done, {len(todo)} to run{f', {len(skipped)} failed earlier' if skipped else ''}"
+        f"{f', {len(damaged)} unreadable' if damaged else ''})",
         file=sys.stderr,
     )
-    progress = SweepProgress(len(plan.runs), done, len(skipped), executor.running)
+    progress = SweepProgress(len(plan.runs), done, len(skipped) + len(damaged), executor.running)
     waited = False
     try:
         while todo:
@@ -207,7 +236,7 @@ def _wait_for_holders(runs: list[RunSpec], executor: Executor) -> list[RunSpec] 
         stop["signal"] = signum
 
     with handling_signals(handler):
-        while any(RunDir(run.path).state() == LOCKED for run in runs):
+        while any(sweep_state(run.path) == LOCKED for run in runs):
             if stop["signal"]:
                 executor.request_stop(stop["signal"])
                 return None
@@ -228,6 +257,13 @@ def _finish(plan: StudyPlan, outcomes: dict[str, Outcome], executor: Executor, c
     for outcome in failed:
         why = f": {outcome.detail}" if outcome.detail else ""
         print(f"regrow sweep: failed: {outcome.name} (log {outcome.log}){why}", file=sys.stderr)
+    runs = {run.name: run for run in plan.runs}
+    damaged = [o for o in outcomes.values() if o.status == RunOutcome.UNREADABLE]
+    for outcome in damaged:
+        print(_unreadable_line(runs[outcome.name], outcome.detail or "unreadable"), file=sys.stderr)
+    if damaged and not failed:
+        print(f"{head}, {len(damaged)} unreadable (named above)", file=sys.stderr)
+        return 1
     if failed:
         print(
             f"{head}, {len(failed)} failed; after fixing the cause retry them with "
