@@ -635,3 +635,32 @@ def test_damaged_summary_is_an_unreadable_run_named_in_the_report(
     assert run["state"] == UNREADABLE and "summary.json" in run["detail"]
     (cell,) = report["cells"]
     assert cell["n"] == 1 and cell["metrics"]["test_accuracy"]["values"] == [85.0]
+
+
+def test_group_by_that_merges_different_configurations_names_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18, item 4: --group-by sparsity.method merged runs of different sparsities sharing a
+    # seed into one cell (n/expected 2/1) and said nothing.
+    write_run(tmp_path, "rigl_08", overrides_of("rigl", "erk", 0.8, 0), 90.0)
+    write_run(tmp_path, "rigl_09", overrides_of("rigl", "erk", 0.9, 0), 88.0)
+    write_run(tmp_path, "static_09", overrides_of("static", "erk", 0.9, 0), 85.0)
+    argv = ["report", str(tmp_path), "--figures", "none", "--group-by", "sparsity.method"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Cells whose runs differ in keys not grouped by" in markdown, markdown
+    assert "- method=rigl: sparsity.sparsity (0.8, 0.9)" in markdown, markdown
+    assert "method=static" not in markdown.split("not grouped by")[1]
+    assert "regrow report: warning: 1 cell mixes runs that differ in keys not grouped by" in (
+        captured.err
+    ), captured.err
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    cells = {c["group"]["sparsity.method"]: c for c in data["cells"]}
+    assert cells["rigl"]["differing_keys"] == {"sparsity.sparsity": [0.8, 0.9]}
+    assert cells["static"]["differing_keys"] == {}
+    # Grouped by every key that differs, nothing is noted.
+    argv[-1] = "sparsity.method,sparsity.sparsity"
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "differ in keys" not in captured.out and "warning" not in captured.err

@@ -90,6 +90,8 @@ def run_report(args: argparse.Namespace) -> int:
         print(result.text, end="")
         for note in result.notes:
             print(f"regrow report: skipped {note}", file=sys.stderr)
+        for warning in result.table_warnings:
+            print(f"regrow report: warning: {warning}", file=sys.stderr)
         for warning in result.warnings:
             print(f"regrow report: warning: not drawn: {warning}", file=sys.stderr)
         print()

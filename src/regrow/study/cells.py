@@ -12,7 +12,7 @@ from typing import Any
 
 from ..sparsity import METHODS
 from ..sparsity.distributions import DISTRIBUTIONS
-from .records import ABSENT, SORT_FIRST, RunRecord, freeze, key_priority
+from .records import ABSENT, NOT_GROUPED, SORT_FIRST, UNREADABLE, RunRecord, freeze, key_priority
 
 #: Natural order of sparsity distributions.
 DISTRIBUTION_ORDER = DISTRIBUTIONS
@@ -70,6 +70,10 @@ class Cell:
     stats: dict[str, Stat] = field(default_factory=dict)
     expected_seeds: tuple[int, ...] = ()
     missing: tuple[Missing, ...] = ()
+    #: Configuration keys outside the group-by whose value differs between the cell's runs
+    #: (seed and :data:`NOT_GROUPED` aside), each with its values in order of first appearance:
+    #: what the grouping merged (empty when the group-by tells every configuration apart).
+    differing: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -131,7 +135,25 @@ def _make_cell(
         others = [r for r in members if r.seed == seed]
         missing += [Missing(seed, r.state, r.name) for r in others] or [Missing(seed, ABSENT)]
     missing += [Missing(None, r.state, r.name) for r in members if r.seed is None and not r.done]
-    return Cell(group, members, stats, tuple(sorted(expected)), tuple(missing))
+    differing = differing_keys(members, [key for key, _ in group])
+    return Cell(group, members, stats, tuple(sorted(expected)), tuple(missing), differing)
+
+
+def differing_keys(records: Sequence[RunRecord], group_by: Sequence[str]) -> dict[str, list[Any]]:
+    """The configuration keys not in ``group_by`` (seed and :data:`NOT_GROUPED` aside) whose
+    value differs between ``records`` (readable ones), each with its distinct values in order of
+    first appearance, keys by name."""
+    readable = [r for r in records if r.state != UNREADABLE]
+    keys = {k for r in readable for k in r.params} - set(NOT_GROUPED) - set(group_by)
+    found: dict[str, list[Any]] = {}
+    for key in sorted(keys):
+        values: dict[Any, Any] = {}
+        for record in readable:
+            value = record.value(key)
+            values.setdefault(freeze(value), value)
+        if len(values) > 1:
+            found[key] = list(values.values())
+    return found
 
 
 def _natural_order(records: Sequence[RunRecord], group_by: Sequence[str]) -> Any:

@@ -52,7 +52,8 @@ def parse_figures(value: str | Sequence[str] | None) -> tuple[list[str], bool]:
 class Report:
     """What :func:`build_report` made: the study, its cells and settings, the Markdown text, the
     files written, and one line per figure skipped (``notes``) or failed for lack of data when it
-    was asked for by name (``warnings``)."""
+    was asked for by name (``warnings``), and what the table warns of (``table_warnings``: cells
+    that merge runs of different configurations)."""
 
     study: StudyDir
     records: list[RunRecord]
@@ -64,6 +65,7 @@ class Report:
     figures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    table_warnings: list[str] = field(default_factory=list)
 
 
 def _split(value: str | Sequence[str] | None) -> list[str] | None:
@@ -159,6 +161,15 @@ def build_report(
     title = f"Study {study.name}: {len(done)} of {len(records)} runs finished"
     result = Report(study, records, keys, names, cells, markdown(cells, keys, names, title))
     out_dir = Path(out) if out is not None else study.path / "report"
+    mixed = [cell for cell in cells if cell.differing]
+    if mixed:
+        keys_named = sorted({key for cell in mixed for key in cell.differing})
+        one = len(mixed) == 1
+        result.table_warnings.append(
+            f"{len(mixed)} cell{'' if one else 's'} mix{'es' if one else ''} runs that differ in "
+            f"keys not grouped by ({', '.join(keys_named)}): see the note under the table, or add "
+            "the keys to --group-by"
+        )
     _draw_figures(result, kinds, explicit, out_dir, chosen)
     write_report(result, out_dir)
     return result

@@ -12,6 +12,9 @@ from typing import Any
 
 from .cells import Cell, fmt_stat, fmt_value
 
+#: The head of the note under a table whose cells merge runs of different configurations.
+DIFFERING_NOTE = "Cells whose runs differ in keys not grouped by"
+
 
 def _missing_text(cell: Cell) -> str:
     return ", ".join(str(m) for m in cell.missing) or "—"
@@ -36,6 +39,15 @@ def markdown(
         row += [fmt_stat(m, cell.stats[m]) for m in metrics]
         row += [_missing_text(cell)]
         lines.append("| " + " | ".join(_escape(v) for v in row) + " |")
+    mixed = [cell for cell in cells if cell.differing]
+    if mixed:
+        lines += ["", f"{DIFFERING_NOTE} (add them to the group-by to tell the runs apart):", ""]
+        for cell in mixed:
+            listed = "; ".join(
+                f"{key} ({', '.join(fmt_value(v) for v in values)})"
+                for key, values in cell.differing.items()
+            )
+            lines.append(f"- {cell.label()}: {listed}")
     unfinished = [(cell, r) for cell in cells for r in cell.records if not r.done]
     if unfinished:
         lines += ["", f"Runs not finished ({len(unfinished)}):", ""]
@@ -101,6 +113,7 @@ def to_json(
                 "expected_seeds": list(cell.expected_seeds),
                 "missing": [dataclasses.asdict(m) for m in cell.missing],
                 "runs": [{"name": r.name, "state": r.state, "seed": r.seed} for r in cell.records],
+                "differing_keys": {k: list(v) for k, v in cell.differing.items()},
             }
         )
     return _jsonable({**extra, "group_by": list(group_by), "metrics": list(metrics), "cells": out})
