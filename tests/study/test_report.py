@@ -264,7 +264,7 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     )
     assert by_method["rigl"].missing == () and by_method["rigl"].n == 3
     assert by_method["dense"].expected_seeds == (0,) and by_method["dense"].missing == ()
-    assert "| static | 1/3 | 80.00 ± 0.00 | — | 1 (failed), 2 (absent) |" in result.text
+    assert "| static | 1/3 | 80.00 | — | 1 (failed), 2 (absent) |" in result.text
     assert "- static_s2: absent (seed 2; method=static)" in result.text
 
 
@@ -288,7 +288,7 @@ def test_markdown_csv_and_json_files(grid: Path, capsys: pytest.CaptureFixture[s
     printed = capsys.readouterr().out
     markdown = (out / "report.md").read_text()
     assert markdown in printed
-    assert "| rigl | uniform | 0.9 | 1/2 | 87.50 ± 0.00 |" in markdown
+    assert "| rigl | uniform | 0.9 | 1/2 | 87.50 |" in markdown
     assert "| rigl | erk | 0.8 | 2/2 | 92.00 ± 1.41 | 0.2000 ± 0.0000 | — |" in markdown
     assert "1 (partial)" in markdown and "rigl_uniform_0.9_s1: partial" in markdown
     rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
@@ -664,3 +664,26 @@ def test_group_by_that_merges_different_configurations_names_the_keys(
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "differ in keys" not in captured.out and "warning" not in captured.err
+
+
+def test_std_is_shown_only_where_a_cell_has_two_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18, item 14: a cell with one run showed "± 0.00".
+    write_run(tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 90.0)
+    write_run(tmp_path, "rigl_s1", overrides_of("rigl", "erk", 0.9, 1), 92.0)
+    write_run(tmp_path, "static_s0", overrides_of("static", "erk", 0.9, 0), 85.0)
+    argv = ["report", str(tmp_path), "--metrics", "test_accuracy", "--group-by", "sparsity.method"]
+    assert main([*argv, "--figures", "accuracy_by_cell"]) == 0
+    printed = capsys.readouterr().out
+    assert "| rigl | 2/2 | 91.00 ± 1.41 | — |" in printed, printed
+    assert "| static | 1/2 | 85.00 | 1 (absent) |" in printed, printed
+    assert "± 0.00" not in printed
+    text = (tmp_path / "report" / "report.csv").read_text()
+    rows = {r["sparsity.method"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows["static"]["test_accuracy_std"] == "" and rows["static"]["test_accuracy_n"] == "1"
+    assert float(rows["rigl"]["test_accuracy_std"]) == pytest.approx(math.sqrt(2))
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    stats = {c["group"]["sparsity.method"]: c["metrics"]["test_accuracy"] for c in data["cells"]}
+    assert stats["static"] == {"mean": 85.0, "std": None, "n": 1, "values": [85.0]}
+    assert (tmp_path / "report" / "accuracy_by_cell.png").read_bytes().startswith(PNG_MAGIC)

@@ -41,10 +41,9 @@ class Stat:
 
     @property
     def std(self) -> float | None:
-        """Sample standard deviation (``n - 1``), 0 for one value, ``None`` for none."""
-        if not self.values:
-            return None
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        """Sample standard deviation (``n - 1``); ``None`` for fewer than two values, where there
+        is no spread to tell (a table then shows the mean alone)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -222,8 +221,10 @@ def _digits(metric: str) -> str:
 
 
 def fmt_stat(metric: str, stat: Stat) -> str:
-    """``mean ± std`` (``—`` without finished runs)."""
-    if stat.mean is None or stat.std is None:
+    """``mean ± std``; the mean alone for one run (no ``± 0``); ``—`` without finished runs."""
+    if stat.mean is None:
         return "—"
     spec = _digits(metric)
+    if stat.std is None:
+        return f"{stat.mean:{spec}}"
     return f"{stat.mean:{spec}} ± {stat.std:{spec}}"
