@@ -687,3 +687,21 @@ def test_std_is_shown_only_where_a_cell_has_two_runs(
     stats = {c["group"]["sparsity.method"]: c["metrics"]["test_accuracy"] for c in data["cells"]}
     assert stats["static"] == {"mean": 85.0, "std": None, "n": 1, "values": [85.0]}
     assert (tmp_path / "report" / "accuracy_by_cell.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_of_a_single_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18, item 13: `regrow report RUN_DIR` said the directory held no run directories.
+    run = write_run(
+        tmp_path, "rigl_s0", overrides_of("rigl", "erk", 0.9, 0), 85.0, rows=pass_rows()
+    )
+    assert main(["report", str(run), "--figures", "learning_curves"]) == 0
+    captured = capsys.readouterr()
+    assert "| rigl | 1 | 85.00 |" in captured.out or "| rigl | 1/1 | 85.00 |" in captured.out, (
+        captured.out
+    )
+    data = json.loads((run / "report" / "report.json").read_text())
+    assert [r["name"] for r in data["runs"]] == ["rigl_s0"]
+    assert (run / "report" / "learning_curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert [r.name for r in collect(run)] == ["rigl_s0"]

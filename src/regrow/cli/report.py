@@ -39,7 +39,11 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
             "The manual: docs/REPORT.md in the regrow repository."
         ),
     )
-    parser.add_argument("dir", metavar="DIR", help="the study directory (holds run directories)")
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        help="the study directory (holds run directories), or one run directory",
+    )
     parser.add_argument(
         "--group-by",
         metavar="K1,K2",

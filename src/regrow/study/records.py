@@ -287,7 +287,8 @@ def _planned_records(path: Path, plan: dict[str, Any] | None) -> list[RunRecord]
 
 def load(directory: str | Path) -> StudyDir:
     """Read a study directory: every run directory under it and, if present, ``study.json``
-    (whose planned runs without a directory become ``absent`` records). Raises
+    (whose planned runs without a directory become ``absent`` records); a run directory itself
+    (``config.yaml``, no ``study.json``) is read as a study of that one run. Raises
     :class:`ReportError` if ``directory`` is missing, not a directory, or holds no runs."""
     path = Path(directory)
     if not path.exists():
@@ -299,6 +300,8 @@ def load(directory: str | Path) -> StudyDir:
             f"{path} is not a directory: give a study directory (it holds run directories)."
         )
     plan = _read_plan(path)
+    if plan is None and (path / RunDir.CONFIG).is_file():  # a run directory: report that run
+        return StudyDir(path, [_read_run(path)], None)
     records = _planned_records(path, plan)
     seen = {record.name for record in records}
     try:
