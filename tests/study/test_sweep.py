@@ -455,3 +455,8 @@ def test_a_damaged_summary_is_named_and_never_stops_the_sweep(tmp_path, capsys):
         assert f"unreadable: {name}: {out / name / 'summary.json'}" in err, err
     assert "2 unreadable" in err
     assert (out / "static_seed0" / "summary.json").read_text() == "[1, 2]"  # left as it was
+    # The report names them too (run directories without config.yaml: planned by study.json).
+    assert main(["report", str(out), "--figures", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "- static_seed0: unreadable, summary.json holds a JSON list" in printed, printed
+    assert "- static_seed1: unreadable, summary.json is not valid JSON" in printed, printed

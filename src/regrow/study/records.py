@@ -281,7 +281,10 @@ def _planned_records(path: Path, plan: dict[str, Any] | None) -> list[RunRecord]
             records.append(record)
         else:
             params = _planned_params(plan or {}, entry, run_path)
-            records.append(RunRecord(name, run_path, ABSENT, params, None, planned=True))
+            problem = summary_problem(run_path)  # a damaged summary.json without config.yaml
+            state, detail = (ABSENT, "") if problem is None else (UNREADABLE, problem)
+            detail = detail.replace(str(run_path / RunDir.SUMMARY), RunDir.SUMMARY, 1)
+            records.append(RunRecord(name, run_path, state, params, None, True, detail))
     return records
 
 
