@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -127,3 +128,29 @@ def test_run_harness_maps_statuses_to_one_line(capsys):
         run_harness("train", raising(RuntimeError("bug")))
     with pytest.raises(BrokenPipeError):  # main() ends quietly with 141
         run_harness("flops", raising(BrokenPipeError()))
+
+
+# --- issue 18, item 12: options anywhere among KEY=VALUE arguments; errors name the subcommand
+def test_options_between_key_value_arguments_as_sweep_takes_them(capsys):
+    argv = ["flops", "--model", "wrn22_2", "sparsity.sparsity=0.9", "--json", "seed=1"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    argv = ["train", "--preset", "quickstart", "out_dir=x", "--print-config", "seed=4"]
+    assert main(argv) == 0
+    assert "seed: 4" in capsys.readouterr().out
+    parser = build_parser()
+    args = parser.parse_args(["quickstart", "train.epochs=1", "--seeds", "2", "seed_like=3"])
+    assert (args.seeds, args.overrides) == (2, ["train.epochs=1", "seed_like=3"])
+    args = parser.parse_args(["sweep", "main", "a=1", "--dry-run", "b=2"])
+    assert (args.dry_run, args.overrides) == (True, ["a=1", "b=2"])
+
+
+@pytest.mark.parametrize("command", ["train", "flops", "quickstart", "sweep", "report", "export"])
+def test_an_unknown_option_is_one_line_naming_the_subcommand(capsys, command: str):
+    positionals = {"sweep": ["main"], "report": ["runs/x"], "export": ["runs/x", "out"]}
+    assert main([command, *positionals.get(command, []), "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"regrow {command}: error: unrecognized arguments: --bogus "
+        f"(see `regrow {command} --help`)\n"
+    )

@@ -60,6 +60,11 @@ BROKEN_PIPE_STATUS = 141
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr (no usage block), status 2."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The subcommand parsers by name (for errors that name the subcommand).
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
+
     def error(self, message: str) -> NoReturn:
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -121,7 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, add in _SUBCOMMANDS:
         _add_subcommand(subparsers, name, add)
+    parser.subcommands = subparsers.choices
     return parser
+
+
+def _parse(parser: OneLineParser, argv: list[str] | None) -> argparse.Namespace:
+    """``argv`` parsed; arguments nobody took are the subcommand's error (``regrow flops:
+    error: unrecognized arguments: ...``), not the top-level parser's."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser.subcommands.get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _silence_stdout() -> None:
@@ -136,8 +152,9 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``regrow`` / ``python -m regrow``; returns the exit status."""
     parser = build_parser()
+    assert isinstance(parser, OneLineParser)
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
+        args = _parse(parser, None if argv is None else list(argv))
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:  # bare `regrow`: what it can do

@@ -18,7 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 
 def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ..models import MODELS
     from ..train import presets
 
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "flops",
         help="inference and training FLOPs of a sparse model (RigL paper conventions)",
         description=(

@@ -7,12 +7,13 @@ import argparse
 import sys
 from typing import Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 
 def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow quickstart``."""
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "quickstart",
         help="Dense, Static, SET and RigL on the bundled digits over 3 seeds (about a minute)",
         description=(
