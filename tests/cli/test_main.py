@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -154,3 +158,71 @@ def test_an_unknown_option_is_one_line_naming_the_subcommand(capsys, command: st
         f"regrow {command}: error: unrecognized arguments: --bogus "
         f"(see `regrow {command} --help`)\n"
     )
+
+
+# --- issue 18, item 11: Ctrl-C at any point of the start (torch's import included) is one line, 130
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+#: A stand-in for torch whose import is interrupted: Ctrl-C while torch loads, every time.
+INTERRUPTED_TORCH = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(30)
+raise SystemExit("the SIGINT was not delivered")
+"""
+
+#: What pip writes for the ``regrow`` console script.
+CONSOLE_SCRIPT = """
+import sys
+from regrow.cli import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("form", ["python -m regrow", "regrow"])
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_130(tmp_path: Path, form: str):
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text(INTERRUPTED_TORCH)
+    script = tmp_path / "bin" / "regrow"
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    start = ["-m", "regrow"] if form == "python -m regrow" else [str(script)]
+    command = [sys.executable, *start, "train", "--preset", "quickstart", "out_dir=run"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(SRC)])}
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") <= 1, done.stderr
+    assert done.returncode == 130, done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_main_builds_its_parser_or_imports_a_command(capsys, monkeypatch):
+    import types
+
+    import regrow.cli
+
+    def interrupted(_subparsers):
+        raise KeyboardInterrupt
+
+    subcommands = [*regrow.cli._SUBCOMMANDS, ("late", interrupted)]
+    monkeypatch.setattr(regrow.cli, "_SUBCOMMANDS", tuple(subcommands))
+    assert main(["flops"]) == 130
+    assert capsys.readouterr().err == "regrow: interrupted\n"
+    monkeypatch.undo()
+
+    class Interrupted(types.ModuleType):  # Ctrl-C while the handler imports its module
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "regrow.study.quickstart", Interrupted("q"))
+    assert main(["quickstart", "--seeds", "1"]) == 130
+    assert capsys.readouterr().err == "regrow quickstart: interrupted\n"

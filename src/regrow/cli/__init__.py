@@ -23,8 +23,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from ..util.signals import end_quiet_start
 from .bench import add_bench_parser, run_bench
-from .common import USAGE_STATUS, UsageError, missing_extra
+from .common import SIGINT_STATUS, USAGE_STATUS, UsageError, missing_extra
 from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
@@ -149,8 +150,30 @@ def _silence_stdout() -> None:
         pass
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The command's handler; Ctrl-C outside its harness (while it imports) is its one line."""
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt as exc:
+        print(f"regrow {args.command}: interrupted", file=sys.stderr)
+        code = getattr(exc, "exit_code", None)
+        return code if isinstance(code, int) else SIGINT_STATUS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``regrow`` / ``python -m regrow``; returns the exit status."""
+    """Entry point of ``regrow`` / ``python -m regrow``; returns the exit status. Ctrl-C at any
+    point is one line and status 130: while ``regrow`` is imported (torch's import included;
+    :func:`regrow.util.signals.quiet_interrupt_while_starting`), here, or in a command."""
+    try:
+        end_quiet_start()  # from here on Ctrl-C raises KeyboardInterrupt, reported below
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        print("regrow: interrupted", file=sys.stderr)
+        code = getattr(exc, "exit_code", None)
+        return code if isinstance(code, int) else SIGINT_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     assert isinstance(parser, OneLineParser)
     try:
@@ -161,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        status = int(args.handler(args))
+        status = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except BrokenPipeError:
         _silence_stdout()
