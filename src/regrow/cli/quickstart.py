@@ -4,6 +4,7 @@ machinery, then its table and figure."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -53,7 +54,8 @@ def _check_overrides(overrides: list[str]) -> None:
         if key in OWN_KEYS:
             raise UsageError(
                 f"{item!r}: quickstart sets {key} for each run itself ({OWN_KEYS[key]}); drop it, "
-                f"or train one run with `regrow train --preset quickstart {item} out_dir=...`."
+                f"or train one run with `regrow train --preset quickstart {shlex.quote(item)} "
+                "out_dir=...`."
             )
 
 
