@@ -226,3 +226,31 @@ def test_ctrl_c_while_main_builds_its_parser_or_imports_a_command(capsys, monkey
     monkeypatch.setitem(sys.modules, "regrow.study.quickstart", Interrupted("q"))
     assert main(["quickstart", "--seeds", "1"]) == 130
     assert capsys.readouterr().err == "regrow quickstart: interrupted\n"
+
+
+# --- issue 18, item 14: README's custom method imports from the working directory, no PYTHONPATH=.
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readmes_custom_method_imports_from_the_working_directory(tmp_path: Path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (tmp_path / "mymethods.py").write_text(next(b for b in blocks if "class NoisyRigL" in b))
+    script = tmp_path / "bin" / "regrow"  # the console script: its folder, not the cwd, on sys.path
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    method = ["sparsity.method=mymethods:NoisyRigL", "sparsity.args.noise=0.2"]
+    for argv in (
+        ["train", "--preset", "quickstart", "out_dir=runs/noisy", *method, "--print-config"],
+        ["flops", "--model", "digits_mlp", *method, "--json"],
+    ):
+        done = subprocess.run(
+            [sys.executable, str(script), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert "noisy_rigl" in done.stdout

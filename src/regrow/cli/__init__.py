@@ -13,6 +13,10 @@ A command whose extra is not installed (``pip install regrow`` is the library al
 one to install, in one line, status 2: a failed import of a module of
 :data:`~regrow.cli.common.OPTIONAL_MODULES`, while building the parser or running the command, is
 reported here for every subcommand. ``regrow --help`` lists every command either way.
+
+Modules in the working directory are importable (``sparsity.method=mymethods:MyMethod``), as
+under ``python -m regrow``. Ctrl-C at any point, while torch is imported too, is one line and
+status 130.
 """
 
 from __future__ import annotations
@@ -150,6 +154,18 @@ def _silence_stdout() -> None:
         pass
 
 
+def _working_directory_importable() -> None:
+    """Modules in the working directory import, as under ``python -m regrow``, so that a method
+    of one's own (``sparsity.method=mymethods:NoisyRigL``) needs no ``PYTHONPATH=.`` with the
+    ``regrow`` script; put last, so a file there never shadows an installed module."""
+    try:
+        here = os.getcwd()
+    except OSError:  # the working directory was removed: nothing to import from
+        return
+    if not any(entry in ("", here) for entry in sys.path):
+        sys.path.append(here)
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command's handler; Ctrl-C outside its harness (while it imports) is its one line."""
     try:
@@ -166,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     :func:`regrow.util.signals.quiet_interrupt_while_starting`), here, or in a command."""
     try:
         end_quiet_start()  # from here on Ctrl-C raises KeyboardInterrupt, reported below
+        _working_directory_importable()
         return _main(argv)
     except KeyboardInterrupt as exc:
         print("regrow: interrupted", file=sys.stderr)
