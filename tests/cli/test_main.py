@@ -254,3 +254,32 @@ def test_readmes_custom_method_imports_from_the_working_directory(tmp_path: Path
         )
         assert done.returncode == 0 and done.stderr == "", done.stderr
         assert "noisy_rigl" in done.stdout
+
+
+# --- issue 18, item 14: quickstart takes --out as sweep and report do (--out-dir still runs)
+def test_quickstart_takes_out_like_sweep_and_report(capsys, monkeypatch, tmp_path: Path):
+    import shlex
+
+    from regrow.study import sweep
+
+    parser = build_parser()
+    assert parser.parse_args(["quickstart", "--out", "a"]).out == "a"
+    assert parser.parse_args(["quickstart", "--out-dir", "b"]).out == "b"  # old commands
+    assert parser.parse_args(["quickstart"]).out == "runs/quickstart"
+    assert main(["quickstart", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--out DIR" in help_text and "--out-dir" not in help_text
+    commands = []
+
+    def interrupted(plan, executor, retry_failed, command):
+        commands.append(command)
+        return 130
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    out = str(tmp_path / "my runs" / "q")
+    assert main(["quickstart", "--out-dir", out, "--seeds", "1", "train.epochs=1"]) == 130
+    assert shlex.split(commands[0]) == [
+        "regrow", "quickstart", "--out", out, "--seeds", "1", "train.epochs=1"
+    ]  # fmt: skip
+    assert main(["quickstart", "out_dir=x"]) == 2
+    assert "(use --out)" in capsys.readouterr().err
