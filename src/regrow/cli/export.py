@@ -86,8 +86,8 @@ def run_export(args: argparse.Namespace) -> int:
         if masked.partial:  # what is exported is the last checkpoint, not a trained model
             at = "" if masked.step is None else f" at step {masked.step}"
             print(
-                f"regrow export: warning: {masked.source} is partial (the run is {masked.state}, "
-                f"not finished): exporting its last checkpoint{at}; export.json says "
+                f"regrow export: warning: {masked.source} is partial: the run has not finished "
+                f"({masked.state}); exporting its last checkpoint{at}; export.json says "
                 f'"partial": true. Finish it with {shlex.join(["regrow", "train", "--resume", masked.source])} '
                 "and export again for the trained model.",
                 file=sys.stderr,
