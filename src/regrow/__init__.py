@@ -1,6 +1,11 @@
 """regrow: sparse training for PyTorch — RigL and its baselines, exact to the paper."""
 
-from .flops import (
+# First, before torch loads: in the `regrow` command (only), Ctrl-C while it starts is one line.
+from .util.signals import quiet_interrupt_while_starting as _quiet_start
+
+_quiet_start()
+
+from .flops import (  # noqa: E402
     FlopProfile,
     FlopReport,
     PruningSchedule,
@@ -16,7 +21,7 @@ from .flops import (
     train_flops_per_sample,
     train_flops_ratio,
 )
-from .sparsity import (
+from .sparsity import (  # noqa: E402
     DISTRIBUTIONS,
     METHODS,
     SET,

@@ -464,3 +464,13 @@ def test_an_argument_the_method_lacks_is_exit_2_naming_its_arguments(capsys) -> 
 def test_bad_method_settings_are_exit_2(capsys, override: str, message: str) -> None:
     assert main(["train", "--preset", "quickstart", "out_dir=x", override]) == 2
     assert message in capsys.readouterr().err
+
+
+# --- issue 18, item 13: a printed command is shell-quoted (a value with a space, a bracket)
+def test_quickstarts_suggested_train_command_is_shell_quoted(capsys):
+    import shlex
+
+    assert main(["quickstart", "out_dir=my runs/q"]) == 2
+    err = capsys.readouterr().err
+    suggested = err.split("`")[1]
+    assert shlex.split(suggested)[-2:] == ["out_dir=my runs/q", "out_dir=..."], err

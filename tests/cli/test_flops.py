@@ -266,3 +266,17 @@ def test_output_cut_short_by_head_has_no_traceback():
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141
     assert err == "", err
+
+
+# --- issue 18, item 13: an --input-shape with an empty or non-numeric size is refused
+@pytest.mark.parametrize("shape", ["3,x,32", "3,,32", "3,32,32,", "3x", "3, 32, a"])
+def test_an_input_shape_with_a_bad_size_is_one_line(capsys, shape: str):
+    assert main([*WRN, "--input-shape", shape]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regrow flops: error: --input-shape {shape!r} is not a shape: ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("shape", ["3,32,32", "3x32x32", "3, 32, 32"])
+def test_an_input_shape_by_commas_or_x_is_read(capsys, shape: str):
+    assert run_json(capsys, *WRN, "--input-shape", shape)["input_shape"] == [3, 32, 32]

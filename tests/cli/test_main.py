@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -127,3 +132,154 @@ def test_run_harness_maps_statuses_to_one_line(capsys):
         run_harness("train", raising(RuntimeError("bug")))
     with pytest.raises(BrokenPipeError):  # main() ends quietly with 141
         run_harness("flops", raising(BrokenPipeError()))
+
+
+# --- issue 18, item 12: options anywhere among KEY=VALUE arguments; errors name the subcommand
+def test_options_between_key_value_arguments_as_sweep_takes_them(capsys):
+    argv = ["flops", "--model", "wrn22_2", "sparsity.sparsity=0.9", "--json", "seed=1"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    argv = ["train", "--preset", "quickstart", "out_dir=x", "--print-config", "seed=4"]
+    assert main(argv) == 0
+    assert "seed: 4" in capsys.readouterr().out
+    parser = build_parser()
+    args = parser.parse_args(["quickstart", "train.epochs=1", "--seeds", "2", "seed_like=3"])
+    assert (args.seeds, args.overrides) == (2, ["train.epochs=1", "seed_like=3"])
+    args = parser.parse_args(["sweep", "main", "a=1", "--dry-run", "b=2"])
+    assert (args.dry_run, args.overrides) == (True, ["a=1", "b=2"])
+
+
+@pytest.mark.parametrize("command", ["train", "flops", "quickstart", "sweep", "report", "export"])
+def test_an_unknown_option_is_one_line_naming_the_subcommand(capsys, command: str):
+    positionals = {"sweep": ["main"], "report": ["runs/x"], "export": ["runs/x", "out"]}
+    assert main([command, *positionals.get(command, []), "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"regrow {command}: error: unrecognized arguments: --bogus "
+        f"(see `regrow {command} --help`)\n"
+    )
+
+
+# --- issue 18, item 11: Ctrl-C at any point of the start (torch's import included) is one line, 130
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+#: A stand-in for torch whose import is interrupted: Ctrl-C while torch loads, every time.
+INTERRUPTED_TORCH = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(30)
+raise SystemExit("the SIGINT was not delivered")
+"""
+
+#: What pip writes for the ``regrow`` console script.
+CONSOLE_SCRIPT = """
+import sys
+from regrow.cli import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("form", ["python -m regrow", "regrow"])
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_130(tmp_path: Path, form: str):
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text(INTERRUPTED_TORCH)
+    script = tmp_path / "bin" / "regrow"
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    start = ["-m", "regrow"] if form == "python -m regrow" else [str(script)]
+    command = [sys.executable, *start, "train", "--preset", "quickstart", "out_dir=run"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(SRC)])}
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") <= 1, done.stderr
+    assert done.returncode == 130, done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_main_builds_its_parser_or_imports_a_command(capsys, monkeypatch):
+    import types
+
+    import regrow.cli
+
+    def interrupted(_subparsers):
+        raise KeyboardInterrupt
+
+    subcommands = [*regrow.cli._SUBCOMMANDS, ("late", interrupted)]
+    monkeypatch.setattr(regrow.cli, "_SUBCOMMANDS", tuple(subcommands))
+    assert main(["flops"]) == 130
+    assert capsys.readouterr().err == "regrow: interrupted\n"
+    monkeypatch.undo()
+
+    class Interrupted(types.ModuleType):  # Ctrl-C while the handler imports its module
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "regrow.study.quickstart", Interrupted("q"))
+    assert main(["quickstart", "--seeds", "1"]) == 130
+    assert capsys.readouterr().err == "regrow quickstart: interrupted\n"
+
+
+# --- issue 18, item 14: README's custom method imports from the working directory, no PYTHONPATH=.
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readmes_custom_method_imports_from_the_working_directory(tmp_path: Path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (tmp_path / "mymethods.py").write_text(next(b for b in blocks if "class NoisyRigL" in b))
+    script = tmp_path / "bin" / "regrow"  # the console script: its folder, not the cwd, on sys.path
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    method = ["sparsity.method=mymethods:NoisyRigL", "sparsity.args.noise=0.2"]
+    for argv in (
+        ["train", "--preset", "quickstart", "out_dir=runs/noisy", *method, "--print-config"],
+        ["flops", "--model", "digits_mlp", *method, "--json"],
+    ):
+        done = subprocess.run(
+            [sys.executable, str(script), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert "noisy_rigl" in done.stdout
+
+
+# --- issue 18, item 14: quickstart takes --out as sweep and report do (--out-dir still runs)
+def test_quickstart_takes_out_like_sweep_and_report(capsys, monkeypatch, tmp_path: Path):
+    import shlex
+
+    from regrow.study import sweep
+
+    parser = build_parser()
+    assert parser.parse_args(["quickstart", "--out", "a"]).out == "a"
+    assert parser.parse_args(["quickstart", "--out-dir", "b"]).out == "b"  # old commands
+    assert parser.parse_args(["quickstart"]).out == "runs/quickstart"
+    assert main(["quickstart", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--out DIR" in help_text and "--out-dir" not in help_text
+    commands = []
+
+    def interrupted(plan, executor, retry_failed, command):
+        commands.append(command)
+        return 130
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    out = str(tmp_path / "my runs" / "q")
+    assert main(["quickstart", "--out-dir", out, "--seeds", "1", "train.epochs=1"]) == 130
+    assert shlex.split(commands[0]) == [
+        "regrow", "quickstart", "--out", out, "--seeds", "1", "train.epochs=1"
+    ]  # fmt: skip
+    assert main(["quickstart", "out_dir=x"]) == 2
+    assert "(use --out)" in capsys.readouterr().err

@@ -334,3 +334,27 @@ def test_bad_inputs_are_one_line_and_exit_2(digits_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error:" in err and message in err, (argv, err)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+# --- issue 18, item 7: a partial run is exported with a word, and export.json says so
+def test_a_partial_run_is_exported_with_one_line_saying_so(digits_run, tmp_path, capsys):
+    part = tmp_path / "part"
+    overrides = [
+        f"out_dir={part}",
+        "train.epochs=2",
+        "train.stop_at_step=20",
+        "sparsity.args.delta_t=10",
+    ]
+    assert train(load_config("quickstart", overrides))["status"] == "stopped"
+    capsys.readouterr()
+    assert cli("export", str(part), str(tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"regrow export: warning: {part} is partial")
+    assert "step 20" in err and f"regrow train --resume {part}" in err
+    info = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert (info["partial"], info["step"]) == (True, 20)
+    # a finished run: no word, "partial": false
+    assert cli("export", str(digits_run), str(tmp_path / "done")) == 0
+    assert capsys.readouterr().err == ""
+    info = json.loads((tmp_path / "done" / "export.json").read_text())
+    assert info["partial"] is False and info["step"] > 20

@@ -54,3 +54,31 @@ def test_off_the_main_thread_nothing_is_installed() -> None:
     thread.join(timeout=10)
     assert seen == {"installed": False, "handlers": before, "ran": True}
     assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+# --- issue 18, item 11: the regrow command's quiet Ctrl-C while it starts, and only there
+def test_only_the_regrow_command_gets_the_quiet_start(monkeypatch, tmp_path) -> None:
+    import sys
+    import types
+
+    from regrow.util import signals
+
+    def case(argv, orig_argv, main_file=None) -> bool:
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.setattr(sys, "orig_argv", orig_argv)
+        monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=main_file))
+        return signals.started_as_regrow()
+
+    script = str(tmp_path / "bin" / "regrow")
+    assert case(["-m"], ["python", "-m", "regrow", "train"])
+    assert case(["-m"], ["python", "-u", "-mregrow", "train"])
+    assert case([script, "train"], ["python", script, "train"], script)
+    assert not case(["-m"], ["python", "-m", "mypackage"])  # its __init__ imports regrow
+    assert not case(["my.py"], ["python", "my.py"], "my.py")  # a library user's script
+    assert not case(["-c"], ["python", "-c", "import regrow"])
+    monkeypatch.undo()
+    # a library user's process keeps Python's Ctrl-C, the quiet start changes nothing there
+    signals.quiet_interrupt_while_starting()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signals.end_quiet_start()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

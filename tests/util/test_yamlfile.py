@@ -93,3 +93,14 @@ def test_something_other_than_a_mapping_is_named_with_the_hint() -> None:
     with pytest.raises(ValueError) as error:
         parse_mapping("42\n", "x")
     assert one_line(error) == "x holds int, not a mapping."
+
+
+# --- issue 18, item 13: a directory named like a YAML file is said to be a directory
+def test_a_directory_named_x_yaml_is_a_directory_not_missing(shipped: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "x.yaml"
+    folder.mkdir()
+    with pytest.raises(MyError) as error:
+        read_named("preset", str(folder), shipped, MyError)
+    text = one_line(error)
+    assert text.startswith(f"preset file {folder} is a directory, not a file: ")
+    assert "does not exist" not in text and "alpha, beta" in text

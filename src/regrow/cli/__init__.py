@@ -13,6 +13,10 @@ A command whose extra is not installed (``pip install regrow`` is the library al
 one to install, in one line, status 2: a failed import of a module of
 :data:`~regrow.cli.common.OPTIONAL_MODULES`, while building the parser or running the command, is
 reported here for every subcommand. ``regrow --help`` lists every command either way.
+
+Modules in the working directory are importable (``sparsity.method=mymethods:MyMethod``), as
+under ``python -m regrow``. Ctrl-C at any point, while torch is imported too, is one line and
+status 130.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from ..util.signals import end_quiet_start
 from .bench import add_bench_parser, run_bench
-from .common import USAGE_STATUS, UsageError, missing_extra
+from .common import SIGINT_STATUS, USAGE_STATUS, UsageError, missing_extra
 from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
@@ -59,6 +64,11 @@ BROKEN_PIPE_STATUS = 141
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr (no usage block), status 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The subcommand parsers by name (for errors that name the subcommand).
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         message = " ".join(message.split())
@@ -121,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, add in _SUBCOMMANDS:
         _add_subcommand(subparsers, name, add)
+    parser.subcommands = subparsers.choices
     return parser
+
+
+def _parse(parser: OneLineParser, argv: list[str] | None) -> argparse.Namespace:
+    """``argv`` parsed; arguments nobody took are the subcommand's error (``regrow flops:
+    error: unrecognized arguments: ...``), not the top-level parser's."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser.subcommands.get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _silence_stdout() -> None:
@@ -133,18 +154,54 @@ def _silence_stdout() -> None:
         pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``regrow`` / ``python -m regrow``; returns the exit status."""
-    parser = build_parser()
+def _working_directory_importable() -> None:
+    """Modules in the working directory import, as under ``python -m regrow``, so that a method
+    of one's own (``sparsity.method=mymethods:NoisyRigL``) needs no ``PYTHONPATH=.`` with the
+    ``regrow`` script; put last, so a file there never shadows an installed module."""
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
+        here = os.getcwd()
+    except OSError:  # the working directory was removed: nothing to import from
+        return
+    if not any(entry in ("", here) for entry in sys.path):
+        sys.path.append(here)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's handler; Ctrl-C outside its harness (while it imports) is its one line."""
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt as exc:
+        print(f"regrow {args.command}: interrupted", file=sys.stderr)
+        code = getattr(exc, "exit_code", None)
+        return code if isinstance(code, int) else SIGINT_STATUS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``regrow`` / ``python -m regrow``; returns the exit status. Ctrl-C at any
+    point is one line and status 130: while ``regrow`` is imported (torch's import included;
+    :func:`regrow.util.signals.quiet_interrupt_while_starting`), here, or in a command."""
+    try:
+        end_quiet_start()  # from here on Ctrl-C raises KeyboardInterrupt, reported below
+        _working_directory_importable()
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        print("regrow: interrupted", file=sys.stderr)
+        code = getattr(exc, "exit_code", None)
+        return code if isinstance(code, int) else SIGINT_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    assert isinstance(parser, OneLineParser)
+    try:
+        args = _parse(parser, None if argv is None else list(argv))
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:  # bare `regrow`: what it can do
         parser.print_help()
         return 0
     try:
-        status = int(args.handler(args))
+        status = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except BrokenPipeError:
         _silence_stdout()

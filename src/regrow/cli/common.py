@@ -14,8 +14,10 @@ of optional third-party modules and the extra that installs each (:data:`OPTIONA
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 class UsageError(ValueError):
@@ -42,6 +44,31 @@ OPTIONAL_MODULES = {
     "submitit": "slurm",
     "tensorboard": "tensorboard",
 }
+
+
+def add_intermixed_parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """``subparsers.add_parser(name, **kwargs)`` for a subcommand with trailing ``KEY=VALUE``
+    arguments: its options may come anywhere among them (``regrow flops a=1 --json b=2``), as
+    argparse's intermixed parsing allows; the parser keeps the parent's class (one-line errors)."""
+    base = subparsers._parser_class
+
+    class IntermixedParser(base):  # type: ignore[misc, valid-type]
+        _inner = False
+
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            if self._inner:  # the two passes of the intermixed parse
+                return super().parse_known_args(args, namespace)
+            self._inner = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._inner = False
+
+    subparsers._parser_class = IntermixedParser
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = base
 
 
 def missing_extra(error: BaseException) -> str | None:

@@ -12,6 +12,8 @@ What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from typing import Any
 
 from .common import run_harness
@@ -81,6 +83,15 @@ def run_export(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         check_out_dir(args.out)  # before the (slow) export
         masked = load_run(args.run_dir)
+        if masked.partial:  # what is exported is the last checkpoint, not a trained model
+            at = "" if masked.step is None else f" at step {masked.step}"
+            print(
+                f"regrow export: warning: {masked.source} is partial: the run has not finished "
+                f"({masked.state}); exporting its last checkpoint{at}; export.json says "
+                f'"partial": true. Finish it with {shlex.join(["regrow", "train", "--resume", masked.source])} '
+                "and export again for the trained model.",
+                file=sys.stderr,
+            )
         info, report = export_run(
             masked, args.out, args.batch_size, args.csr, zero_signs=not args.drop_zero_signs
         )

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 
 def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -26,7 +27,8 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ..models import MODELS
     from ..train import presets
 
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "flops",
         help="inference and training FLOPs of a sparse model (RigL paper conventions)",
         description=(
@@ -97,14 +99,14 @@ def run_flops(args: argparse.Namespace) -> int:
 def _input_shape(value: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     if value is None:
         return default
-    try:
-        shape = tuple(int(part) for part in value.replace("x", ",").split(",") if part.strip())
+    try:  # every size given: "3,x,32" or "3,,32" is no shape, not (3, 32)
+        shape = tuple(int(part) for part in re.split(r"[,x]", value))
     except ValueError:
         shape = ()
     if not shape or any(d < 1 for d in shape):
         raise UsageError(
-            f"--input-shape {value!r} is not a shape: give positive sizes of one sample, "
-            "e.g. 3,32,32."
+            f"--input-shape {value!r} is not a shape: give every size of one sample as a "
+            "positive integer, separated by commas or x, e.g. 3,32,32 or 3x32x32."
         )
     return shape
 

@@ -4,15 +4,17 @@ machinery, then its table and figure."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 
 def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow quickstart``."""
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "quickstart",
         help="Dense, Static, SET and RigL on the bundled digits over 3 seeds (about a minute)",
         description=(
@@ -21,11 +23,15 @@ def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
             "digits, over --seeds seeds, --workers runs at a time; print the table (test "
             "accuracy mean ± std, missing seeds, inference and training FLOPs x dense) and "
             "write report.md, report.csv, report.json and accuracy_by_cell.png to "
-            "--out-dir/report. Finished runs are reused and interrupted ones resumed when the "
+            "--out/report. Finished runs are reused and interrupted ones resumed when the "
             "command is run again. The same runs: regrow sweep quickstart."
         ),
     )
-    parser.add_argument("--out-dir", default="runs/quickstart")
+    parser.add_argument(
+        "--out", default="runs/quickstart", metavar="DIR", help="study directory (runs/quickstart)"
+    )
+    # The old spelling, hidden: commands written before --out keep running.
+    parser.add_argument("--out-dir", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--workers", type=int, default=None, help="runs at a time (default: cores, at most 4)"
@@ -42,7 +48,7 @@ def add_quickstart_parser(subparsers: Any) -> argparse.ArgumentParser:
 OWN_KEYS = {
     "sparsity.method": "it trains dense, static, set and rigl",
     "seed": "use --seeds",
-    "out_dir": "use --out-dir",
+    "out_dir": "use --out",
 }
 
 
@@ -52,7 +58,8 @@ def _check_overrides(overrides: list[str]) -> None:
         if key in OWN_KEYS:
             raise UsageError(
                 f"{item!r}: quickstart sets {key} for each run itself ({OWN_KEYS[key]}); drop it, "
-                f"or train one run with `regrow train --preset quickstart {item} out_dir=...`."
+                f"or train one run with `regrow train --preset quickstart {shlex.quote(item)} "
+                "out_dir=...`."
             )
 
 
@@ -67,7 +74,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
             if value is not None and value < 1:
                 raise UsageError(f"--{flag} {value}: allowed values are integers >= 1.")
         _check_overrides(args.overrides)
-        status, report = quickstart(args.out_dir, args.seeds, args.overrides, args.workers)
+        status, report = quickstart(args.out, args.seeds, args.overrides, args.workers)
         if report is not None:
             print(report.text, end="")
             for note in report.notes + report.warnings:

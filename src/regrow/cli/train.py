@@ -7,14 +7,15 @@ import dataclasses
 import json
 from typing import Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow train``."""
     from ..train import presets
 
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "train",
         help="train one model (a preset plus key=value overrides), or resume a run",
         description=(

@@ -10,7 +10,8 @@ An export directory (``regrow export RUN_DIR OUT``) holds
 ``model.pt``      the inference model (:mod:`regrow.export.inference`), ``torch.save`` of a
                   ``torch.fx.GraphModule``: ``torch.load(path, weights_only=False)`` needs only
                   PyTorch; eval mode only
-``export.json``   what was exported: the source run, the model (name, width, classes, input
+``export.json``   what was exported: the source run (``partial``: true when it had not finished,
+                  ``step``: the step of the checkpoint exported), the model (name, width, classes, input
                   shape), the checkpoint sizes, every layer's shape before/after, format (dense
                   or CSR) and export-time timings, the dead channels kept and why, the check
                   against the masked model, versions
@@ -33,7 +34,7 @@ from ..models import get_model_spec
 from ..sparsity import get_method
 from ..sparsity.masks import MASK_SUFFIX, register_masks
 from ..train.checkpoint import atomic_write, load_checkpoint, write_json
-from ..train.rundir import RunDir
+from ..train.rundir import DONE, RunDir
 from .compress import load_compressed, save_compressed, size_report
 from .inference import ExportReport, export_model
 
@@ -54,6 +55,10 @@ class MaskedModel:
     source: str  #: the run directory (or export) it came from
     method: str | None = None
     sparsity: float | None = None  #: 1 - the density over the masked tensors
+    #: The run had not finished: its last checkpoint (at ``step``) is what was loaded.
+    partial: bool = False
+    step: int | None = None  #: the optimizer step of the loaded checkpoint
+    state: str | None = None  #: the run directory's state (docs/RUN_DIR.md) when loaded
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,8 @@ class MaskedModel:
             "input_shape": list(self.input_shape),
             "method": self.method,
             "sparsity": self.sparsity,
+            "partial": self.partial,
+            "step": self.step,
         }
 
 
@@ -125,6 +132,9 @@ def load_run(run_dir: str | Path) -> MaskedModel:
     model, num_classes = build_masked_model(name, width, state)
 
     method = summary.get("method", (config or {}).get("sparsity", {}).get("method"))
+    sparsifier = saved.get("sparsifier")
+    step = sparsifier.get("step_count") if isinstance(sparsifier, dict) else None
+    state_name = run.state()
     return MaskedModel(
         model=model,
         name=get_model_spec(name).name,
@@ -134,6 +144,9 @@ def load_run(run_dir: str | Path) -> MaskedModel:
         source=str(run.path),
         method=method,
         sparsity=masked_sparsity(state),
+        partial=state_name != DONE,
+        step=step if isinstance(step, int) else None,
+        state=state_name,
     )
 
 
@@ -205,6 +218,8 @@ def load_export(path: str | Path) -> tuple[dict[str, Any], nn.Module, MaskedMode
         source=str(folder),
         method=info.get("method"),
         sparsity=info.get("sparsity"),
+        partial=bool(info.get("partial", False)),  # older exports lack the key
+        step=info.get("step"),
     )
     return info, exported.eval(), masked
 

@@ -34,7 +34,7 @@ def run_quickstart(
     plan = plan_runs(load_study(STUDY), None, seeds, list(overrides), out_dir)
     count = workers or default_workers()
     executor = LocalExecutor(count, [], 1, None)
-    words = ["regrow", "quickstart", "--out-dir", out_dir, "--seeds", str(seeds)]
+    words = ["regrow", "quickstart", "--out", out_dir, "--seeds", str(seeds)]
     words += [] if workers is None else ["--workers", str(workers)]
     status = sweep.run_sweep(plan, executor, False, shlex.join([*words, *overrides]))
     if status not in (0, 1):

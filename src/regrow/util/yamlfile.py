@@ -38,6 +38,11 @@ def read_named(
     path = Path(name)
     shipped = ", ".join(shipped_names(folder))
     if path.suffix in (".yaml", ".yml") or path.is_file():
+        if path.is_dir():
+            raise error(
+                f"{kind} file {name} is a directory, not a file: give the path of a .yaml file "
+                f"or one of {shipped}."
+            )
         if not path.is_file():
             raise error(
                 f"{kind} file {name} does not exist: give the path of a .yaml file or one of "
