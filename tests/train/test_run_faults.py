@@ -366,3 +366,28 @@ def test_a_disk_that_fills_inside_a_checkpoint_write_is_one_line_and_exit_2(
     assert not list(out.glob(".*.tmp")) and RunDir(out).state() == "failed"
     assert main(["train", "--resume", str(out)]) == 0
     assert [row["epoch"] for row in RunDir(out).metrics()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "dangling link"])
+def test_an_unusable_data_root_or_out_dir_link_is_one_line_naming_it(
+    tmp_path: Path, capsys, case: str
+) -> None:
+    """issue 18, item 13: a data.root that is a file gave a bare "File exists: PATH" (and one
+    under a file "Not a directory: PATH"); an out_dir that is a dangling link "File exists"."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "run"
+    if case == "dangling link":
+        out.symlink_to(tmp_path / "gone")
+        argv = ["--preset", "quickstart", f"out_dir={out}", *SHORT]
+        expected = f"out_dir {out} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    else:
+        root = a_file if case == "file" else a_file / "cifar"
+        argv = ["--preset", "cifar10_wrn22_2", f"out_dir={out}", f"data.root={root}"]
+        argv.append("data.download=true")
+        expected = f"data.root={root} " + (
+            "is a file" if case == "file" else f"lies under {a_file}"
+        )
+    assert main(["train", *argv]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line, line

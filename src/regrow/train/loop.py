@@ -284,7 +284,7 @@ def build(
     settings = resolve_settings(t, context, device)
     # Data and model (at the width the method trains: Small-Dense solves its own).
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    data = load_dataset(d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed)
+    data = load_data(config)
     spec = get_model_spec(config.model.name)
 
     def make(width: float) -> nn.Module:
@@ -331,6 +331,26 @@ def build(
         total_steps=total_steps, samples_1x=samples_1x, settings=settings, step=step,
         init_masks=init_masks,
     )  # fmt: skip
+
+
+def load_data(config: RunConfig) -> DatasetSplits:
+    """The data set of ``config``; a ``data.root`` that is a file, or lies under one, is a
+    :class:`ConfigError` naming the key (not the bare "File exists" of the folder it made)."""
+    d = config.data
+    try:
+        return load_dataset(
+            d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed
+        )
+    except OSError:
+        root = Path(d.root)
+        blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is None:
+            raise
+        where = "is a file" if blocking == root else f"lies under {blocking}, which is a file"
+        raise ConfigError(
+            f"data.root={d.root} {where}, not a directory: point data.root at the folder that "
+            f"holds (or is to hold) the {d.name} data, or move the file away."
+        ) from None
 
 
 def resolve_settings(

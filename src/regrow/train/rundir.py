@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,16 +146,35 @@ class RunDir:
         return self.config_path
 
     def summary(self) -> dict[str, Any] | None:
-        """``summary.json``, or ``None`` if the run has none."""
-        if not self.summary_path.is_file():
-            return None
-        return json.loads(self.summary_path.read_text())
+        """``summary.json``, or ``None`` if the run has none; :class:`RunDirError` naming the file
+        if it is not a JSON object (damaged, cut short, or not regrow's)."""
+        return self._read_object(self.summary_path, "a resume writes it again from the checkpoint")
 
     def failure(self) -> dict[str, Any] | None:
-        """``failed.json``, or ``None`` if the run has not failed."""
-        if not self.failure_path.is_file():
+        """``failed.json``, or ``None`` if the run has not failed; :class:`RunDirError` naming
+        the file if it is not a JSON object."""
+        return self._read_object(self.failure_path, "a resume or a new start clears it")
+
+    @staticmethod
+    def _read_object(path: Path, after_delete: str) -> dict[str, Any] | None:
+        if not path.is_file():
             return None
-        return json.loads(self.failure_path.read_text())
+        what = "repair it, or delete it"
+        try:
+            data = json.loads(path.read_text(errors="replace"))
+        except json.JSONDecodeError as error:
+            raise RunDirError(
+                f"{path} is not valid JSON ({error.msg}, line {error.lineno}): {what} "
+                f"({after_delete})."
+            ) from None
+        except OSError as error:
+            raise RunDirError(f"cannot read {path}: {error.strerror or error}.") from None
+        if not isinstance(data, dict):
+            raise RunDirError(
+                f"{path} is not a JSON object (it holds a {type(data).__name__}): {what} "
+                f"({after_delete})."
+            )
+        return data
 
     def metric_rows(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl``, in order (a torn last line dropped, with a warning)."""
@@ -195,6 +215,11 @@ class RunDir:
         """Make the directory (and its parents); :class:`RunDirError` naming the path and what to
         do if it is a file, lies under a file, or cannot be made."""
         with self._writing(self.path):
+            if self.path.is_symlink() and not self.path.exists():
+                raise RunDirError(
+                    f"out_dir {self.path} is a symbolic link to {os.readlink(self.path)}, which "
+                    "does not exist: create that directory, or choose another out_dir."
+                )
             if self.path.exists() and not self.path.is_dir():
                 raise RunDirError(
                     f"out_dir {self.path} is a file, not a directory: choose another out_dir (or "
@@ -229,10 +254,17 @@ class RunDir:
 
     # ------------------------------------------------------------------- starting, resuming
     def check_can_start(self) -> None:
-        """Raise :class:`CheckpointError` if starting afresh here would overwrite a run."""
-        if self.has_checkpoint() or self.state() == DONE:
+        """Raise :class:`CheckpointError` if starting afresh here would overwrite a run (pointing
+        to ``--resume`` where there is something to continue)."""
+        state = self.state()
+        if state == DONE:
             raise CheckpointError(
-                f"{self.path} already holds a run ({self.state()}): continue it with "
+                f"{self.path} already holds a run, and it is finished (its results are in "
+                f"{self.summary_path}): choose another out_dir for a new run."
+            )
+        if self.has_checkpoint():
+            raise CheckpointError(
+                f"{self.path} already holds a run ({state}): continue it with "
                 f"`regrow train --resume {self.path}`, or choose another out_dir."
             )
 
