@@ -129,3 +129,26 @@ def test_every_config_key_has_a_description():
     assert found["out_dir"] == "the run directory"
     missing = [key for key, text in found.items() if not text.strip()]
     assert missing == []
+
+
+# ------------------------------------------------------------------- issue 18: 3, 7 and 8
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "train.epochs=1000000000000000000000000000000",
+            "train.epochs=1000000000000000000000000000000 is out of range: allowed values are "
+            "integers >= 1 and <= 100000",
+        ),
+        ("train.multiplier=1e30", "train.multiplier=1e+30 is out of range: allowed values are 0 <"),
+        ("train.multiplier=0.001", "train.epochs × train.multiplier"),
+    ],
+)
+def test_an_absurd_run_length_is_refused_with_the_allowed_range(override, expected):
+    """issue 18, item 7: train.epochs=1e30 (or a multiplier to match) trained on, step by step."""
+    with pytest.raises(ConfigError) as info:
+        load_config("quickstart", ["out_dir=x", override])
+    assert expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from regrow.cli import main
 from regrow.train import RunDir, load_config, train
 from tests.train.runs import (
     config,
@@ -134,3 +135,21 @@ def test_resume_with_a_changed_config_names_the_keys_that_differ(
     assert "seed: 0 saved, 3 now" in line and "train.lr: 0.05 saved, 0.1 now" in line
     assert [row["event"] for row in RunDir(run).provenance()] == ["start"]
     assert RunDir(run).state() == "partial"
+
+
+# ------------------------------------------------------------------------- issue 18: 2 and 7
+
+
+def test_a_deleted_metrics_file_is_named_on_resume(
+    tmp_path: Path, relative_partial_run, capsys
+) -> None:
+    """issue 18, item 7: the rows a deleted metrics.jsonl held are lost; the resume says so in one
+    warning naming the file and the passes, instead of going on silently."""
+    run = tmp_path / "run"
+    copy_tree(relative_partial_run, run)
+    (run / RunDir.METRICS).unlink()
+    assert main(["train", "--resume", str(run), "train.progress=false"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert str(run / RunDir.METRICS) in warnings[0] and "pass 0" in warnings[0], warnings
+    assert [row["epoch"] for row in RunDir(run).metrics()] == [1]

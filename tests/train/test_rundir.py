@@ -10,6 +10,7 @@ import pytest
 
 import regrow
 from regrow.cli import main
+from regrow.sparsity.schedules import PruningSchedule
 from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
 from regrow.train.config import to_yaml
 from regrow.train.rundir import RESUME_OVERRIDABLE, RunDirError, differing_keys
@@ -203,6 +204,16 @@ def test_train_flops_ratio_of_dense_ends_at_one(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------- issue 18: 7, 9 and 13
+
+
+def test_pruning_records_the_steps_it_pruned_between(tmp_path: Path) -> None:
+    """prune_begin/prune_end left null are scaled to the run: summary.json records the steps used
+    (issue 18, item 7), not null."""
+    summary = train(digits_config(tmp_path, "sparsity.method=pruning"))
+    schedule = PruningSchedule.for_run(summary["total_steps"], None, None, 10)
+    args = summary["method_args"]
+    assert (args["prune_begin"], args["prune_end"]) == (schedule.begin, schedule.end)
+    assert isinstance(args["prune_begin"], int) and args["prune_begin"] < args["prune_end"]
 
 
 @pytest.mark.parametrize(

@@ -276,12 +276,16 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
 
 
 INT_AT_LEAST_1 = (lambda v: v >= 1, "integers >= 1")
+#: The longest run ``train.epochs`` and ``train.multiplier`` may ask for: far beyond any paper's,
+#: short of a value that is a typo (``1e30``) and would train step by step for ever.
+MAX_EPOCHS = 100_000
+MAX_MULTIPLIER = 1000
 #: Value checks the types cannot make: key → (predicate, allowed values). ``None`` always passes.
 RANGES: dict[str, tuple[Any, str]] = {
     "sparsity.sparsity": (lambda v: 0 <= v < 1, "0 <= x < 1"),
     "model.width": (lambda v: v > 0, "x > 0 (the channel multiplier)"),
-    "train.epochs": INT_AT_LEAST_1,
-    "train.multiplier": (lambda v: v > 0, "x > 0"),
+    "train.epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"integers >= 1 and <= {MAX_EPOCHS}"),
+    "train.multiplier": (lambda v: 0 < v <= MAX_MULTIPLIER, f"0 < x <= {MAX_MULTIPLIER}"),
     "train.batch_size": INT_AT_LEAST_1,
     "train.lr": (lambda v: v > 0, "x > 0"),
     "train.momentum": (lambda v: 0 <= v < 1, "0 <= x < 1"),
@@ -332,6 +336,12 @@ def validate(config: RunConfig) -> None:
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
     t = config.train
+    if round(t.epochs * t.multiplier) < 1:
+        raise ConfigError(
+            f"train.epochs × train.multiplier = {t.epochs} × {t.multiplier} rounds to 0 epochs: "
+            "the run would take no step; allowed are values whose product is at least 0.5 (raise "
+            "train.multiplier or train.epochs)."
+        )
     if t.nesterov and t.momentum == 0:
         raise ConfigError(
             "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "

@@ -35,6 +35,7 @@ from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import Sparsifier
+from ..sparsity.schedules import PruningSchedule
 from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError
@@ -581,12 +582,23 @@ def save(run: Run, state: LoopState) -> Path:
     return run.run_dir.checkpoint_path
 
 
+def resolved_method_args(sparsifier: Sparsifier) -> dict[str, Any]:
+    """The method's arguments as the run used them: a pruning window left ``null`` (the paper's,
+    scaled to the run) recorded as the steps its schedule chose."""
+    args = sparsifier.args.as_dict()
+    schedule = getattr(sparsifier, "schedule", None)
+    if isinstance(schedule, PruningSchedule):
+        used = {"prune_begin": schedule.begin, "prune_end": schedule.end}
+        args |= {key: value for key, value in used.items() if args.get(key, 0) is None}
+    return args
+
+
 def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[str, Any]:
     """``summary.json``: every value that defines the run, then its results and provenance."""
     config, t, s = run.config, run.config.train, run.config.sparsity
     defining = {
         "method": s.method,
-        "method_args": run.sparsifier.args.as_dict(),
+        "method_args": resolved_method_args(run.sparsifier),
         "target_sparsity": s.sparsity,
         **{k: v for k, v in s.plan_keys().items() if k != "sparsity"},
         "layer_densities": run.sparsifier.plan.densities(),  # what the distribution resolved to

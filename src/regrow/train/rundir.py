@@ -317,6 +317,7 @@ class RunDir:
         to ``last_update``); clear an earlier failure; append a provenance row."""
         if resume:
             self.truncate_metrics(epoch, last_update)
+            self._warn_lost_metrics(epoch, last_update)
         else:
             text = config if isinstance(config, str) else to_yaml(config)
             with self._writing(self.config_path):
@@ -350,6 +351,25 @@ class RunDir:
         rows = [row for row in self.metric_rows() if seen(row)]
         if rows or self.metrics_path.exists():
             self._rewrite_rows(self.metrics_path, rows)
+
+    def _warn_lost_metrics(self, epoch: int, last_update: int | None) -> None:
+        """After a resume's cut: one warning naming ``metrics.jsonl`` if rows the checkpoint had
+        seen are gone (the file deleted, or edited) — they cannot be written again."""
+        rows = self.metric_rows()
+        passes = {row.get("epoch") for row in rows if "event" not in row}
+        lost = [f"pass {e}" for e in range(epoch) if e not in passes]
+        updates = {row.get("step") for row in rows if row.get("event") == MASK_UPDATE_EVENT}
+        if last_update is not None and last_update not in updates:
+            lost.append(f"the mask update at step {last_update}")
+        if not lost:
+            return
+        if len(lost) > 4:
+            lost = [*lost[:3], f"… ({len(lost)} rows in all)"]
+        state = "is missing" if not self.metrics_path.is_file() else "lacks rows"
+        _warn(
+            f"{self.metrics_path} {state}: the rows of {', '.join(lost)} are lost (the run "
+            "continues and logs from here; its checkpoint and summary are whole)."
+        )
 
     def record_failure(self, error: BaseException, **where: Any) -> None:
         """Write ``failed.json``: the error's type and message, and ``where`` (step, epoch)."""
