@@ -234,6 +234,41 @@ def _preset_layer(preset: str) -> tuple[Any, Any]:
     return layer, root
 
 
+#: Config keys that map layer names (``fc1.weight``, ``g0.b0.conv1.weight``) to values.
+LAYER_NAME_MAPPINGS = ("sparsity.custom_densities",)
+
+
+def _joined_layer_names(layer: Any) -> Any:
+    """``layer`` with the layer names under :data:`LAYER_NAME_MAPPINGS` whole again: OmegaConf
+    splits ``sparsity.custom_densities.fc1.weight=0.5`` at every dot into ``{fc1: {weight: 0.5}}``
+    (and keeps the quotes of ``"fc1.weight"`` on its two halves); the nested names are joined
+    with dots and a pair of surrounding quotes dropped, so all three spellings mean
+    ``{"fc1.weight": 0.5}``."""
+    tree = OmegaConf.to_container(layer, resolve=False)
+    changed = False
+    for key in LAYER_NAME_MAPPINGS:
+        section, _, leaf = key.rpartition(".")
+        parent = tree.get(section) if isinstance(tree, dict) else None
+        names = parent.get(leaf) if isinstance(parent, dict) else None
+        if isinstance(names, dict):
+            joined = _join_names(names)
+            changed = changed or joined != names
+            parent[leaf] = joined
+    return OmegaConf.create(tree) if changed else layer
+
+
+def _join_names(node: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
+    joined: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            joined.update(_join_names(value, f"{name}."))
+        else:
+            quoted = len(name) >= 2 and name[0] == name[-1] and name[0] in "\"'"
+            joined[name[1:-1] if quoted else name] = value
+    return joined
+
+
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the preset, then ``key=value`` overrides; validated.
 
@@ -243,14 +278,14 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     layers: list[tuple[Any, Source]] = []
     for name in (part.strip() for part in (preset or "").split(",") if part.strip()):
         layer, nodes = _preset_layer(name)
-        layers.append((layer, partial(in_preset, name, nodes)))
+        layers.append((_joined_layer_names(layer), partial(in_preset, name, nodes)))
     for item in overrides or []:
         if not item.split("=", 1)[0].strip() or "=" not in item:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
             )
         try:
-            layers.append((OmegaConf.from_dotlist([item]), in_override))
+            layers.append((_joined_layer_names(OmegaConf.from_dotlist([item])), in_override))
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
             reason = getattr(error, "problem", None) or str(error).splitlines()[0]
             raise ConfigError(
