@@ -137,6 +137,18 @@ def test_every_config_key_has_a_description():
 # ------------------------------------------------------------------- issue 18: 3, 7 and 8
 
 
+def test_the_quickstart_preset_names_no_run_directory(tmp_path, monkeypatch, capsys):
+    """A run needs its own out_dir: the quickstart preset does not default to runs/quickstart, the
+    directory of the quickstart study (issue 18, item 3)."""
+    with pytest.raises(ConfigError, match="out_dir is not set"):
+        load_config("quickstart", [])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "quickstart", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("regrow train: error: out_dir is not set"), err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

@@ -298,8 +298,11 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
             raise type_error(error, layer, source, RunConfig, RANGES) from None
-    if OmegaConf.is_missing(merged, "out_dir"):
-        raise ConfigError("out_dir is not set: give the run directory, e.g. out_dir=runs/rigl_s0.")
+    # A missing out_dir is named after the other values are checked (a preset names none: each
+    # run needs a directory of its own).
+    no_out_dir = OmegaConf.is_missing(merged, "out_dir")
+    if no_out_dir:
+        merged.out_dir = ""
     try:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:  # an interpolation (${...}) that does not resolve
@@ -307,6 +310,11 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         raise ConfigError(f"config: {text}.") from None
     assert isinstance(config, RunConfig)
     validate(config)
+    if no_out_dir:
+        raise ConfigError(
+            "out_dir is not set: give the run directory, a new one for each run, e.g. "
+            "out_dir=runs/rigl_s0."
+        )
     return config
 
 
