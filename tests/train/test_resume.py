@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,32 @@ def test_resume_with_a_changed_config_names_the_keys_that_differ(
 
 
 # ------------------------------------------------------------------------- issue 18: 2 and 7
+
+
+def test_a_relative_data_root_is_recorded_absolute_and_may_move_on_resume(
+    cifar_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """issue 18, item 2: ``data.root=data`` is resolved when the run starts and saved absolute,
+    so the run resumes from any working directory; where the data moved, ``data.root`` may be
+    given again on resume (it says where the data set lives, not which one it is)."""
+    start = tmp_path / "start"
+    shutil.copytree(cifar_root, start / "data")
+    monkeypatch.chdir(start)
+    argv = ["train", "--preset", "cifar10_wrn22_2", "train.epochs=2", "sparsity.args.delta_t=3"]
+    argv += [*tiny_cifar_overrides(Path("data")), "out_dir=run", "train.progress=false"]
+    assert main([*argv, "train.stop_at_step=4"]) == 0
+    run = start / "run"
+    assert load_config(str(run / RunDir.CONFIG)).data.root == str(start / "data")
+    copy_tree(run, tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(tmp_path / "copy")]) == 0
+    moved = tmp_path / "moved"
+    (start / "data").rename(moved)
+    assert main(["train", "--resume", str(run), f"data.root={moved}"]) == 0
+    assert RunDir(run).summary()["steps"] == RunDir(tmp_path / "copy").summary()["steps"] == 10
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_deleted_metrics_file_is_named_on_resume(

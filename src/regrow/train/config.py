@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -430,6 +431,26 @@ def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
             f"sparsity.init_masks is set, but sparsity.method={s.method} {why}: start from masks "
             f"with a method that starts sparse ({', '.join(sparse_start_methods())})."
         )
+
+
+#: Config keys that hold a path: resolved once, when a run starts, and saved absolute
+#: (:func:`with_absolute_paths`), so a resume from another working directory reads the same files.
+PATH_KEYS = ("data.root", "sparsity.init_masks")
+
+
+def absolute_path(value: str) -> str:
+    """``value`` (``~`` expanded) as an absolute path against the working directory; the path
+    itself, not where its links lead."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with each key of :data:`PATH_KEYS` an absolute path (``None`` stays ``None``)."""
+    data, sparsity = config.data, config.sparsity
+    if sparsity.init_masks is not None:
+        sparsity = dataclasses.replace(sparsity, init_masks=absolute_path(sparsity.init_masks))
+    data = dataclasses.replace(data, root=absolute_path(data.root))
+    return dataclasses.replace(config, data=data, sparsity=sparsity)
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -39,7 +39,7 @@ from ..sparsity.schedules import PruningSchedule
 from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import ConfigError, RunConfig, TrainConfig, to_yaml
+from .config import ConfigError, RunConfig, TrainConfig, to_yaml, with_absolute_paths
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
 from .optim import build_optimizer, lr_schedule
@@ -194,6 +194,7 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     Launched by ``torchrun`` with several processes it trains data-parallel (``train.batch_size``
     per rank; rank 0 holds the lock and writes the run directory)."""
+    config = with_absolute_paths(config)  # resolved once, as the run starts: saved absolute
     context, device = distributed.setup(select_device(config.train.device))
     try:
         run_dir = RunDir(config.out_dir)
@@ -384,6 +385,8 @@ def restore(run: Run, saved: dict[str, Any]) -> LoopState:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sparsifier.load_state_dict(saved["sparsifier"])
     run.flops.load_state_dict(saved["flops"])
+    if saved.get("init_masks"):  # where the masks came from, as recorded when the run started
+        run.init_masks = saved["init_masks"]
     if run.settings.compile:  # the loaded groups hold the saved learning rates
         tensor_learning_rates_(run.optimizer, run.device)
     if len(saved["rng"]) == run.context.world_size:  # else a new world size: fresh dropout RNG
@@ -577,6 +580,7 @@ def save(run: Run, state: LoopState) -> Path:
                 "flops": run.flops.state_dict(),
                 "rng": rng,
                 "position": {**state.position(), "global_batch": run.global_batch},
+                "init_masks": run.init_masks,
             }
         )
     return run.run_dir.checkpoint_path

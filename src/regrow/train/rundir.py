@@ -25,7 +25,7 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .config import RunConfig, to_yaml
+from .config import PATH_KEYS, RunConfig, absolute_path, to_yaml
 from .runlock import RunDirError, RunLock, now
 from .runlock import RunLockedError as RunLockedError
 
@@ -36,10 +36,11 @@ MASK_UPDATE_EVENT = "mask_update"
 
 
 #: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
-#: (with train.batch_size × processes kept equal, which the loop checks).
+#: (with train.batch_size × processes kept equal, which the loop checks), and ``data.root``, where
+#: the data set lives now (``data.name`` says which one it is).
 RESUME_OVERRIDABLE = (
     "train.batch_size", "train.device", "train.progress", "train.tensorboard", "train.compile",
-    "train.compile_mode", "train.sgd_implementation", "train.cudnn_benchmark",
+    "train.compile_mode", "train.sgd_implementation", "train.cudnn_benchmark", "data.root",
 )  # fmt: skip
 
 #: Keys that never make two configurations different runs: ``out_dir`` only says where the run
@@ -65,10 +66,20 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _paths_absolute(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with each path of :data:`PATH_KEYS` absolute: a run saves them absolute, and a
+    relative one given now means the same file when it resolves to the same path here."""
+    return {
+        k: absolute_path(v) if k in PATH_KEYS and isinstance(v, str) else v for k, v in flat.items()
+    }
+
+
 def differing_keys(saved: RunConfig | str, given: RunConfig | str) -> dict[str, tuple[Any, Any]]:
     """Dotted key → (saved value, given value) for every key that differs between two configs,
-    the keys of :data:`NOT_IDENTITY` left out (``None`` for a key one of them lacks)."""
-    a, b = _flatten(_as_dict(saved)), _flatten(_as_dict(given))
+    the keys of :data:`NOT_IDENTITY` left out (``None`` for a key one of them lacks); paths
+    (:data:`PATH_KEYS`) compared as absolute paths."""
+    a = _paths_absolute(_flatten(_as_dict(saved)))
+    b = _paths_absolute(_flatten(_as_dict(given)))
     keys = sorted((a.keys() | b.keys()) - set(NOT_IDENTITY))
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k, ...) != b.get(k, ...)}
 
@@ -132,7 +143,8 @@ class RunDir:
         """``done``, and by exactly ``config`` (as saved in ``config.yaml``; ``out_dir`` aside)."""
         if self.state() != DONE or not self.config_path.is_file():
             return False
-        saved, given = _as_dict(self.config_path.read_text()), _as_dict(config)
+        saved = _paths_absolute(_flatten(_as_dict(self.config_path.read_text())))
+        given = _paths_absolute(_flatten(_as_dict(config)))
         saved.pop("out_dir", None)
         given.pop("out_dir", None)
         return saved == given
