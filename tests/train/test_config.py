@@ -3,8 +3,11 @@ errors in the config's own words, preset files named by file and line, a descrip
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from regrow.cli import main
 from regrow.train import ConfigError, load_config
 from regrow.train.config import RANGES, descriptions
 
@@ -129,3 +132,66 @@ def test_every_config_key_has_a_description():
     assert found["out_dir"] == "the run directory"
     missing = [key for key, text in found.items() if not text.strip()]
     assert missing == []
+
+
+# ------------------------------------------------------------------- issue 18: 3, 7 and 8
+
+
+def test_the_quickstart_preset_names_no_run_directory(tmp_path, monkeypatch, capsys):
+    """A run needs its own out_dir: the quickstart preset does not default to runs/quickstart, the
+    directory of the quickstart study (issue 18, item 3)."""
+    with pytest.raises(ConfigError, match="out_dir is not set"):
+        load_config("quickstart", [])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "quickstart", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("regrow train: error: out_dir is not set"), err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "train.epochs=1000000000000000000000000000000",
+            "train.epochs=1000000000000000000000000000000 is out of range: allowed values are "
+            "integers >= 1 and <= 100000",
+        ),
+        ("train.multiplier=1e30", "train.multiplier=1e+30 is out of range: allowed values are 0 <"),
+        ("train.multiplier=0.001", "train.epochs × train.multiplier"),
+    ],
+)
+def test_an_absurd_run_length_is_refused_with_the_allowed_range(override, expected):
+    """issue 18, item 7: train.epochs=1e30 (or a multiplier to match) trained on, step by step."""
+    with pytest.raises(ConfigError) as info:
+        load_config("quickstart", ["out_dir=x", override])
+    assert expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "sparsity.custom_densities.fc1.weight=0.5",
+        'sparsity.custom_densities."fc1.weight"=0.5',
+        "sparsity.custom_densities={fc1.weight: 0.5}",
+    ],
+)
+def test_a_dotted_layer_name_in_custom_densities_is_one_name(override, tmp_path, capsys):
+    """issue 18, item 8: OmegaConf splits ``fc1.weight`` at its dot; the config joins it back,
+    so train, flops and sweep take README's command line."""
+    config = load_config("quickstart", ["out_dir=x", override])
+    assert config.sparsity.custom_densities == {"fc1.weight": 0.5}
+    assert main(["flops", "--preset", "quickstart", "--json", override]) == 0
+    assert json.loads(capsys.readouterr().out)["inference_flops"] > 0
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "quickstart", f"out_dir={out}", "train.epochs=1", override]
+    assert main([*argv, "sparsity.method=static", "train.progress=false"]) == 0
+    assert json.loads((out / "summary.json").read_text())["custom_densities"] == {"fc1.weight": 0.5}
+
+
+def test_a_bad_dotted_custom_density_is_one_line_naming_it():
+    with pytest.raises(ConfigError) as info:
+        load_config("quickstart", ["out_dir=x", "sparsity.custom_densities.fc1.weight=abc"])
+    message = str(info.value)
+    assert "fc1.weight" in message and "is not a mapping of names to numbers" in message, message

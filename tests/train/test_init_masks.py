@@ -309,3 +309,20 @@ def test_start_from_masks_installs_weights_and_zeroes_optimizer_state() -> None:
     with pytest.raises(ValueError, match="step 0"):
         target.step_count = 1
         target.start_from_masks(source.masks)
+
+
+def test_a_relative_init_masks_is_recorded_absolute_and_resumes_from_elsewhere(
+    pruning_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """issue 18, item 2: a relative ``sparsity.init_masks`` was re-resolved against the working
+    directory of a resume, recording a wrong source and ``source_method: null``."""
+    monkeypatch.chdir(pruning_run.parent)
+    out = tmp_path / "lottery"
+    argv = ["train", "--preset", "quickstart", *QUICK, "sparsity.method=static"]
+    argv += [f"sparsity.init_masks={pruning_run.name}", f"out_dir={out}"]
+    assert main([*argv, "train.stop_at_step=1"]) == 0
+    assert load_config(str(out / "config.yaml")).sparsity.init_masks == str(pruning_run.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(out)]) == 0
+    entry = json.loads((out / "summary.json").read_text())["init_masks"]
+    assert entry["source"] == str(pruning_run.resolve()) and entry["source_method"] == "pruning"

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from regrow.cli import main
 from regrow.train import RunDir, load_config, train
 from tests.train.runs import (
     config,
@@ -134,3 +136,47 @@ def test_resume_with_a_changed_config_names_the_keys_that_differ(
     assert "seed: 0 saved, 3 now" in line and "train.lr: 0.05 saved, 0.1 now" in line
     assert [row["event"] for row in RunDir(run).provenance()] == ["start"]
     assert RunDir(run).state() == "partial"
+
+
+# ------------------------------------------------------------------------- issue 18: 2 and 7
+
+
+def test_a_relative_data_root_is_recorded_absolute_and_may_move_on_resume(
+    cifar_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """issue 18, item 2: ``data.root=data`` is resolved when the run starts and saved absolute,
+    so the run resumes from any working directory; where the data moved, ``data.root`` may be
+    given again on resume (it says where the data set lives, not which one it is)."""
+    start = tmp_path / "start"
+    shutil.copytree(cifar_root, start / "data")
+    monkeypatch.chdir(start)
+    argv = ["train", "--preset", "cifar10_wrn22_2", "train.epochs=2", "sparsity.args.delta_t=3"]
+    argv += [*tiny_cifar_overrides(Path("data")), "out_dir=run", "train.progress=false"]
+    assert main([*argv, "train.stop_at_step=4"]) == 0
+    run = start / "run"
+    assert load_config(str(run / RunDir.CONFIG)).data.root == str(start / "data")
+    copy_tree(run, tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(tmp_path / "copy")]) == 0
+    moved = tmp_path / "moved"
+    (start / "data").rename(moved)
+    assert main(["train", "--resume", str(run), f"data.root={moved}"]) == 0
+    assert RunDir(run).summary()["steps"] == RunDir(tmp_path / "copy").summary()["steps"] == 10
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_deleted_metrics_file_is_named_on_resume(
+    tmp_path: Path, relative_partial_run, capsys
+) -> None:
+    """issue 18, item 7: the rows a deleted metrics.jsonl held are lost; the resume says so in one
+    warning naming the file and the passes, instead of going on silently."""
+    run = tmp_path / "run"
+    copy_tree(relative_partial_run, run)
+    (run / RunDir.METRICS).unlink()
+    assert main(["train", "--resume", str(run), "train.progress=false"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert str(run / RunDir.METRICS) in warnings[0] and "pass 0" in warnings[0], warnings
+    assert [row["epoch"] for row in RunDir(run).metrics()] == [1]

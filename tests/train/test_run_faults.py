@@ -9,6 +9,7 @@ a changed config are tests/train/test_resume.py.) CLI cases run
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import platform
@@ -318,3 +319,75 @@ def test_run_directory_files_follow_the_umask(logged_run, tmp_path: Path) -> Non
 
 def test_run_dir_errors_exit_2_through_the_harness_mapping() -> None:
     assert issubclass(RunDirError, ValueError) and RunDirError.exit_code == 2
+
+
+# ------------------------------------------------------------------------ issue 18: 10 and 13
+
+
+class FillingDisk(io.RawIOBase):
+    """A file whose disk fills after ``room`` bytes: ``write`` raises ENOSPC from then on."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.handle.write(data)
+
+
+def test_a_disk_that_fills_inside_a_checkpoint_write_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """issue 18, item 10: ENOSPC partway through torch.save's writes reached the user as torch's
+    RuntimeError, a traceback and exit 1; it is the full-disk line, exit 2, the last good
+    checkpoint kept, and the run resumes once there is space."""
+    out = tmp_path / "run"
+    real_save, saves = torch.save, {"n": 0}
+
+    def save(obj, handle, *args, **kwargs):
+        saves["n"] += 1
+        target = FillingDisk(handle, room=4096) if saves["n"] == 2 else handle
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["--preset", "quickstart", f"out_dir={out}", *SHORT, "train.epochs=3"]
+    assert main(["train", *argv, "train.progress=false", "train.checkpoint_every=1"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot write {out / RunDir.CHECKPOINT}: No space left on device" in line, line
+    assert f"the last good checkpoint {out / RunDir.CHECKPOINT} is kept" in line, line
+    monkeypatch.setattr(torch, "save", real_save)
+    kept = torch.load(out / RunDir.CHECKPOINT, weights_only=False)
+    assert (kept["position"]["epoch"], kept["position"]["batch"]) == (1, 0)
+    assert not list(out.glob(".*.tmp")) and RunDir(out).state() == "failed"
+    assert main(["train", "--resume", str(out)]) == 0
+    assert [row["epoch"] for row in RunDir(out).metrics()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "dangling link"])
+def test_an_unusable_data_root_or_out_dir_link_is_one_line_naming_it(
+    tmp_path: Path, capsys, case: str
+) -> None:
+    """issue 18, item 13: a data.root that is a file gave a bare "File exists: PATH" (and one
+    under a file "Not a directory: PATH"); an out_dir that is a dangling link "File exists"."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "run"
+    if case == "dangling link":
+        out.symlink_to(tmp_path / "gone")
+        argv = ["--preset", "quickstart", f"out_dir={out}", *SHORT]
+        expected = f"out_dir {out} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    else:
+        root = a_file if case == "file" else a_file / "cifar"
+        argv = ["--preset", "cifar10_wrn22_2", f"out_dir={out}", f"data.root={root}"]
+        argv.append("data.download=true")
+        expected = f"data.root={root} " + (
+            "is a file" if case == "file" else f"lies under {a_file}"
+        )
+    assert main(["train", *argv]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line, line

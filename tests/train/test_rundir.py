@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 import regrow
+from regrow.cli import main
+from regrow.sparsity.schedules import PruningSchedule
 from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
 from regrow.train.config import to_yaml
 from regrow.train.rundir import RESUME_OVERRIDABLE, RunDirError, differing_keys
-from tests.train.runs import digits_config
+from tests.train.runs import SHORT, config, digits_config, one_error_line
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
@@ -199,3 +201,57 @@ def test_train_flops_ratio_of_dense_ends_at_one(tmp_path: Path) -> None:
     summary = train(digits_config(tmp_path, "sparsity.method=dense", "train.epochs=1"))
     (row,) = RunDir(tmp_path).metrics()
     assert row["train_flops_ratio"] == summary["train_flops_ratio"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------- issue 18: 7, 9 and 13
+
+
+def test_pruning_records_the_steps_it_pruned_between(tmp_path: Path) -> None:
+    """prune_begin/prune_end left null are scaled to the run: summary.json records the steps used
+    (issue 18, item 7), not null."""
+    summary = train(digits_config(tmp_path, "sparsity.method=pruning"))
+    schedule = PruningSchedule.for_run(summary["total_steps"], None, None, 10)
+    args = summary["method_args"]
+    assert (args["prune_begin"], args["prune_end"]) == (schedule.begin, schedule.end)
+    assert isinstance(args["prune_begin"], int) and args["prune_begin"] < args["prune_end"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[1, 2]\n", "is not a JSON object"), ('{"status": "fini', "is not valid JSON")],
+)
+def test_a_damaged_summary_is_one_line_naming_the_file(
+    tmp_path: Path, capsys, text: str, expected: str
+) -> None:
+    """issue 18, item 9: a summary.json that holds a list, or is cut short, was an AttributeError
+    or a JSON error naming no file; it is a RunDirError naming the file (report and sweep rely
+    on it), and a resume says so in one line."""
+    run = tmp_path / "run"
+    assert train(digits_config(run, "train.stop_at_step=10"))["status"] == "stopped"
+    (run / RunDir.SUMMARY).write_text(text)
+    capsys.readouterr()
+    for read in (RunDir(run).summary, RunDir(run).state):
+        with pytest.raises(RunDirError) as info:
+            read()
+        assert str(run / RunDir.SUMMARY) in str(info.value) and expected in str(info.value)
+    assert main(["train", "--resume", str(run)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(run / RunDir.SUMMARY) in line and expected in line, line
+
+
+def test_starting_over_a_finished_run_does_not_suggest_resuming_it(tmp_path: Path, capsys):
+    """issue 18, item 13: a finished run was told to "continue it with --resume"."""
+    run = tmp_path / "run"
+    train(config(run))
+    capsys.readouterr()
+    argv = ["train", "--preset", "quickstart", f"out_dir={run}", *SHORT]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--resume" not in line and "continue" not in line, line
+    assert f"{run} already holds a run, and it is finished" in line, line
+    assert "choose another out_dir" in line
+    partial = tmp_path / "partial"
+    train(config(partial, "train.stop_at_step=10"))
+    capsys.readouterr()
+    assert main(["train", "--preset", "quickstart", f"out_dir={partial}", *SHORT]) == 2
+    assert f"regrow train --resume {partial}" in one_error_line(capsys.readouterr().err)

@@ -89,7 +89,32 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    """Write ``state`` to ``path`` atomically. An operating-system error inside ``torch.save``
+    (a full disk partway through) is raised as that :class:`OSError`, not as the
+    ``RuntimeError`` torch's writer wraps it in, so the caller can say what to do."""
+
+    def write(handle: Any) -> None:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as error:
+            cause = _os_error_within(error)
+            if cause is None:
+                raise
+            raise cause from None
+
+    atomic_write(path, write)
+
+
+def _os_error_within(error: BaseException) -> OSError | None:
+    """The :class:`OSError` ``error`` was raised while handling (or from), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -234,6 +235,41 @@ def _preset_layer(preset: str) -> tuple[Any, Any]:
     return layer, root
 
 
+#: Config keys that map layer names (``fc1.weight``, ``g0.b0.conv1.weight``) to values.
+LAYER_NAME_MAPPINGS = ("sparsity.custom_densities",)
+
+
+def _joined_layer_names(layer: Any) -> Any:
+    """``layer`` with the layer names under :data:`LAYER_NAME_MAPPINGS` whole again: OmegaConf
+    splits ``sparsity.custom_densities.fc1.weight=0.5`` at every dot into ``{fc1: {weight: 0.5}}``
+    (and keeps the quotes of ``"fc1.weight"`` on its two halves); the nested names are joined
+    with dots and a pair of surrounding quotes dropped, so all three spellings mean
+    ``{"fc1.weight": 0.5}``."""
+    tree = OmegaConf.to_container(layer, resolve=False)
+    changed = False
+    for key in LAYER_NAME_MAPPINGS:
+        section, _, leaf = key.rpartition(".")
+        parent = tree.get(section) if isinstance(tree, dict) else None
+        names = parent.get(leaf) if isinstance(parent, dict) else None
+        if isinstance(names, dict):
+            joined = _join_names(names)
+            changed = changed or joined != names
+            parent[leaf] = joined
+    return OmegaConf.create(tree) if changed else layer
+
+
+def _join_names(node: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
+    joined: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            joined.update(_join_names(value, f"{name}."))
+        else:
+            quoted = len(name) >= 2 and name[0] == name[-1] and name[0] in "\"'"
+            joined[name[1:-1] if quoted else name] = value
+    return joined
+
+
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the preset, then ``key=value`` overrides; validated.
 
@@ -243,14 +279,14 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     layers: list[tuple[Any, Source]] = []
     for name in (part.strip() for part in (preset or "").split(",") if part.strip()):
         layer, nodes = _preset_layer(name)
-        layers.append((layer, partial(in_preset, name, nodes)))
+        layers.append((_joined_layer_names(layer), partial(in_preset, name, nodes)))
     for item in overrides or []:
         if not item.split("=", 1)[0].strip() or "=" not in item:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. sparsity.method=set)."
             )
         try:
-            layers.append((OmegaConf.from_dotlist([item]), in_override))
+            layers.append((_joined_layer_names(OmegaConf.from_dotlist([item])), in_override))
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
             reason = getattr(error, "problem", None) or str(error).splitlines()[0]
             raise ConfigError(
@@ -263,8 +299,11 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
             raise type_error(error, layer, source, RunConfig, RANGES) from None
-    if OmegaConf.is_missing(merged, "out_dir"):
-        raise ConfigError("out_dir is not set: give the run directory, e.g. out_dir=runs/rigl_s0.")
+    # A missing out_dir is named after the other values are checked (a preset names none: each
+    # run needs a directory of its own).
+    no_out_dir = OmegaConf.is_missing(merged, "out_dir")
+    if no_out_dir:
+        merged.out_dir = ""
     try:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:  # an interpolation (${...}) that does not resolve
@@ -272,16 +311,25 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         raise ConfigError(f"config: {text}.") from None
     assert isinstance(config, RunConfig)
     validate(config)
+    if no_out_dir:
+        raise ConfigError(
+            "out_dir is not set: give the run directory, a new one for each run, e.g. "
+            "out_dir=runs/rigl_s0."
+        )
     return config
 
 
 INT_AT_LEAST_1 = (lambda v: v >= 1, "integers >= 1")
+#: The longest run ``train.epochs`` and ``train.multiplier`` may ask for: far beyond any paper's,
+#: short of a value that is a typo (``1e30``) and would train step by step for ever.
+MAX_EPOCHS = 100_000
+MAX_MULTIPLIER = 1000
 #: Value checks the types cannot make: key → (predicate, allowed values). ``None`` always passes.
 RANGES: dict[str, tuple[Any, str]] = {
     "sparsity.sparsity": (lambda v: 0 <= v < 1, "0 <= x < 1"),
     "model.width": (lambda v: v > 0, "x > 0 (the channel multiplier)"),
-    "train.epochs": INT_AT_LEAST_1,
-    "train.multiplier": (lambda v: v > 0, "x > 0"),
+    "train.epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"integers >= 1 and <= {MAX_EPOCHS}"),
+    "train.multiplier": (lambda v: 0 < v <= MAX_MULTIPLIER, f"0 < x <= {MAX_MULTIPLIER}"),
     "train.batch_size": INT_AT_LEAST_1,
     "train.lr": (lambda v: v > 0, "x > 0"),
     "train.momentum": (lambda v: 0 <= v < 1, "0 <= x < 1"),
@@ -332,6 +380,12 @@ def validate(config: RunConfig) -> None:
         if value is not None and not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: allowed values are {allowed}.")
     t = config.train
+    if round(t.epochs * t.multiplier) < 1:
+        raise ConfigError(
+            f"train.epochs × train.multiplier = {t.epochs} × {t.multiplier} rounds to 0 epochs: "
+            "the run would take no step; allowed are values whose product is at least 0.5 (raise "
+            "train.multiplier or train.epochs)."
+        )
     if t.nesterov and t.momentum == 0:
         raise ConfigError(
             "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "
@@ -377,6 +431,26 @@ def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
             f"sparsity.init_masks is set, but sparsity.method={s.method} {why}: start from masks "
             f"with a method that starts sparse ({', '.join(sparse_start_methods())})."
         )
+
+
+#: Config keys that hold a path: resolved once, when a run starts, and saved absolute
+#: (:func:`with_absolute_paths`), so a resume from another working directory reads the same files.
+PATH_KEYS = ("data.root", "sparsity.init_masks")
+
+
+def absolute_path(value: str) -> str:
+    """``value`` (``~`` expanded) as an absolute path against the working directory; the path
+    itself, not where its links lead."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with each key of :data:`PATH_KEYS` an absolute path (``None`` stays ``None``)."""
+    data, sparsity = config.data, config.sparsity
+    if sparsity.init_masks is not None:
+        sparsity = dataclasses.replace(sparsity, init_masks=absolute_path(sparsity.init_masks))
+    data = dataclasses.replace(data, root=absolute_path(data.root))
+    return dataclasses.replace(config, data=data, sparsity=sparsity)
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -35,10 +35,11 @@ from ..data import DatasetSplits, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import Sparsifier
+from ..sparsity.schedules import PruningSchedule
 from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import ConfigError, RunConfig, TrainConfig, to_yaml
+from .config import ConfigError, RunConfig, TrainConfig, to_yaml, with_absolute_paths
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
 from .optim import build_optimizer, lr_schedule
@@ -193,6 +194,7 @@ def train(config: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     Launched by ``torchrun`` with several processes it trains data-parallel (``train.batch_size``
     per rank; rank 0 holds the lock and writes the run directory)."""
+    config = with_absolute_paths(config)  # resolved once, as the run starts: saved absolute
     context, device = distributed.setup(select_device(config.train.device))
     try:
         run_dir = RunDir(config.out_dir)
@@ -284,7 +286,7 @@ def build(
     settings = resolve_settings(t, context, device)
     # Data and model (at the width the method trains: Small-Dense solves its own).
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    data = load_dataset(d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed)
+    data = load_data(config)
     spec = get_model_spec(config.model.name)
 
     def make(width: float) -> nn.Module:
@@ -333,6 +335,26 @@ def build(
     )  # fmt: skip
 
 
+def load_data(config: RunConfig) -> DatasetSplits:
+    """The data set of ``config``; a ``data.root`` that is a file, or lies under one, is a
+    :class:`ConfigError` naming the key (not the bare "File exists" of the folder it made)."""
+    d = config.data
+    try:
+        return load_dataset(
+            d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed
+        )
+    except OSError:
+        root = Path(d.root)
+        blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is None:
+            raise
+        where = "is a file" if blocking == root else f"lies under {blocking}, which is a file"
+        raise ConfigError(
+            f"data.root={d.root} {where}, not a directory: point data.root at the folder that "
+            f"holds (or is to hold) the {d.name} data, or move the file away."
+        ) from None
+
+
 def resolve_settings(
     t: TrainConfig, context: distributed.Context, device: torch.device
 ) -> Settings:
@@ -363,6 +385,8 @@ def restore(run: Run, saved: dict[str, Any]) -> LoopState:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sparsifier.load_state_dict(saved["sparsifier"])
     run.flops.load_state_dict(saved["flops"])
+    if saved.get("init_masks"):  # where the masks came from, as recorded when the run started
+        run.init_masks = saved["init_masks"]
     if run.settings.compile:  # the loaded groups hold the saved learning rates
         tensor_learning_rates_(run.optimizer, run.device)
     if len(saved["rng"]) == run.context.world_size:  # else a new world size: fresh dropout RNG
@@ -556,9 +580,21 @@ def save(run: Run, state: LoopState) -> Path:
                 "flops": run.flops.state_dict(),
                 "rng": rng,
                 "position": {**state.position(), "global_batch": run.global_batch},
+                "init_masks": run.init_masks,
             }
         )
     return run.run_dir.checkpoint_path
+
+
+def resolved_method_args(sparsifier: Sparsifier) -> dict[str, Any]:
+    """The method's arguments as the run used them: a pruning window left ``null`` (the paper's,
+    scaled to the run) recorded as the steps its schedule chose."""
+    args = sparsifier.args.as_dict()
+    schedule = getattr(sparsifier, "schedule", None)
+    if isinstance(schedule, PruningSchedule):
+        used = {"prune_begin": schedule.begin, "prune_end": schedule.end}
+        args |= {key: value for key, value in used.items() if args.get(key, 0) is None}
+    return args
 
 
 def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[str, Any]:
@@ -566,7 +602,7 @@ def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[
     config, t, s = run.config, run.config.train, run.config.sparsity
     defining = {
         "method": s.method,
-        "method_args": run.sparsifier.args.as_dict(),
+        "method_args": resolved_method_args(run.sparsifier),
         "target_sparsity": s.sparsity,
         **{k: v for k, v in s.plan_keys().items() if k != "sparsity"},
         "layer_densities": run.sparsifier.plan.densities(),  # what the distribution resolved to

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .config import RunConfig, to_yaml
+from .config import PATH_KEYS, RunConfig, absolute_path, to_yaml
 from .runlock import RunDirError, RunLock, now
 from .runlock import RunLockedError as RunLockedError
 
@@ -35,10 +36,11 @@ MASK_UPDATE_EVENT = "mask_update"
 
 
 #: Keys a resumed run may change: how the same run is laid out on hardware, not what it computes
-#: (with train.batch_size × processes kept equal, which the loop checks).
+#: (with train.batch_size × processes kept equal, which the loop checks), and ``data.root``, where
+#: the data set lives now (``data.name`` says which one it is).
 RESUME_OVERRIDABLE = (
     "train.batch_size", "train.device", "train.progress", "train.tensorboard", "train.compile",
-    "train.compile_mode", "train.sgd_implementation", "train.cudnn_benchmark",
+    "train.compile_mode", "train.sgd_implementation", "train.cudnn_benchmark", "data.root",
 )  # fmt: skip
 
 #: Keys that never make two configurations different runs: ``out_dir`` only says where the run
@@ -64,10 +66,20 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _paths_absolute(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with each path of :data:`PATH_KEYS` absolute: a run saves them absolute, and a
+    relative one given now means the same file when it resolves to the same path here."""
+    return {
+        k: absolute_path(v) if k in PATH_KEYS and isinstance(v, str) else v for k, v in flat.items()
+    }
+
+
 def differing_keys(saved: RunConfig | str, given: RunConfig | str) -> dict[str, tuple[Any, Any]]:
     """Dotted key → (saved value, given value) for every key that differs between two configs,
-    the keys of :data:`NOT_IDENTITY` left out (``None`` for a key one of them lacks)."""
-    a, b = _flatten(_as_dict(saved)), _flatten(_as_dict(given))
+    the keys of :data:`NOT_IDENTITY` left out (``None`` for a key one of them lacks); paths
+    (:data:`PATH_KEYS`) compared as absolute paths."""
+    a = _paths_absolute(_flatten(_as_dict(saved)))
+    b = _paths_absolute(_flatten(_as_dict(given)))
     keys = sorted((a.keys() | b.keys()) - set(NOT_IDENTITY))
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k, ...) != b.get(k, ...)}
 
@@ -131,7 +143,8 @@ class RunDir:
         """``done``, and by exactly ``config`` (as saved in ``config.yaml``; ``out_dir`` aside)."""
         if self.state() != DONE or not self.config_path.is_file():
             return False
-        saved, given = _as_dict(self.config_path.read_text()), _as_dict(config)
+        saved = _paths_absolute(_flatten(_as_dict(self.config_path.read_text())))
+        given = _paths_absolute(_flatten(_as_dict(config)))
         saved.pop("out_dir", None)
         given.pop("out_dir", None)
         return saved == given
@@ -145,16 +158,35 @@ class RunDir:
         return self.config_path
 
     def summary(self) -> dict[str, Any] | None:
-        """``summary.json``, or ``None`` if the run has none."""
-        if not self.summary_path.is_file():
-            return None
-        return json.loads(self.summary_path.read_text())
+        """``summary.json``, or ``None`` if the run has none; :class:`RunDirError` naming the file
+        if it is not a JSON object (damaged, cut short, or not regrow's)."""
+        return self._read_object(self.summary_path, "a resume writes it again from the checkpoint")
 
     def failure(self) -> dict[str, Any] | None:
-        """``failed.json``, or ``None`` if the run has not failed."""
-        if not self.failure_path.is_file():
+        """``failed.json``, or ``None`` if the run has not failed; :class:`RunDirError` naming
+        the file if it is not a JSON object."""
+        return self._read_object(self.failure_path, "a resume or a new start clears it")
+
+    @staticmethod
+    def _read_object(path: Path, after_delete: str) -> dict[str, Any] | None:
+        if not path.is_file():
             return None
-        return json.loads(self.failure_path.read_text())
+        what = "repair it, or delete it"
+        try:
+            data = json.loads(path.read_text(errors="replace"))
+        except json.JSONDecodeError as error:
+            raise RunDirError(
+                f"{path} is not valid JSON ({error.msg}, line {error.lineno}): {what} "
+                f"({after_delete})."
+            ) from None
+        except OSError as error:
+            raise RunDirError(f"cannot read {path}: {error.strerror or error}.") from None
+        if not isinstance(data, dict):
+            raise RunDirError(
+                f"{path} is not a JSON object (it holds a {type(data).__name__}): {what} "
+                f"({after_delete})."
+            )
+        return data
 
     def metric_rows(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl``, in order (a torn last line dropped, with a warning)."""
@@ -195,6 +227,11 @@ class RunDir:
         """Make the directory (and its parents); :class:`RunDirError` naming the path and what to
         do if it is a file, lies under a file, or cannot be made."""
         with self._writing(self.path):
+            if self.path.is_symlink() and not self.path.exists():
+                raise RunDirError(
+                    f"out_dir {self.path} is a symbolic link to {os.readlink(self.path)}, which "
+                    "does not exist: create that directory, or choose another out_dir."
+                )
             if self.path.exists() and not self.path.is_dir():
                 raise RunDirError(
                     f"out_dir {self.path} is a file, not a directory: choose another out_dir (or "
@@ -229,10 +266,17 @@ class RunDir:
 
     # ------------------------------------------------------------------- starting, resuming
     def check_can_start(self) -> None:
-        """Raise :class:`CheckpointError` if starting afresh here would overwrite a run."""
-        if self.has_checkpoint() or self.state() == DONE:
+        """Raise :class:`CheckpointError` if starting afresh here would overwrite a run (pointing
+        to ``--resume`` where there is something to continue)."""
+        state = self.state()
+        if state == DONE:
             raise CheckpointError(
-                f"{self.path} already holds a run ({self.state()}): continue it with "
+                f"{self.path} already holds a run, and it is finished (its results are in "
+                f"{self.summary_path}): choose another out_dir for a new run."
+            )
+        if self.has_checkpoint():
+            raise CheckpointError(
+                f"{self.path} already holds a run ({state}): continue it with "
                 f"`regrow train --resume {self.path}`, or choose another out_dir."
             )
 
@@ -285,6 +329,7 @@ class RunDir:
         to ``last_update``); clear an earlier failure; append a provenance row."""
         if resume:
             self.truncate_metrics(epoch, last_update)
+            self._warn_lost_metrics(epoch, last_update)
         else:
             text = config if isinstance(config, str) else to_yaml(config)
             with self._writing(self.config_path):
@@ -318,6 +363,25 @@ class RunDir:
         rows = [row for row in self.metric_rows() if seen(row)]
         if rows or self.metrics_path.exists():
             self._rewrite_rows(self.metrics_path, rows)
+
+    def _warn_lost_metrics(self, epoch: int, last_update: int | None) -> None:
+        """After a resume's cut: one warning naming ``metrics.jsonl`` if rows the checkpoint had
+        seen are gone (the file deleted, or edited) — they cannot be written again."""
+        rows = self.metric_rows()
+        passes = {row.get("epoch") for row in rows if "event" not in row}
+        lost = [f"pass {e}" for e in range(epoch) if e not in passes]
+        updates = {row.get("step") for row in rows if row.get("event") == MASK_UPDATE_EVENT}
+        if last_update is not None and last_update not in updates:
+            lost.append(f"the mask update at step {last_update}")
+        if not lost:
+            return
+        if len(lost) > 4:
+            lost = [*lost[:3], f"… ({len(lost)} rows in all)"]
+        state = "is missing" if not self.metrics_path.is_file() else "lacks rows"
+        _warn(
+            f"{self.metrics_path} {state}: the rows of {', '.join(lost)} are lost (the run "
+            "continues and logs from here; its checkpoint and summary are whole)."
+        )
 
     def record_failure(self, error: BaseException, **where: Any) -> None:
         """Write ``failed.json``: the error's type and message, and ``where`` (step, epoch)."""
