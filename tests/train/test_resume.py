@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -180,3 +181,13 @@ def test_a_deleted_metrics_file_is_named_on_resume(
     assert len(warnings) == 1, warnings
     assert str(run / RunDir.METRICS) in warnings[0] and "pass 0" in warnings[0], warnings
     assert [row["epoch"] for row in RunDir(run).metrics()] == [1]
+
+
+def test_the_printed_resume_command_is_quoted_for_a_shell(tmp_path: Path, capsys) -> None:
+    """issue 18, item 13: a run directory whose path holds a space printed an unquoted command."""
+    out = tmp_path / "my run's dir"
+    assert train(config(out, "train.stop_at_step=5"))["status"] == "stopped"
+    said = capsys.readouterr().err.split("Resume: ", 1)[1].strip()
+    assert shlex.split(said) == ["regrow", "train", "--resume", str(out)]
+    resumed = regrow_train(*shlex.split(said)[2:])  # the command as printed
+    assert resumed.returncode == 0, resumed.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{sorted(expected - set(state) if isinstance(state, dict) else expected)})."
         )
     return state
+
+
+def resume_command(run_dir: str | Path) -> str:
+    """The command that continues the run in ``run_dir``, quoted for a shell (a path may hold
+    spaces or quotes)."""
+    return shlex.join(["regrow", "train", "--resume", str(run_dir)])

@@ -38,7 +38,7 @@ from ..sparsity import Sparsifier
 from ..sparsity.schedules import PruningSchedule
 from ..util.signals import handling_signals
 from . import distributed
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, resume_command
 from .config import ConfigError, RunConfig, TrainConfig, to_yaml, with_absolute_paths
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
@@ -487,8 +487,8 @@ def stopped(run: Run, state: LoopState, reason: str) -> dict[str, Any]:
             f"stop_at_step={run.config.train.stop_at_step}" if reason == "stop_at_step" else reason
         )
         print(
-            f"regrow: stopped ({said}) at step {step}; checkpoint {path}. Resume: regrow train "
-            f"--resume {run.run_dir.path}",
+            f"regrow: stopped ({said}) at step {step}; checkpoint {path}. Resume: "
+            f"{resume_command(run.run_dir.path)}",
             file=sys.stderr,
         )
     return {"status": "stopped", "reason": reason, "step": step, "checkpoint": str(path)}

@@ -20,6 +20,7 @@ from .checkpoint import (
     CheckpointError,
     atomic_write,
     load_checkpoint,
+    resume_command,
     save_checkpoint,
     temporary_pattern,
     write_json,
@@ -277,7 +278,7 @@ class RunDir:
         if self.has_checkpoint():
             raise CheckpointError(
                 f"{self.path} already holds a run ({state}): continue it with "
-                f"`regrow train --resume {self.path}`, or choose another out_dir."
+                f"`{resume_command(self.path)}`, or choose another out_dir."
             )
 
     def check_same_run(
@@ -448,8 +449,7 @@ class RunDir:
             if self.has_checkpoint():
                 then = (
                     f"the last good checkpoint {self.checkpoint_path} is kept; free space (or copy "
-                    f"the run directory to another disk), then resume: regrow train --resume "
-                    f"{self.path}."
+                    f"the run directory to another disk), then resume: {resume_command(self.path)}."
                 )
             else:
                 then = "free space, or choose an out_dir on another disk."

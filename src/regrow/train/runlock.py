@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import resume_command
+
 #: Attempts to take a lock another process holds (a moment's hold, as by :meth:`RunLock.holder`).
 LOCK_ATTEMPTS, LOCK_RETRY_SECONDS = 5, 0.05
 
@@ -148,6 +150,5 @@ class RunLock:
             stop = f"stop it (kill {pid} on {host})"
         return (
             f"{self.run_path} is in use: {who} holds {self.path}. One run directory has one "
-            f"writer: wait for it to finish, or {stop} and resume: regrow train --resume "
-            f"{self.run_path}."
+            f"writer: wait for it to finish, or {stop} and resume: {resume_command(self.run_path)}."
         )
