@@ -2,8 +2,8 @@
 
 ::
 
-    regrow bench-inference runs/quickstart --batch-size 32      # a run: exported in memory
-    regrow bench-inference exports/quickstart                    # an export directory
+    regrow bench-inference runs/rigl_s0 --batch-size 32         # a run: exported in memory
+    regrow bench-inference exports/rigl_s0                       # an export directory
     regrow bench-inference --model wrn22_2 --sparsity 0.9        # random (Static, ERK) masks
     regrow bench-inference --model wrn22_2 --sparsity 0.9 --batch-size 32 --threads 1
 

@@ -2,8 +2,8 @@
 
 ::
 
-    regrow export runs/quickstart exports/quickstart --batch-size 32
-    regrow export runs/quickstart exports/quickstart
+    regrow export runs/rigl_s0 exports/rigl_s0 --batch-size 32
+    regrow export runs/quickstart/rigl_s0 exports/rigl_s0    # a run of the quickstart study
 
 What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built:
 :mod:`regrow.export.inference`.

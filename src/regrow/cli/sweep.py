@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import UsageError, run_harness
+from .common import UsageError, add_intermixed_parser, run_harness
 
 if TYPE_CHECKING:
     from ..study.executors import Executor
@@ -27,32 +27,12 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow sweep``."""
     from ..study.schema import shipped_studies
 
-    base = subparsers._parser_class  # the parent's class (one-line errors)
-
-    class IntermixedParser(base):  # type: ignore[misc, valid-type]
-        """Options may follow STUDY and precede the trailing key=value overrides."""
-
-        _inner = False
-
-        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-            if self._inner:  # the two passes of the intermixed parse
-                return super().parse_known_args(args, namespace)
-            self._inner = True
-            try:
-                return self.parse_known_intermixed_args(args, namespace)
-            finally:
-                self._inner = False
-
-    subparsers._parser_class = IntermixedParser
-    try:
-        parser = _add(subparsers, shipped_studies())
-    finally:
-        subparsers._parser_class = base
-    return parser
+    return _add(subparsers, shipped_studies())
 
 
 def _add(subparsers: Any, studies: list[str]) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    parser = add_intermixed_parser(
+        subparsers,
         "sweep",
         help="train every run of a study (a grid or an Optuna search), resumably",
         description=(
