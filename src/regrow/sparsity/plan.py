@@ -8,7 +8,8 @@ builds its masks from it, the FLOP API counts at its densities (it has ``.densit
 Default layer choice (SPEC §1): the weight of every conv and linear layer and the input
 projections of ``nn.MultiheadAttention`` (its output projection is a linear layer); embeddings,
 normalisation, biases and everything else stay dense and outside the budget. The first candidate,
-the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse).
+the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse); a
+model whose only candidate is the stem is refused rather than left without a sparse layer.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def select_sparse(
             "sparse_layers."
         )
     if dense_layers is None:
+        if len(candidates) == 1:
+            raise ValueError(
+                f"the model's only sparse candidate, {candidates[0]!r}, is its first layer, which "
+                "dense_layers=None keeps dense (the stem stays dense by default), so no layer "
+                "would be sparse: pass dense_layers=[] to make it sparse, or use method=dense "
+                "for a dense run."
+            )
         return list(candidates[1:])
     if isinstance(dense_layers, str):
         dense_layers = [dense_layers]
@@ -145,7 +153,10 @@ class AllocationPlan:
     ) -> AllocationPlan:
         """The plan for a model (or for ``name → shape`` of its candidates, in order).
 
-        ``masked=False`` (Dense, Small-Dense) lists every candidate as dense.
+        ``masked=False`` (Dense, Small-Dense) lists every candidate as dense. ``ValueError``
+        refuses a plan without a sparse layer (a one-layer model keeps its only layer dense unless
+        ``dense_layers=[]``) or with a layer left no active weight (a sparsity too high for its
+        size).
         """
         if isinstance(shapes, nn.Module):
             shapes = candidate_shapes(shapes, sparse_layers)
@@ -163,6 +174,19 @@ class AllocationPlan:
         sparse_shapes = {name: shapes[name] for name in chosen}
         densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom)
         counts = active_counts(sparse_shapes, densities)
+        empty = [name for name in sparse_shapes if counts[name] == 0 and densities[name] > 0]
+        if empty:
+            listed = ", ".join(
+                f"{name}: 0 of {math.prod(sparse_shapes[name])} (density {densities[name]:.2g})"
+                for name in empty
+            )
+            raise ValueError(
+                f"sparsity={sparsity!r} with distribution {distribution!r} leaves "
+                f"{'layer' if len(empty) == 1 else 'layers'} {listed} without an active weight: "
+                "such a layer passes no signal. Lower the sparsity, use another distribution, or "
+                "keep these layers dense (dense_layers) or give them a density of their own "
+                "(custom_densities)."
+            )
         layers = tuple(
             LayerAllocation(
                 name, shape, "custom" if name in custom else "sparse", densities[name], counts[name]
