@@ -115,3 +115,42 @@ def test_a_sparsity_that_leaves_a_layer_without_weights_is_refused() -> None:
     # A density of 0 asked for by name is the user's choice, not a rounding accident.
     plan = AllocationPlan.build(model, 0.5, custom_densities={"1.weight": 0.0})
     assert plan.active_counts()["1.weight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"sparsity": "abc"},
+            "sparsity='abc' is not a number: allowed values are 0 <= sparsity < 1",
+        ),
+        ({"sparsity": None}, "sparsity=None is not a number: allowed values are 0 <= sparsity < 1"),
+        ({"sparsity": True}, "sparsity=True is not a number: allowed values are 0 <= sparsity < 1"),
+        ({"distribution": None}, "distribution=None is unknown: allowed values are 'uniform'"),
+        ({"power": "x"}, "power='x' is not a finite number: allowed values are finite numbers"),
+        ({"power": float("nan")}, "power=nan is not a finite number: allowed values are"),
+        ({"power": float("inf")}, "power=inf is not a finite number: allowed values are"),
+        ({"dense_layers": 5}, "dense_layers=5 is not a list of names: allowed values are None"),
+        ({"dense_layers": [5]}, "dense_layers=[5] is not a list of names: allowed values are"),
+        ({"sparse_layers": 5}, "sparse_layers=5 is not a list of names: allowed values are None"),
+        ({"custom_densities": 5}, "custom_densities=5 is not a mapping: allowed values are None"),
+        (
+            {"custom_densities": {"2.weight": "x"}},
+            "custom_densities['2.weight']='x' is not a number: allowed values are in [0, 1]",
+        ),
+    ],
+)
+def test_every_shared_argument_error_names_the_argument_value_and_allowed_values(
+    kwargs: dict, message: str
+) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        AllocationPlan.build(model, **{"sparsity": 0.5, **kwargs})
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), **{"sparsity": 0.5, **kwargs})
+
+
+def test_a_single_name_in_sparse_layers_is_one_entry() -> None:
+    model = MODELS["mlp"][0]()
+    plan = AllocationPlan.build(model, 0.5, sparse_layers="2.weight", dense_layers=[])
+    assert plan.names == ["2.weight"]

@@ -24,6 +24,8 @@ says what the FLOP counter needs.
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -91,6 +93,21 @@ def get_method(name: str) -> type[Sparsifier]:
     return METHODS[key]
 
 
+def _whole_number(value: Any, name: str, allowed: str) -> int:
+    """``value`` as an int if it is a whole number (an int, or a float such as ``100.0``);
+    ``ValueError`` naming ``name`` for anything else (``2.7``, a string, a bool, inf, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        whole = False
+    else:
+        whole = math.isfinite(float(value)) and float(value).is_integer()
+    if not whole:
+        raise ValueError(
+            f"{name}={value!r} is not {'a whole number' if name == 'total_steps' else 'an integer'}"
+            f": allowed values are {allowed}; pass an int."
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Traits:
     """What a method is, declared once; the base class, the training-FLOP formula (SPEC §7) and
@@ -128,7 +145,8 @@ class Sparsifier:
         optimizer: the optimizer over the model's parameters (every sparse one must be in it).
         sparsity: fraction of zero weights over the sparse layers, ``0 <= sparsity < 1``.
         distribution: ``"uniform"``, ``"er"`` or ``"erk"`` (SPEC §2).
-        total_steps: optimizer steps of the whole run (needed by methods with a schedule).
+        total_steps: optimizer steps of the whole run, a whole number (needed by methods with a
+            schedule, ``>= 1``; ``2.7`` is refused, not truncated).
         dense_layers: module/parameter names (or globs) kept dense; ``None`` keeps the first
             layer dense (SPEC §1), ``[]`` makes every layer sparse.
         seed: seeds every mask decision (SPEC §9).
@@ -170,16 +188,28 @@ class Sparsifier:
         args: MethodArgs | Mapping[str, Any] | None = None,
         **method_args: Any,
     ) -> None:
+        if args is not None and not isinstance(args, MethodArgs | Mapping):
+            raise ValueError(
+                f"args={args!r} is not a mapping: allowed values are None, a mapping of argument "
+                f"name to value, or a {type(self).__name__}.Args."
+            )
         given = args.as_dict() if isinstance(args, MethodArgs) else dict(args or {})
         self.args = self.Args.from_mapping({**given, **method_args}, self.name)
-        if self.traits.needs_total_steps and (total_steps is None or int(total_steps) < 1):
-            raise ValueError(
-                f"total_steps={total_steps!r}: {type(self).__name__} needs the number of optimizer "
-                "steps of the run (an integer >= 1) for its schedule."
-            )
+        self.total_steps = self._check_total_steps(total_steps)
         self.model, self.optimizer = model, optimizer
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.seed = int(seed)
+        self.seed = _whole_number(seed, "seed", "integers (any integer seeds the masks)")
+        for flag, value in (
+            ("elementwise_optimizer", elementwise_optimizer),
+            ("attach_hook", attach_hook),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag}={value!r} is not a bool: allowed values are True, False.")
+        if plan is not None and not isinstance(plan, AllocationPlan):
+            raise ValueError(
+                f"plan={plan!r} is not an AllocationPlan: allowed values are None (build one from "
+                "sparsity, distribution, power, dense_layers, custom_densities, sparse_layers) or "
+                "regrow.AllocationPlan.build(...)."
+            )
         plan = plan or AllocationPlan.build(
             model,
             sparsity,
@@ -212,6 +242,28 @@ class Sparsifier:
             else None
         )
         self.verify_masks_across_ranks("at construction")
+
+    def _check_total_steps(self, total_steps: Any) -> int | None:
+        """``total_steps`` as an int: a whole number, >= 1 for a method with a schedule (which
+        needs it), >= 0 or ``None`` for the others; ``ValueError`` naming the value otherwise."""
+        if self.traits.needs_total_steps:
+            low, allowed = 1, "integers >= 1"
+            why = f"{type(self).__name__} needs the number of optimizer steps of the run"
+        else:
+            low, allowed, why = 0, "None or integers >= 0", "the number of optimizer steps"
+        if total_steps is None:
+            if low:
+                raise ValueError(
+                    f"total_steps=None: {why} for its schedule; allowed values are {allowed}."
+                )
+            return None
+        steps = _whole_number(total_steps, "total_steps", f"{allowed} ({why})")
+        if steps < low:
+            raise ValueError(
+                f"total_steps={total_steps!r} is out of range: allowed values are {allowed} "
+                f"({why})."
+            )
+        return steps
 
     def _sparse_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The plan's tensors, checked to be parameters of ``model`` not yet masked."""

@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 from torch import nn
 
-from .distributions import active_counts, check_distribution, check_sparsity, layer_densities
+from .distributions import (
+    active_counts,
+    check_custom_densities,
+    check_distribution,
+    check_power,
+    check_sparsity,
+    layer_densities,
+)
 
 #: Module types whose ``weight`` is a sparse candidate by default.
 SPARSE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -52,6 +59,26 @@ def _matches(pattern: str, param_name: str) -> bool:
     )
 
 
+def check_layer_names(value: Sequence[str] | str | None, name: str) -> list[str] | None:
+    """``dense_layers`` / ``sparse_layers`` as a list of names (a single name is one entry), or
+    ``None``; ``ValueError`` naming the argument for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(entry, str) for entry in value):
+        return list(value)
+    meaning = (
+        "None (keep the first layer dense), [] (every candidate sparse)"
+        if name == "dense_layers"
+        else "None (the default choice: conv/linear weights and attention projections)"
+    )
+    raise ValueError(
+        f"{name}={value!r} is not a list of names: allowed values are {meaning}, or a list of "
+        "parameter or module names (or glob patterns over them), e.g. ['fc', 'layer1.*']."
+    )
+
+
 def select_sparse(
     candidates: Sequence[str],
     dense_layers: Sequence[str] | str | None = None,
@@ -64,6 +91,7 @@ def select_sparse(
             "the model has no conv, linear or attention layer to make sparse; name tensors with "
             "sparse_layers."
         )
+    dense_layers = check_layer_names(dense_layers, "dense_layers")
     if dense_layers is None:
         if len(candidates) == 1:
             raise ValueError(
@@ -73,8 +101,6 @@ def select_sparse(
                 "for a dense run."
             )
         return list(candidates[1:])
-    if isinstance(dense_layers, str):
-        dense_layers = [dense_layers]
     dense: set[str] = set()
     for pattern in dense_layers:
         found = {name for name in candidates if _matches(pattern, name)}
@@ -99,6 +125,7 @@ def candidate_shapes(
     """``name → shape`` of the candidates: the default choice, or the parameters matching
     ``sparse_layers`` (names, module names or globs)."""
     params = dict(model.named_parameters())
+    sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
     if sparse_layers is None:
         names = default_candidates(model)
     else:
@@ -154,16 +181,19 @@ class AllocationPlan:
         """The plan for a model (or for ``name → shape`` of its candidates, in order).
 
         ``masked=False`` (Dense, Small-Dense) lists every candidate as dense. ``ValueError``
-        refuses a plan without a sparse layer (a one-layer model keeps its only layer dense unless
-        ``dense_layers=[]``) or with a layer left no active weight (a sparsity too high for its
-        size).
+        names the argument for a value it does not allow, and refuses a plan without a sparse
+        layer (a one-layer model keeps its only layer dense unless ``dense_layers=[]``) or with a
+        layer left no active weight (a sparsity too high for its size).
         """
+        sparsity = check_sparsity(sparsity)
+        distribution = check_distribution(distribution)
+        power = check_power(power)
+        custom = check_custom_densities(custom_densities)
+        dense_layers = check_layer_names(dense_layers, "dense_layers")
+        sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
         if isinstance(shapes, nn.Module):
             shapes = candidate_shapes(shapes, sparse_layers)
         shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
-        sparsity = check_sparsity(sparsity)
-        distribution = check_distribution(distribution)
-        custom = dict(custom_densities or {})
         chosen = select_sparse(list(shapes), dense_layers) if masked else []
         outside = sorted(set(custom) - set(chosen))
         if masked and outside:
