@@ -657,6 +657,24 @@ def test_momentum_redistribution_keeps_counts_at_rigls_first_update_then_moves_t
     assert counts != initial and sum(counts.values()) == sum(initial.values())
 
 
+@pytest.mark.parametrize("method", ["rigl", "srigl", "snip"])
+def test_a_mask_update_without_gradients_is_refused(method: str) -> None:
+    """An update batch scores by gradients: without ``loss.backward()`` there are none, and an
+    update from nothing would drop and grow by zeros."""
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_momentum"](model.parameters())
+    sp = regrow.get_method(method)(
+        model, optimizer, sparsity=0.5, total_steps=100, **own_args(method, delta_t=10)
+    )
+    masks = {name: mask.clone() for name, mask in sp.masks.items()}
+    with pytest.raises(RuntimeError, match=r"no gradients.*call loss\.backward\(\) first"):
+        sp.step()
+    assert all(torch.equal(sp.masks[name], mask) for name, mask in masks.items())
+    assert (sp.step_count, sp.last_update_step) == (0, None)
+    train("mlp", sp, optimizer, 1)  # with gradients the same sparsifier updates as usual
+    assert sp.last_update_step == 0
+
+
 @pytest.mark.parametrize("method", ["rigl", "pruning", "static"])
 @pytest.mark.parametrize("value", [2.7, "x", True, float("inf"), float("nan"), -3])
 def test_total_steps_must_be_a_whole_number(method: str, value) -> None:

@@ -390,6 +390,12 @@ class Sparsifier:
             )
         if self.update_batch_due():
             grads = [p.grad for p in self.params]
+            if grads and all(g is None for g in grads):
+                raise RuntimeError(
+                    f"{type(self).__name__}.step() at step {self.step_count} is a mask update, "
+                    "which needs this batch's gradients, but there are no gradients (no sparse "
+                    "parameter has a .grad): call loss.backward() first, then sparsifier.step()."
+                )
             self.observe_gradients(grads)
             step, changed = self.step_count, False
             if self._finite(grads):
