@@ -655,3 +655,65 @@ def test_momentum_redistribution_keeps_counts_at_rigls_first_update_then_moves_t
     train("mlp", sp, optimizer, 60)
     counts = sp.active_counts()
     assert counts != initial and sum(counts.values()) == sum(initial.values())
+
+
+@pytest.mark.parametrize("method", ["rigl", "srigl", "snip"])
+def test_a_mask_update_without_gradients_is_refused(method: str) -> None:
+    """An update batch scores by gradients: without ``loss.backward()`` there are none, and an
+    update from nothing would drop and grow by zeros."""
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["sgd_momentum"](model.parameters())
+    sp = regrow.get_method(method)(
+        model, optimizer, sparsity=0.5, total_steps=100, **own_args(method, delta_t=10)
+    )
+    masks = {name: mask.clone() for name, mask in sp.masks.items()}
+    with pytest.raises(RuntimeError, match=r"no gradients.*call loss\.backward\(\) first"):
+        sp.step()
+    assert all(torch.equal(sp.masks[name], mask) for name, mask in masks.items())
+    assert (sp.step_count, sp.last_update_step) == (0, None)
+    train("mlp", sp, optimizer, 1)  # with gradients the same sparsifier updates as usual
+    assert sp.last_update_step == 0
+
+
+@pytest.mark.parametrize("method", ["rigl", "pruning", "static"])
+@pytest.mark.parametrize("value", [2.7, "x", True, float("inf"), float("nan"), -3])
+def test_total_steps_must_be_a_whole_number(method: str, value) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match=rf"total_steps={__import__('re').escape(repr(value))}"):
+        regrow.get_method(method)(
+            model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.5, total_steps=value
+        )
+
+
+def test_a_whole_float_is_accepted_as_total_steps() -> None:
+    model = MODELS["mlp"][0]()
+    sp = regrow.RigL(
+        model, OPTIMIZERS["adam"](model.parameters()), 0.5, total_steps=100.0, delta_t=10
+    )
+    assert sp.total_steps == 100 and isinstance(sp.total_steps, int)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("static", {"seed": "x"}, "seed='x' is not an integer: allowed values are integers"),
+        ("static", {"seed": 1.5}, "seed=1.5 is not an integer: allowed values are integers"),
+        ("static", {"plan": 5}, "plan=5 is not an AllocationPlan: allowed values are None"),
+        ("static", {"args": 5}, "args=5 is not a mapping: allowed values are None"),
+        ("static", {"attach_hook": "x"}, "attach_hook='x' is not a bool: allowed values are"),
+        ("static", {"elementwise_optimizer": 1}, "elementwise_optimizer=1 is not a bool"),
+        ("rigl", {"delta_t": -1}, "delta_t=-1 is out of range: allowed values are an integer"),
+        ("rigl", {"alpha": "x"}, "alpha='x' has the wrong type: allowed is float"),
+        ("pruning", {"delta_t": 0}, "delta_t=0 is out of range: allowed values are an integer"),
+    ],
+)
+def test_sparsifier_argument_errors_name_the_argument_value_and_allowed_values(
+    method, kwargs, message
+) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        regrow.get_method(method)(
+            model,
+            OPTIMIZERS["adam"](model.parameters()),
+            **{"sparsity": 0.5, "total_steps": 100, **kwargs},
+        )

@@ -88,3 +88,69 @@ def test_dense_methods_have_an_all_dense_plan() -> None:
     model = MODELS["mlp"][0]()
     sp = regrow.Dense(model, OPTIMIZERS["adam"](model.parameters()))
     assert sp.names == [] and sp.plan.dense_names == ["0.weight", "2.weight", "4.weight"]
+
+
+def test_a_one_layer_model_is_refused_unless_dense_layers_makes_its_layer_sparse() -> None:
+    """The only candidate is the stem, which ``dense_layers=None`` keeps dense: no sparse layer
+    would be left, so the plan says so instead of training a dense model as a sparse one."""
+    model = nn.Linear(10, 3)
+    with pytest.raises(ValueError, match=r"only .*'weight'.*dense_layers=None.*dense_layers=\[\]"):
+        AllocationPlan.build(model, 0.9)
+    with pytest.raises(ValueError, match=r"dense_layers=\[\]"):
+        regrow.Static(model, torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.9)
+    plan = AllocationPlan.build(model, 0.9, dense_layers=[])
+    assert plan.names == ["weight"] and plan.active_counts() == {"weight": 3}
+
+
+def test_a_sparsity_that_leaves_a_layer_without_weights_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"sparsity=0\.99 .*1\.weight: 0 of 16.*2\.weight: 0 of 8"):
+        AllocationPlan.build(model, 0.99)
+    with pytest.raises(ValueError, match=r"sparsity=0\.99"):
+        regrow.RigL(model, torch.optim.SGD(model.parameters(), lr=0.1), 0.99, total_steps=100)
+    # Only the layers left without weights are named.
+    with pytest.raises(ValueError, match=r"layer 2\.weight: 0 of 8") as error:
+        AllocationPlan.build(model, 0.9, "uniform", custom_densities={"1.weight": 0.5})
+    assert "1.weight" not in str(error.value)
+    # A density of 0 asked for by name is the user's choice, not a rounding accident.
+    plan = AllocationPlan.build(model, 0.5, custom_densities={"1.weight": 0.0})
+    assert plan.active_counts()["1.weight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"sparsity": "abc"},
+            "sparsity='abc' is not a number: allowed values are 0 <= sparsity < 1",
+        ),
+        ({"sparsity": None}, "sparsity=None is not a number: allowed values are 0 <= sparsity < 1"),
+        ({"sparsity": True}, "sparsity=True is not a number: allowed values are 0 <= sparsity < 1"),
+        ({"distribution": None}, "distribution=None is unknown: allowed values are 'uniform'"),
+        ({"power": "x"}, "power='x' is not a finite number: allowed values are finite numbers"),
+        ({"power": float("nan")}, "power=nan is not a finite number: allowed values are"),
+        ({"power": float("inf")}, "power=inf is not a finite number: allowed values are"),
+        ({"dense_layers": 5}, "dense_layers=5 is not a list of names: allowed values are None"),
+        ({"dense_layers": [5]}, "dense_layers=[5] is not a list of names: allowed values are"),
+        ({"sparse_layers": 5}, "sparse_layers=5 is not a list of names: allowed values are None"),
+        ({"custom_densities": 5}, "custom_densities=5 is not a mapping: allowed values are None"),
+        (
+            {"custom_densities": {"2.weight": "x"}},
+            "custom_densities['2.weight']='x' is not a number: allowed values are in [0, 1]",
+        ),
+    ],
+)
+def test_every_shared_argument_error_names_the_argument_value_and_allowed_values(
+    kwargs: dict, message: str
+) -> None:
+    model = MODELS["mlp"][0]()
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        AllocationPlan.build(model, **{"sparsity": 0.5, **kwargs})
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), **{"sparsity": 0.5, **kwargs})
+
+
+def test_a_single_name_in_sparse_layers_is_one_entry() -> None:
+    model = MODELS["mlp"][0]()
+    plan = AllocationPlan.build(model, 0.5, sparse_layers="2.weight", dense_layers=[])
+    assert plan.names == ["2.weight"]

@@ -90,3 +90,70 @@ def test_loading_a_mismatched_state_is_a_clear_error() -> None:
     state["masks"].pop("3.weight")
     with pytest.raises(ValueError, match="saved masks are for layers"):
         sp.load_state_dict(state)
+
+
+def ones_like_masks(state: dict) -> dict:
+    return {**state, "masks": {k: torch.ones_like(m) for k, m in state["masks"].items()}}
+
+
+@pytest.mark.parametrize("method", ["static", "rigl", "set", "srigl"])
+def test_masks_whose_counts_contradict_the_allocation_are_refused(method: str) -> None:
+    _, _, sp = build(method, 0)
+    state = sp.state_dict()
+    expected = sp.active_counts()["3.weight"]
+    _, _, fresh = build(method, 0)
+    masks_before = {k: m.clone() for k, m in fresh.masks.items()}
+    with pytest.raises(ValueError, match=rf"3\.weight.* 1152 active .*{expected}"):
+        fresh.load_state_dict(ones_like_masks(state))  # density 1.0 in a 0.8 sparsifier
+    # Nothing was loaded.
+    assert all(torch.equal(fresh.masks[k], m) for k, m in masks_before.items())
+    assert fresh.active_counts() == sp.active_counts()
+
+
+@pytest.mark.parametrize("method", ["pruning", "snip", "static"])
+def test_a_state_saved_at_another_sparsity_is_refused(method: str) -> None:
+    model, optimizer, sp = build(method, 0)
+    run(model, optimizer, sp, 0, 30)  # pruning and SNIP have pruned by then
+    model = MODELS["conv"][0]()
+    other = regrow.get_method(method)(
+        model,
+        OPTIMIZERS["sgd_nesterov"](model.parameters()),
+        sparsity=0.5,
+        total_steps=TOTAL,
+        **own_args(method, delta_t=10, prune_begin=5, prune_end=40),
+    )
+    with pytest.raises(ValueError, match=r"allocation"):
+        other.load_state_dict(sp.state_dict())
+
+
+def test_counts_that_change_legitimately_load() -> None:
+    """Pruning before its first step (dense masks), redistribution (layer counts move, the total
+    stays) and masks installed by start_from_masks (another run's layer counts) all resume."""
+    _, _, pruning = build("pruning", 0)
+    _, _, fresh = build("pruning", 0)
+    fresh.load_state_dict(pruning.state_dict())  # full masks at step 0: its schedule's start
+
+    def redistributing():
+        model = MODELS["conv"][0]()
+        optimizer = OPTIMIZERS["sgd_nesterov"](model.parameters())
+        sp = regrow.SET(
+            model, optimizer, 0.8, total_steps=TOTAL, delta_t=10, redistribution="momentum"
+        )
+        return model, optimizer, sp
+
+    model, optimizer, sp = redistributing()
+    run(model, optimizer, sp, 0, 25)
+    counts = sp.active_counts()
+    assert counts != sp.target_counts  # moved between layers
+    _, _, fresh = redistributing()
+    fresh.load_state_dict(sp.state_dict())
+    assert fresh.active_counts() == counts
+    _, _, source = build("static", 0)
+    masks = {k: m.clone() for k, m in source.masks.items()}
+    masks["3.weight"].view(-1)[torch.nonzero(~masks["3.weight"].view(-1))[0]] = True  # one more
+    _, _, started = build("static", 0)
+    started.start_from_masks(masks)
+    _, _, fresh = build("static", 0)
+    fresh.load_state_dict(started.state_dict())
+    assert fresh.active_counts() == started.active_counts() != started.target_counts
+    fresh.load_state_dict(fresh.state_dict())  # and again, from the resumed one

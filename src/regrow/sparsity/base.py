@@ -24,6 +24,8 @@ says what the FLOP counter needs.
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -91,6 +93,21 @@ def get_method(name: str) -> type[Sparsifier]:
     return METHODS[key]
 
 
+def _whole_number(value: Any, name: str, allowed: str) -> int:
+    """``value`` as an int if it is a whole number (an int, or a float such as ``100.0``);
+    ``ValueError`` naming ``name`` for anything else (``2.7``, a string, a bool, inf, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        whole = False
+    else:
+        whole = math.isfinite(float(value)) and float(value).is_integer()
+    if not whole:
+        raise ValueError(
+            f"{name}={value!r} is not {'a whole number' if name == 'total_steps' else 'an integer'}"
+            f": allowed values are {allowed}; pass an int."
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Traits:
     """What a method is, declared once; the base class, the training-FLOP formula (SPEC §7) and
@@ -128,7 +145,8 @@ class Sparsifier:
         optimizer: the optimizer over the model's parameters (every sparse one must be in it).
         sparsity: fraction of zero weights over the sparse layers, ``0 <= sparsity < 1``.
         distribution: ``"uniform"``, ``"er"`` or ``"erk"`` (SPEC §2).
-        total_steps: optimizer steps of the whole run (needed by methods with a schedule).
+        total_steps: optimizer steps of the whole run, a whole number (needed by methods with a
+            schedule, ``>= 1``; ``2.7`` is refused, not truncated).
         dense_layers: module/parameter names (or globs) kept dense; ``None`` keeps the first
             layer dense (SPEC §1), ``[]`` makes every layer sparse.
         seed: seeds every mask decision (SPEC §9).
@@ -170,16 +188,28 @@ class Sparsifier:
         args: MethodArgs | Mapping[str, Any] | None = None,
         **method_args: Any,
     ) -> None:
+        if args is not None and not isinstance(args, MethodArgs | Mapping):
+            raise ValueError(
+                f"args={args!r} is not a mapping: allowed values are None, a mapping of argument "
+                f"name to value, or a {type(self).__name__}.Args."
+            )
         given = args.as_dict() if isinstance(args, MethodArgs) else dict(args or {})
         self.args = self.Args.from_mapping({**given, **method_args}, self.name)
-        if self.traits.needs_total_steps and (total_steps is None or int(total_steps) < 1):
-            raise ValueError(
-                f"total_steps={total_steps!r}: {type(self).__name__} needs the number of optimizer "
-                "steps of the run (an integer >= 1) for its schedule."
-            )
+        self.total_steps = self._check_total_steps(total_steps)
         self.model, self.optimizer = model, optimizer
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.seed = int(seed)
+        self.seed = _whole_number(seed, "seed", "integers (any integer seeds the masks)")
+        for flag, value in (
+            ("elementwise_optimizer", elementwise_optimizer),
+            ("attach_hook", attach_hook),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag}={value!r} is not a bool: allowed values are True, False.")
+        if plan is not None and not isinstance(plan, AllocationPlan):
+            raise ValueError(
+                f"plan={plan!r} is not an AllocationPlan: allowed values are None (build one from "
+                "sparsity, distribution, power, dense_layers, custom_densities, sparse_layers) or "
+                "regrow.AllocationPlan.build(...)."
+            )
         plan = plan or AllocationPlan.build(
             model,
             sparsity,
@@ -199,6 +229,10 @@ class Sparsifier:
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
         )
         self.target_counts = self.plan.active_counts()
+        #: The active counts the masks started from when :meth:`start_from_masks` installed
+        #: another run's masks (``None``: the plan's), which the count rule is checked against
+        #: when a state is loaded.
+        self.start_counts: dict[str, int] | None = None
 
         self.step_count = 0
         self.last_update_step: int | None = None
@@ -212,6 +246,28 @@ class Sparsifier:
             else None
         )
         self.verify_masks_across_ranks("at construction")
+
+    def _check_total_steps(self, total_steps: Any) -> int | None:
+        """``total_steps`` as an int: a whole number, >= 1 for a method with a schedule (which
+        needs it), >= 0 or ``None`` for the others; ``ValueError`` naming the value otherwise."""
+        if self.traits.needs_total_steps:
+            low, allowed = 1, "integers >= 1"
+            why = f"{type(self).__name__} needs the number of optimizer steps of the run"
+        else:
+            low, allowed, why = 0, "None or integers >= 0", "the number of optimizer steps"
+        if total_steps is None:
+            if low:
+                raise ValueError(
+                    f"total_steps=None: {why} for its schedule; allowed values are {allowed}."
+                )
+            return None
+        steps = _whole_number(total_steps, "total_steps", f"{allowed} ({why})")
+        if steps < low:
+            raise ValueError(
+                f"total_steps={total_steps!r} is out of range: allowed values are {allowed} "
+                f"({why})."
+            )
+        return steps
 
     def _sparse_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The plan's tensors, checked to be parameters of ``model`` not yet masked."""
@@ -338,6 +394,12 @@ class Sparsifier:
             )
         if self.update_batch_due():
             grads = [p.grad for p in self.params]
+            if grads and all(g is None for g in grads):
+                raise RuntimeError(
+                    f"{type(self).__name__}.step() at step {self.step_count} is a mask update, "
+                    "which needs this batch's gradients, but there are no gradients (no sparse "
+                    "parameter has a .grad): call loss.backward() first, then sparsifier.step()."
+                )
             self.observe_gradients(grads)
             step, changed = self.step_count, False
             if self._finite(grads):
@@ -559,7 +621,7 @@ class Sparsifier:
                 param.copy_(weights[name])
         # Every connection counts as active before the install, so each weight survives exactly
         # where its new mask is active; the count rule applies from these masks on.
-        before = list(self._active)
+        before, started = list(self._active), self.start_counts
         for i, mask in enumerate(new):
             self.masks[self.names[i]].fill_(True)
             self._active[i] = int(mask.sum())
@@ -569,8 +631,10 @@ class Sparsifier:
             for i, name in enumerate(self.names):  # nothing changed: the checks come first
                 self.masks[name].copy_(self._mask_values[i].bool())
             self._active[:] = before
+            self.start_counts = started
             self.mask_weights()
             raise ValueError(f"these masks do not suit {type(self).__name__}: {error}") from None
+        self.start_counts = self.active_counts()
 
     def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:
         """What :meth:`start_from_masks` refuses, each as one ``ValueError`` naming the layer."""
@@ -715,10 +779,15 @@ class Sparsifier:
                 zip(self.names, (m.clone() for m in self._ever_active), strict=True)
             ),
             "method_state": self.method_state(),
+            "target_counts": dict(self.target_counts),
+            "start_counts": None if self.start_counts is None else dict(self.start_counts),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` into this sparsifier (built on the same model layout)."""
+        """Restore :meth:`state_dict` into this sparsifier (built on the same model layout and
+        allocation). ``ValueError``, with nothing loaded, for a state of another method, other
+        layers or shapes, or masks whose active counts contradict this sparsifier's allocation
+        (see :meth:`_check_saved_counts`)."""
         if state.get("method") != self.name:
             raise ValueError(
                 f"this state is from method {state.get('method')!r}, not {self.name!r}: load it into "
@@ -729,22 +798,98 @@ class Sparsifier:
             raise ValueError(
                 f"the saved masks are for layers {sorted(saved)}, this sparsifier has {sorted(self.names)}."
             )
-        for i, name in enumerate(self.names):
+        for name in self.names:
             mask = saved[name]
             if tuple(mask.shape) != tuple(self.masks[name].shape):
                 raise ValueError(
                     f"saved mask {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.masks[name].shape)}."
                 )
+        self._check_saved_counts(state)
+        for i, name in enumerate(self.names):
+            mask = saved[name]
             self.masks[name].copy_(mask)
             self._mask_values[i].copy_(mask)
             self._active[i] = int(mask.sum())
             # Older checkpoints did not keep the union of masks: it starts from the current ones.
             self._ever_active[i].copy_(state.get("ever_active", saved)[name])
+        self.start_counts = state.get("start_counts")
         self.step_count = int(state["step_count"])
         self.last_update_step = state["last_update_step"]
         self.pending_update = bool(state["pending_update"])
         self.load_method_state(state["method_state"])
         self.verify_masks_across_ranks("after load_state_dict")
+
+    def _check_saved_counts(self, state: Mapping[str, Any]) -> None:
+        """The saved masks' active counts must be what this sparsifier's allocation and the
+        method's declared rule allow (``ValueError`` naming the layer and both counts):
+
+        - the state's own allocation (``target_counts``) must be this sparsifier's;
+        - before the first mask update every mask is full (a method that starts dense) or holds
+          its start count: the plan's, or that of the masks :meth:`start_from_masks` installed;
+        - after it, the method's :meth:`count_rule`: ``"layer"`` every layer's start count,
+          ``"total"`` (redistribution) their sum, ``"fan_in"`` a constant fan-in within each
+          layer's budget; ``None`` (Pruning, SNIP) nothing beyond the allocation.
+
+        A state saved before these counts were recorded (no ``start_counts`` key) is checked only
+        for what holds whatever masks it started from: full masks before the first update of a
+        method that starts dense, and SRigL's constant fan-in.
+        """
+        kind = type(self).__name__
+        saved_targets = state.get("target_counts")
+        if saved_targets is not None:
+            for name in self.names:
+                if int(saved_targets.get(name, -1)) != self.target_counts[name]:
+                    raise ValueError(
+                        f"this state was saved by a sparsifier whose allocation gives layer {name} "
+                        f"{saved_targets.get(name)} active weights, but this {kind}'s allocation "
+                        f"gives it {self.target_counts[name]}: load it into a sparsifier built with "
+                        "the same sparsity, distribution, power, dense_layers and custom_densities."
+                    )
+        counts = {name: int(state["masks"][name].sum()) for name in self.names}
+        sizes = {name: self.masks[name].numel() for name in self.names}
+        if "start_counts" not in state:
+            start = None
+        else:
+            start = {k: int(v) for k, v in (state["start_counts"] or self.target_counts).items()}
+
+        def refuse(name: str, expected: str) -> None:
+            raise ValueError(
+                f"saved mask {name} has {counts[name]} active weights of {sizes[name]}, but this "
+                f"{kind}'s allocation (sparsity {self.sparsity:g}, {self.distribution}) gives it "
+                f"{expected}: the state does not belong to this sparsifier; load the one saved "
+                "with it, or build the sparsifier with the settings the state was saved with."
+            )
+
+        rule = self.count_rule()
+        if state.get("last_update_step") is None:  # no update yet (a postponed one changed nothing)
+            for name in self.names:
+                if self.traits.starts_dense and counts[name] != sizes[name]:
+                    refuse(name, f"{sizes[name]} (full: {kind} starts dense)")
+                if not self.traits.starts_dense and start and counts[name] != start[name]:
+                    refuse(name, f"{start[name]}")
+            return
+        if rule == "fan_in":
+            for name in self.names:
+                active = state["masks"][name].reshape(self.masks[name].shape[0], -1).sum(dim=1)
+                active = active[active > 0]
+                fan_in = self.target_counts[name] // max(active.numel(), 1)
+                if not bool((active == fan_in).all()):
+                    refuse(
+                        name, f"a constant fan-in within its budget of {self.target_counts[name]}"
+                    )
+        elif start is None:
+            return
+        elif rule == "layer":
+            for name in self.names:
+                if counts[name] != start[name]:
+                    refuse(name, f"{start[name]} ({kind} keeps every layer's count)")
+        elif rule == "total" and sum(counts.values()) != sum(start.values()):
+            name = next(n for n in self.names if counts[n] != start[n])
+            refuse(
+                name,
+                f"a share of {sum(start.values())} weights over all layers, which these masks "
+                f"sum to {sum(counts.values())}",
+            )
 
     def remove(self) -> None:
         """Detach the optimizer hook (the masks stay registered on the model)."""

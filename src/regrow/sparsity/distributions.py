@@ -15,13 +15,65 @@ DISTRIBUTIONS = ("uniform", "er", "erk")
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Return ``sparsity`` as a float, or raise ``ValueError`` unless ``0 <= sparsity < 1``."""
-    value = float(sparsity)
-    if not (0.0 <= value < 1.0) or math.isnan(value):
+    allowed = (
+        f"allowed values are 0 <= {name} < 1 (the fraction of weights that are zero; 0.9 keeps "
+        "10% of the weights)"
+    )
+    try:
+        value = float(sparsity) if not isinstance(sparsity, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) and not _is_nan(sparsity):
+        raise ValueError(f"{name}={sparsity!r} is not a number: {allowed}.")
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{name}={sparsity!r} is out of range: {allowed}.")
+    return value
+
+
+def _is_nan(value: object) -> bool:
+    """``value`` is a float NaN (a number, out of range) rather than something not a number."""
+    return isinstance(value, float) and math.isnan(value)
+
+
+def check_power(power: float) -> float:
+    """Return the ERK exponent as a float, or raise ``ValueError`` unless it is a finite number."""
+    try:
+        value = float(power) if not isinstance(power, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
         raise ValueError(
-            f"{name}={sparsity!r} is out of range: allowed values are 0 <= {name} < 1 "
-            f"(the fraction of weights that are zero; 0.9 keeps 10% of the weights)."
+            f"power={power!r} is not a finite number: allowed values are finite numbers (the ERK "
+            "exponent: 1 is ERK, 0 makes it uniform)."
         )
     return value
+
+
+def check_custom_densities(
+    custom: Mapping[str, float] | None, name: str = "custom_densities"
+) -> dict[str, float]:
+    """``custom`` as ``{layer name: density}``; ``ValueError`` naming the entry unless it is
+    ``None`` or a mapping of names to densities in [0, 1]."""
+    if custom is None:
+        return {}
+    if not isinstance(custom, Mapping):
+        raise ValueError(
+            f"{name}={custom!r} is not a mapping: allowed values are None or a mapping of layer "
+            "name to density in [0, 1], e.g. {'fc.weight': 0.5}."
+        )
+    result = {}
+    for layer, density in custom.items():
+        entry = f"{name}[{layer!r}]={density!r}"
+        try:
+            value = float(density) if not isinstance(density, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isnan(value) and not _is_nan(density):
+            raise ValueError(f"{entry} is not a number: allowed values are in [0, 1].")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{entry} is out of range: allowed values are in [0, 1].")
+        result[str(layer)] = value
+    return result
 
 
 def check_distribution(distribution: str) -> str:
@@ -71,22 +123,18 @@ def layer_densities(
     density would exceed 1 is made dense, its extra weights are paid for by the other layers, and ε
     is solved again (Evci et al. 2020, Appendix; SPEC §2). ``power=0`` makes ERK uniform.
 
-    Raises ``ValueError`` for a sparsity outside [0, 1), an unknown distribution, a custom density
-    outside [0, 1] or a custom name not in ``shapes``.
+    Raises ``ValueError`` for a sparsity outside [0, 1), an unknown distribution, a power that is
+    not a finite number, a custom density outside [0, 1] or a custom name not in ``shapes``.
     """
     sparsity = check_sparsity(sparsity)
     distribution = check_distribution(distribution)
-    custom = dict(custom or {})
+    power = check_power(power)
+    custom = check_custom_densities(custom)
     unknown = sorted(set(custom) - set(shapes))
     if unknown:
         raise ValueError(
             f"custom densities name {unknown}, which are not among the layers: {sorted(shapes)}."
         )
-    for name, density in custom.items():
-        if not 0.0 <= float(density) <= 1.0:
-            raise ValueError(
-                f"custom density for {name!r} is {density!r}: allowed values are in [0, 1]."
-            )
 
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     free = [name for name in shapes if name not in custom]

@@ -8,7 +8,8 @@ builds its masks from it, the FLOP API counts at its densities (it has ``.densit
 Default layer choice (SPEC §1): the weight of every conv and linear layer and the input
 projections of ``nn.MultiheadAttention`` (its output projection is a linear layer); embeddings,
 normalisation, biases and everything else stay dense and outside the budget. The first candidate,
-the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse).
+the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse); a
+model whose only candidate is the stem is refused rather than left without a sparse layer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any, Literal
 
 from torch import nn
 
-from .distributions import active_counts, check_distribution, check_sparsity, layer_densities
+from .distributions import (
+    active_counts,
+    check_custom_densities,
+    check_distribution,
+    check_power,
+    check_sparsity,
+    layer_densities,
+)
 
 #: Module types whose ``weight`` is a sparse candidate by default.
 SPARSE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -51,6 +59,26 @@ def _matches(pattern: str, param_name: str) -> bool:
     )
 
 
+def check_layer_names(value: Sequence[str] | str | None, name: str) -> list[str] | None:
+    """``dense_layers`` / ``sparse_layers`` as a list of names (a single name is one entry), or
+    ``None``; ``ValueError`` naming the argument for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(entry, str) for entry in value):
+        return list(value)
+    meaning = (
+        "None (keep the first layer dense), [] (every candidate sparse)"
+        if name == "dense_layers"
+        else "None (the default choice: conv/linear weights and attention projections)"
+    )
+    raise ValueError(
+        f"{name}={value!r} is not a list of names: allowed values are {meaning}, or a list of "
+        "parameter or module names (or glob patterns over them), e.g. ['fc', 'layer1.*']."
+    )
+
+
 def select_sparse(
     candidates: Sequence[str],
     dense_layers: Sequence[str] | str | None = None,
@@ -63,10 +91,16 @@ def select_sparse(
             "the model has no conv, linear or attention layer to make sparse; name tensors with "
             "sparse_layers."
         )
+    dense_layers = check_layer_names(dense_layers, "dense_layers")
     if dense_layers is None:
+        if len(candidates) == 1:
+            raise ValueError(
+                f"the model's only sparse candidate, {candidates[0]!r}, is its first layer, which "
+                "dense_layers=None keeps dense (the stem stays dense by default), so no layer "
+                "would be sparse: pass dense_layers=[] to make it sparse, or use method=dense "
+                "for a dense run."
+            )
         return list(candidates[1:])
-    if isinstance(dense_layers, str):
-        dense_layers = [dense_layers]
     dense: set[str] = set()
     for pattern in dense_layers:
         found = {name for name in candidates if _matches(pattern, name)}
@@ -91,6 +125,7 @@ def candidate_shapes(
     """``name → shape`` of the candidates: the default choice, or the parameters matching
     ``sparse_layers`` (names, module names or globs)."""
     params = dict(model.named_parameters())
+    sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
     if sparse_layers is None:
         names = default_candidates(model)
     else:
@@ -145,14 +180,20 @@ class AllocationPlan:
     ) -> AllocationPlan:
         """The plan for a model (or for ``name → shape`` of its candidates, in order).
 
-        ``masked=False`` (Dense, Small-Dense) lists every candidate as dense.
+        ``masked=False`` (Dense, Small-Dense) lists every candidate as dense. ``ValueError``
+        names the argument for a value it does not allow, and refuses a plan without a sparse
+        layer (a one-layer model keeps its only layer dense unless ``dense_layers=[]``) or with a
+        layer left no active weight (a sparsity too high for its size).
         """
+        sparsity = check_sparsity(sparsity)
+        distribution = check_distribution(distribution)
+        power = check_power(power)
+        custom = check_custom_densities(custom_densities)
+        dense_layers = check_layer_names(dense_layers, "dense_layers")
+        sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
         if isinstance(shapes, nn.Module):
             shapes = candidate_shapes(shapes, sparse_layers)
         shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
-        sparsity = check_sparsity(sparsity)
-        distribution = check_distribution(distribution)
-        custom = dict(custom_densities or {})
         chosen = select_sparse(list(shapes), dense_layers) if masked else []
         outside = sorted(set(custom) - set(chosen))
         if masked and outside:
@@ -163,6 +204,19 @@ class AllocationPlan:
         sparse_shapes = {name: shapes[name] for name in chosen}
         densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom)
         counts = active_counts(sparse_shapes, densities)
+        empty = [name for name in sparse_shapes if counts[name] == 0 and densities[name] > 0]
+        if empty:
+            listed = ", ".join(
+                f"{name}: 0 of {math.prod(sparse_shapes[name])} (density {densities[name]:.2g})"
+                for name in empty
+            )
+            raise ValueError(
+                f"sparsity={sparsity!r} with distribution {distribution!r} leaves "
+                f"{'layer' if len(empty) == 1 else 'layers'} {listed} without an active weight: "
+                "such a layer passes no signal. Lower the sparsity, use another distribution, or "
+                "keep these layers dense (dense_layers) or give them a density of their own "
+                "(custom_densities)."
+            )
         layers = tuple(
             LayerAllocation(
                 name, shape, "custom" if name in custom else "sparse", densities[name], counts[name]
