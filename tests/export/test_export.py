@@ -5,6 +5,7 @@ neurons removed, batch norm folded, CSR layers) computes what the masked model c
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,18 @@ def test_a_partial_run_is_exported_with_one_line_saying_so(digits_run, tmp_path,
     assert capsys.readouterr().err == ""
     info = json.loads((tmp_path / "done" / "export.json").read_text())
     assert info["partial"] is False and info["step"] > 20
+
+
+def test_an_export_of_another_run_is_never_overwritten(digits_run, tmp_path, capsys):
+    """issue 18, found as a new user: `regrow export B OUT` silently replaced OUT's export of A."""
+    other = tmp_path / "other_run"
+    shutil.copytree(digits_run, other)
+    out = tmp_path / "export"
+    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0
+    before = (out / "export.json").read_bytes()
+    capsys.readouterr()
+    assert cli("export", str(other), str(out), "--csr", "never") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds the export of another run" in err, err
+    assert (out / "export.json").read_bytes() == before  # untouched
+    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0  # same run: replaced

@@ -81,7 +81,7 @@ def run_export(args: argparse.Namespace) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads {args.threads}: allowed values are >= 1")
             torch.set_num_threads(args.threads)
-        check_out_dir(args.out)  # before the (slow) export
+        check_out_dir(args.out, args.run_dir)  # before the (slow) export
         masked = load_run(args.run_dir)
         if masked.partial:  # what is exported is the last checkpoint, not a trained model
             at = "" if masked.step is None else f" at step {masked.step}"

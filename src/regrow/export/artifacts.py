@@ -150,17 +150,37 @@ def load_run(run_dir: str | Path) -> MaskedModel:
     )
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """``out`` as a place to write an export: a new or empty directory, or an earlier export."""
+def check_out_dir(out: str | Path, source: str | Path | None = None) -> Path:
+    """``out`` as a place to write an export of ``source``: a new or empty directory, or an
+    earlier export of the same run (which is replaced); never another run's export."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"OUT {path} exists and is not a directory: choose another OUT")
     if path.is_dir() and any(path.iterdir()) and not (path / INFO).is_file():
         raise ValueError(
             f"OUT {path} is a non-empty directory that holds no export: choose a new or empty "
-            "OUT (an earlier export is overwritten)"
+            "OUT (an earlier export of the same run is overwritten)"
+        )
+    earlier = _exported_from(path / INFO)
+    if source is not None and earlier is not None and not _same_path(earlier, source):
+        raise ValueError(
+            f"OUT {path} holds the export of another run ({earlier}): choose another OUT, or "
+            f"delete {path} first to replace it"
         )
     return path
+
+
+def _exported_from(info: Path) -> str | None:
+    """The run an existing ``export.json`` was made from (``None``: no readable one)."""
+    try:
+        source = json.loads(info.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def export_run(
@@ -174,7 +194,7 @@ def export_run(
     returns the ``export.json`` content and the export report. ``zero_signs``: see
     :func:`regrow.export.compress.compress_state_dict`."""
 
-    path = check_out_dir(out)
+    path = check_out_dir(out, masked.source)
     state = masked.model.state_dict()
     graph_module, report = export_model(masked.model, masked.input_shape, batch_size, csr)
     path.mkdir(parents=True, exist_ok=True)
