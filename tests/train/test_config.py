@@ -149,6 +149,14 @@ def test_the_quickstart_preset_names_no_run_directory(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+@pytest.mark.parametrize("preset", ["cifar10_wrn22_2", "cifar100_resnet50"])
+def test_no_shipped_preset_names_a_run_directory(preset):
+    """Two runs of a preset with a default out_dir shared one directory (issue 18, item 3: the
+    same defect as the quickstart's, in the CIFAR presets)."""
+    with pytest.raises(ConfigError, match="out_dir is not set"):
+        load_config(preset, [])
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
