@@ -102,3 +102,11 @@ def test_custom_layers_stay_out_of_the_budget() -> None:
 def test_bad_input_names_value_and_allowed(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         layer_densities(wrn22_2_shapes(), **kwargs)
+
+
+@pytest.mark.parametrize("power", [400, -400])
+def test_a_power_whose_scores_leave_the_float_range_is_named(power: float) -> None:
+    """Found after issue 18's fixes: power=400 raised a raw ZeroDivisionError (the ERK scores of
+    large layers rounded to zero), power=-400 an OverflowError."""
+    with pytest.raises(ValueError, match=rf"power={float(power)!r} is too large in magnitude"):
+        layer_densities({"a": (100, 100), "b": (10, 10)}, 0.9, "erk", power=power)

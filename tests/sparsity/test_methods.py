@@ -717,3 +717,27 @@ def test_sparsifier_argument_errors_name_the_argument_value_and_allowed_values(
             OPTIMIZERS["adam"](model.parameters()),
             **{"sparsity": 0.5, "total_steps": 100, **kwargs},
         )
+
+
+def test_a_model_or_optimizer_of_the_wrong_kind_is_named() -> None:
+    """Found after issue 18's fixes: ``regrow.RigL(5, opt)`` raised a raw AttributeError."""
+    model = MODELS["mlp"][0]()
+    optimizer = OPTIMIZERS["adam"](model.parameters())
+    with pytest.raises(ValueError, match=r"model=5 is not a torch\.nn\.Module"):
+        regrow.RigL(5, optimizer, sparsity=0.5, total_steps=100)
+    with pytest.raises(ValueError, match=r"optimizer='sgd' is not a torch\.optim\.Optimizer"):
+        regrow.RigL(model, "sgd", sparsity=0.5, total_steps=100)
+
+
+def test_start_from_masks_and_load_state_dict_name_what_is_wrong_with_their_masks() -> None:
+    """Found after issue 18's fixes: ``start_from_masks(5)`` raised a raw TypeError and
+    ``load_state_dict`` accepted float masks."""
+    model = MODELS["mlp"][0]()
+    sp = regrow.Static(model, OPTIMIZERS["adam"](model.parameters()), sparsity=0.5)
+    with pytest.raises(ValueError, match="masks=5 is not a mapping"):
+        sp.start_from_masks(5)
+    state = sp.state_dict()
+    name = sp.names[0]
+    state["masks"] = {**state["masks"], name: state["masks"][name].float()}
+    with pytest.raises(ValueError, match=rf"saved mask {name} is torch\.float32, not a bool"):
+        sp.load_state_dict(state)

@@ -196,6 +196,16 @@ class Sparsifier:
         given = args.as_dict() if isinstance(args, MethodArgs) else dict(args or {})
         self.args = self.Args.from_mapping({**given, **method_args}, self.name)
         self.total_steps = self._check_total_steps(total_steps)
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"model={model!r} is not a torch.nn.Module: pass the model whose layers to make "
+                "sparse."
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"optimizer={optimizer!r} is not a torch.optim.Optimizer: pass the optimizer that "
+                "steps the model's parameters."
+            )
         self.model, self.optimizer = model, optimizer
         self.seed = _whole_number(seed, "seed", "integers (any integer seeds the masks)")
         for flag, value in (
@@ -639,6 +649,11 @@ class Sparsifier:
     def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:
         """What :meth:`start_from_masks` refuses, each as one ``ValueError`` naming the layer."""
         kind = type(self).__name__
+        if not isinstance(masks, Mapping):
+            raise ValueError(
+                f"masks={masks!r} is not a mapping: pass parameter name -> bool mask, e.g. "
+                "torch.load(checkpoint)['sparsifier']['masks']."
+            )
         if not self.traits.masked or self.traits.starts_dense:
             why = "trains without masks" if not self.traits.masked else "starts dense"
             raise ValueError(
@@ -800,6 +815,9 @@ class Sparsifier:
             )
         for name in self.names:
             mask = saved[name]
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(f"saved mask {name} is {kind}, not a bool tensor.")
             if tuple(mask.shape) != tuple(self.masks[name].shape):
                 raise ValueError(
                     f"saved mask {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.masks[name].shape)}."

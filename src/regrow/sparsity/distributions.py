@@ -138,7 +138,7 @@ def layer_densities(
 
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     free = [name for name in shapes if name not in custom]
-    raw = {name: raw_score(shapes[name], distribution, power) for name in free}
+    raw = _raw_scores(shapes, free, distribution, power)
     budget = (1.0 - sparsity) * sum(sizes[name] for name in free)
 
     dense: set[str] = set()
@@ -163,6 +163,24 @@ def layer_densities(
         else:
             densities[name] = min(1.0, epsilon * raw[name])
     return densities
+
+
+def _raw_scores(
+    shapes: Mapping[str, Sequence[int]], names: Sequence[str], distribution: str, power: float
+) -> dict[str, float]:
+    """:func:`raw_score` of each layer; a ``ValueError`` naming ``power`` when it is so large that
+    the scores leave the float range (they overflow, or one rounds to zero)."""
+    try:
+        raw = {name: raw_score(shapes[name], distribution, power) for name in names}
+    except OverflowError:
+        raw = {}
+    if names and not (raw and all(math.isfinite(v) and v > 0 for v in raw.values())):
+        raise ValueError(
+            f"power={power!r} is too large in magnitude: the {distribution} scores leave the "
+            "float range; allowed values are powers whose scores stay finite and above zero "
+            "(1 is ERK, 0 uniform)."
+        )
+    return raw
 
 
 def active_counts(
