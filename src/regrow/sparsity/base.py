@@ -24,8 +24,6 @@ says what the FLOP counter needs.
 from __future__ import annotations
 
 import importlib
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -36,6 +34,7 @@ from torch import nn
 
 from . import masks as mask_utils
 from .args import MethodArgs
+from .arguments import check_objects, check_total_steps, method_args_of, whole_number
 from .optim_state import check_optimizer, zero_state_
 from .plan import AllocationPlan
 from .selection import seeded_generator, topk_mask
@@ -91,21 +90,6 @@ def get_method(name: str) -> type[Sparsifier]:
             "(or package.module:ClassName of your own method)."
         )
     return METHODS[key]
-
-
-def _whole_number(value: Any, name: str, allowed: str) -> int:
-    """``value`` as an int if it is a whole number (an int, or a float such as ``100.0``);
-    ``ValueError`` naming ``name`` for anything else (``2.7``, a string, a bool, inf, NaN)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        whole = False
-    else:
-        whole = math.isfinite(float(value)) and float(value).is_integer()
-    if not whole:
-        raise ValueError(
-            f"{name}={value!r} is not {'a whole number' if name == 'total_steps' else 'an integer'}"
-            f": allowed values are {allowed}; pass an int."
-        )
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -188,38 +172,12 @@ class Sparsifier:
         args: MethodArgs | Mapping[str, Any] | None = None,
         **method_args: Any,
     ) -> None:
-        if args is not None and not isinstance(args, MethodArgs | Mapping):
-            raise ValueError(
-                f"args={args!r} is not a mapping: allowed values are None, a mapping of argument "
-                f"name to value, or a {type(self).__name__}.Args."
-            )
-        given = args.as_dict() if isinstance(args, MethodArgs) else dict(args or {})
-        self.args = self.Args.from_mapping({**given, **method_args}, self.name)
-        self.total_steps = self._check_total_steps(total_steps)
-        if not isinstance(model, nn.Module):
-            raise ValueError(
-                f"model={model!r} is not a torch.nn.Module: pass the model whose layers to make "
-                "sparse."
-            )
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(
-                f"optimizer={optimizer!r} is not a torch.optim.Optimizer: pass the optimizer that "
-                "steps the model's parameters."
-            )
+        kind = type(self).__name__
+        self.args = self.Args.from_mapping({**method_args_of(args, kind), **method_args}, self.name)
+        self.total_steps = check_total_steps(total_steps, self.traits.needs_total_steps, kind)
+        check_objects(model, optimizer, plan, elementwise_optimizer, attach_hook)
         self.model, self.optimizer = model, optimizer
-        self.seed = _whole_number(seed, "seed", "integers (any integer seeds the masks)")
-        for flag, value in (
-            ("elementwise_optimizer", elementwise_optimizer),
-            ("attach_hook", attach_hook),
-        ):
-            if not isinstance(value, bool):
-                raise ValueError(f"{flag}={value!r} is not a bool: allowed values are True, False.")
-        if plan is not None and not isinstance(plan, AllocationPlan):
-            raise ValueError(
-                f"plan={plan!r} is not an AllocationPlan: allowed values are None (build one from "
-                "sparsity, distribution, power, dense_layers, custom_densities, sparse_layers) or "
-                "regrow.AllocationPlan.build(...)."
-            )
+        self.seed = whole_number(seed, "seed", "integers (any integer seeds the masks)")
         plan = plan or AllocationPlan.build(
             model,
             sparsity,
@@ -256,28 +214,6 @@ class Sparsifier:
             else None
         )
         self.verify_masks_across_ranks("at construction")
-
-    def _check_total_steps(self, total_steps: Any) -> int | None:
-        """``total_steps`` as an int: a whole number, >= 1 for a method with a schedule (which
-        needs it), >= 0 or ``None`` for the others; ``ValueError`` naming the value otherwise."""
-        if self.traits.needs_total_steps:
-            low, allowed = 1, "integers >= 1"
-            why = f"{type(self).__name__} needs the number of optimizer steps of the run"
-        else:
-            low, allowed, why = 0, "None or integers >= 0", "the number of optimizer steps"
-        if total_steps is None:
-            if low:
-                raise ValueError(
-                    f"total_steps=None: {why} for its schedule; allowed values are {allowed}."
-                )
-            return None
-        steps = _whole_number(total_steps, "total_steps", f"{allowed} ({why})")
-        if steps < low:
-            raise ValueError(
-                f"total_steps={total_steps!r} is out of range: allowed values are {allowed} "
-                f"({why})."
-            )
-        return steps
 
     def _sparse_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The plan's tensors, checked to be parameters of ``model`` not yet masked."""
@@ -853,16 +789,7 @@ class Sparsifier:
         method that starts dense, and SRigL's constant fan-in.
         """
         kind = type(self).__name__
-        saved_targets = state.get("target_counts")
-        if saved_targets is not None:
-            for name in self.names:
-                if int(saved_targets.get(name, -1)) != self.target_counts[name]:
-                    raise ValueError(
-                        f"this state was saved by a sparsifier whose allocation gives layer {name} "
-                        f"{saved_targets.get(name)} active weights, but this {kind}'s allocation "
-                        f"gives it {self.target_counts[name]}: load it into a sparsifier built with "
-                        "the same sparsity, distribution, power, dense_layers and custom_densities."
-                    )
+        self._check_saved_allocation(state.get("target_counts"))
         counts = {name: int(state["masks"][name].sum()) for name in self.names}
         sizes = {name: self.masks[name].numel() for name in self.names}
         if "start_counts" not in state:
@@ -878,7 +805,6 @@ class Sparsifier:
                 "with it, or build the sparsifier with the settings the state was saved with."
             )
 
-        rule = self.count_rule()
         if state.get("last_update_step") is None:  # no update yet (a postponed one changed nothing)
             for name in self.names:
                 if self.traits.starts_dense and counts[name] != sizes[name]:
@@ -886,6 +812,7 @@ class Sparsifier:
                 if not self.traits.starts_dense and start and counts[name] != start[name]:
                     refuse(name, f"{start[name]}")
             return
+        rule = self.count_rule()
         if rule == "fan_in":
             for name in self.names:
                 active = state["masks"][name].reshape(self.masks[name].shape[0], -1).sum(dim=1)
@@ -908,6 +835,18 @@ class Sparsifier:
                 f"a share of {sum(start.values())} weights over all layers, which these masks "
                 f"sum to {sum(counts.values())}",
             )
+
+    def _check_saved_allocation(self, saved_targets: Mapping[str, Any] | None) -> None:
+        """A state's own allocation (``target_counts``, when it has one) must be this one's."""
+        for name in self.names if saved_targets is not None else []:
+            if int(saved_targets.get(name, -1)) != self.target_counts[name]:
+                raise ValueError(
+                    f"this state was saved by a sparsifier whose allocation gives layer {name} "
+                    f"{saved_targets.get(name)} active weights, but this {type(self).__name__}'s "
+                    f"allocation gives it {self.target_counts[name]}: load it into a sparsifier "
+                    "built with the same sparsity, distribution, power, dense_layers and "
+                    "custom_densities."
+                )
 
     def remove(self) -> None:
         """Detach the optimizer hook (the masks stay registered on the model)."""

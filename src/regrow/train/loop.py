@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import signal
 import sys
 import time
@@ -50,6 +49,7 @@ from .step import (
     Settings,
     TrainStep,
     learning_rate,
+    select_device,
     tensor_learning_rates_,
 )
 
@@ -62,31 +62,8 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became inf/NaN; the last good checkpoint was kept."""
 
 
-#: What ``train.device`` may be: auto, cpu, cuda, cuda:N.
-DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
-
 #: Why a run stopped before its end → the exit status of ``regrow train`` (128 + the signal).
 STOP_STATUS = {"stop_at_step": 0, "SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
-
-
-def select_device(name: str) -> torch.device:
-    """The torch device of ``train.device``; :class:`ConfigError` naming the allowed values."""
-    if not DEVICE_NAMES.fullmatch(name):
-        raise ConfigError(
-            f"train.device={name!r} is not allowed: allowed values are auto, cpu, cuda, cuda:N "
-            "(N the index of a CUDA device)."
-        )
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r}, but CUDA is not available: use auto or cpu.")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"train.device={name!r}, but there are {torch.cuda.device_count()} CUDA devices: "
-            f"allowed values are auto, cpu, cuda, cuda:0 … cuda:{torch.cuda.device_count() - 1}."
-        )
-    return device
 
 
 @torch.inference_mode()

@@ -1,5 +1,6 @@
 """The training step, eager (:class:`TrainStep`) or with the non-update step as one compiled
-function (:class:`CompiledStep`), and the fastest correct settings per device (:class:`Settings`).
+function (:class:`CompiledStep`), the device a run trains on (:func:`select_device`) and the
+fastest correct settings per device (:class:`Settings`).
 
 **Settings.** ``train.bf16``, ``train.channels_last`` and ``train.cudnn_benchmark`` default to
 ``null``, which means *what is fastest on this device*: on CUDA bf16 autocast, channels-last
@@ -30,6 +31,7 @@ buffers the graph then updates in place.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +40,29 @@ import torch.optim.sgd as torch_sgd
 from torch import nn
 
 from .config import ConfigError, TrainConfig
+
+#: What ``train.device`` may be: auto, cpu, cuda, cuda:N.
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def select_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; :class:`ConfigError` naming the allowed values."""
+    if not DEVICE_NAMES.fullmatch(name):
+        raise ConfigError(
+            f"train.device={name!r} is not allowed: allowed values are auto, cpu, cuda, cuda:N "
+            "(N the index of a CUDA device)."
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}, but CUDA is not available: use auto or cpu.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name!r}, but there are {torch.cuda.device_count()} CUDA devices: "
+            f"allowed values are auto, cpu, cuda, cuda:0 … cuda:{torch.cuda.device_count() - 1}."
+        )
+    return device
 
 
 @dataclass(frozen=True)
