@@ -12,7 +12,6 @@ What OUT holds: :mod:`regrow.export.artifacts`; how the inference model is built
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Any
 
@@ -71,6 +70,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Handle ``regrow export``."""
     from ..export import export_run, load_run
     from ..export.artifacts import check_out_dir
+    from ..train.checkpoint import resume_command
 
     def work() -> int:
         import torch
@@ -88,7 +88,7 @@ def run_export(args: argparse.Namespace) -> int:
             print(
                 f"regrow export: warning: {masked.source} is partial: the run has not finished "
                 f"({masked.state}); exporting its last checkpoint{at}; export.json says "
-                f'"partial": true. Finish it with {shlex.join(["regrow", "train", "--resume", masked.source])} '
+                f'"partial": true. Finish it with {resume_command(masked.source)} '
                 "and export again for the trained model.",
                 file=sys.stderr,
             )

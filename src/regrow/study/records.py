@@ -176,19 +176,10 @@ def _natural(name: str) -> list[Any]:
 def summary_problem(path: str | Path) -> str | None:
     """Why the run directory's ``summary.json`` cannot be read as a summary (not JSON, not a JSON
     object), naming the file; ``None`` if it can, or if there is none."""
-    file = Path(path) / RunDir.SUMMARY
     try:
-        text = file.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        return f"{file}: {error.strerror or error}"
-    try:
-        summary = json.loads(text)
-    except ValueError as error:
-        return f"{file} is not valid JSON ({' '.join(str(error).split())[:100]})"
-    if not isinstance(summary, dict):
-        return f"{file} holds a JSON {type(summary).__name__}, not an object"
+        RunDir(path).summary()
+    except RunDirError as error:
+        return f"{Path(path) / RunDir.SUMMARY} {error.problem or error}"
     return None
 
 
@@ -201,18 +192,16 @@ def _read_run(path: Path, planned: bool = False) -> RunRecord:
     except (OSError, yaml.YAMLError) as error:
         reason = " ".join(str(error).split())[:120]
         return RunRecord(path.name, path, UNREADABLE, {}, None, planned, f"config.yaml: {reason}")
-    problem = summary_problem(path) if run.holder() is None else None
-    if problem is not None:
-        detail = problem.replace(str(path / RunDir.SUMMARY), RunDir.SUMMARY, 1)
-        return RunRecord(path.name, path, UNREADABLE, params, None, planned, detail)
     try:
-        state = run.state()
+        state = run.state()  # a run another process holds is locked, its summary not read
         summary = run.summary() if state == DONE else None
     except (OSError, ValueError) as error:
-        reason = " ".join(str(error).split())[:120]
-        return RunRecord(
-            path.name, path, UNREADABLE, params, None, planned, f"{RunDir.SUMMARY}: {reason}"
-        )
+        problem = getattr(error, "problem", None)  # a damaged summary.json, said short
+        if problem:
+            detail = f"{RunDir.SUMMARY} {problem}"
+        else:
+            detail = f"{RunDir.SUMMARY}: {' '.join(str(error).split())[:120]}"
+        return RunRecord(path.name, path, UNREADABLE, params, None, planned, detail)
     return RunRecord(path.name, path, state, params, summary, planned)
 
 

@@ -176,16 +176,16 @@ class RunDir:
         try:
             data = json.loads(path.read_text(errors="replace"))
         except json.JSONDecodeError as error:
-            raise RunDirError(
-                f"{path} is not valid JSON ({error.msg}, line {error.lineno}): {what} "
-                f"({after_delete})."
-            ) from None
+            problem = f"is not valid JSON ({error.msg}, line {error.lineno})"
+            raise RunDirError(f"{path} {problem}: {what} ({after_delete}).", problem) from None
         except OSError as error:
-            raise RunDirError(f"cannot read {path}: {error.strerror or error}.") from None
+            problem = f"cannot be read: {error.strerror or error}"
+            raise RunDirError(f"cannot read {path}: {error.strerror or error}.", problem) from None
         if not isinstance(data, dict):
+            kind = type(data).__name__
             raise RunDirError(
-                f"{path} is not a JSON object (it holds a {type(data).__name__}): {what} "
-                f"({after_delete})."
+                f"{path} is not a JSON object (it holds a {kind}): {what} ({after_delete}).",
+                f"holds a JSON {kind}, not an object",
             )
         return data
 

@@ -33,6 +33,12 @@ class RunDirError(ValueError):
 
     exit_code = 2
 
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        #: For a damaged file: what is wrong with it, short (``"holds a JSON list, not an
+        #: object"``), for lists such as a report's unreadable runs.
+        self.problem = problem
+
 
 class RunLockedError(RunDirError):
     """Another process trains in this run directory (the message names its host and pid)."""
