@@ -1,5 +1,6 @@
 """The ``regrow`` command line: one module per subcommand (:mod:`.train`, :mod:`.quickstart`,
-:mod:`.sweep`, :mod:`.report`, :mod:`.flops`, :mod:`.export`, :mod:`.bench`), each an
+:mod:`.sweep`, :mod:`.report`, :mod:`.flops`, :mod:`.export`, :mod:`.bench`, :mod:`.sample`),
+each an
 ``add_<name>_parser`` / ``run_<name>`` pair, wired together in :func:`build_parser`.
 
 Bad input prints one line, ``regrow <cmd>: error: ...``, naming what was wrong and the allowed
@@ -34,6 +35,7 @@ from .export import add_export_parser, run_export
 from .flops import add_flops_parser, run_flops
 from .quickstart import add_quickstart_parser, run_quickstart
 from .report import add_report_parser, run_report
+from .sample import add_sample_parser, run_sample
 from .sweep import add_sweep_parser, run_sweep
 from .train import add_train_parser, run_train
 
@@ -45,6 +47,7 @@ __all__ = [
     "add_flops_parser",
     "add_quickstart_parser",
     "add_report_parser",
+    "add_sample_parser",
     "add_sweep_parser",
     "add_train_parser",
     "build_parser",
@@ -54,6 +57,7 @@ __all__ = [
     "run_flops",
     "run_quickstart",
     "run_report",
+    "run_sample",
     "run_sweep",
     "run_train",
 ]
@@ -97,6 +101,7 @@ _SUBCOMMANDS: tuple[tuple[str, Callable[[Any], argparse.ArgumentParser]], ...] =
     ("flops", add_flops_parser),
     ("export", add_export_parser),
     ("bench-inference", add_bench_parser),
+    ("sample", add_sample_parser),
     ("report", add_report_parser),
     ("sweep", add_sweep_parser),
 )

@@ -8,7 +8,9 @@ adds the options every dataset shares (a held-out validation split, a training-s
     for x, y in train: ...
 
 CIFAR images stay uint8 ``[N, 3, 32, 32]`` until a batch is normalised on the device; the digits
-are float ``[N, 64]`` in [0, 1].
+are float ``[N, 64]`` in [0, 1]. ``text`` is character-level language modelling
+(:mod:`regrow.data.text`): a :class:`TextData` with the same loader interface, whose batches are
+``[batch, block_size]`` token ids and their next characters.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .cifar import (
 )
 from .digits import load_digits
 from .gpu import DeviceLoader, epoch_generator
+from .text import TextData, TextDataError, TextLoader, TextSource, load_text
 
 __all__ = [
     "ARCHIVES",
@@ -48,6 +51,10 @@ __all__ = [
     "DatasetSplits",
     "DeviceLoader",
     "DownloadError",
+    "TextData",
+    "TextDataError",
+    "TextLoader",
+    "TextSource",
     "crop_flip",
     "download_and_extract",
     "draw_crop_flip",
@@ -57,6 +64,7 @@ __all__ = [
     "load_cifar100",
     "load_dataset",
     "load_digits",
+    "load_text",
     "normalize",
     "random_crop_flip",
     "read_cifar_file",
@@ -86,6 +94,16 @@ class DatasetSplits:
     augment: bool = False
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+
+    sequence = False  #: one target per sample (a text's targets are per position)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_x is not None
+
+    def model_options(self) -> dict[str, int]:
+        """Keywords the model is built with beyond ``num_classes`` and ``width``: none."""
+        return {}
 
     def train_loader(
         self,
@@ -176,6 +194,7 @@ def _cifar(
     std: tuple[float, ...],
     root: Root,
     download: bool,
+    **options: object,
 ) -> DatasetSplits:
     train_x, train_y, test_x, test_y = load(root, download)
     return DatasetSplits(
@@ -183,17 +202,24 @@ def _cifar(
     )
 
 
-def _digits(root: Root, download: bool) -> DatasetSplits:
-    del root, download  # bundled with scikit-learn: nothing to find or fetch
+def _digits(root: Root, download: bool, **options: object) -> DatasetSplits:
+    del root, download, options  # bundled with scikit-learn: nothing to find or fetch
     train_x, train_y, test_x, test_y = load_digits()
     return DatasetSplits("digits", train_x, train_y, test_x, test_y, 10, (64,))
 
 
-#: Dataset name -> loader ``(root, download) -> DatasetSplits`` (whole splits, no options applied).
-DATASETS: dict[str, Callable[[Root, bool], DatasetSplits]] = {
+def _text(root: Root, download: bool, path: Root = None, block_size: int = 256) -> TextData:
+    del root, download  # a file of its own (data.path), or the standard library's text
+    return load_text(path, block_size)
+
+
+#: Dataset name -> loader ``(root, download, *, path, block_size) -> DatasetSplits | TextData``
+#: (whole splits, no options applied; an option a dataset does not use is ignored).
+DATASETS: dict[str, Callable[..., DatasetSplits | TextData]] = {
     "cifar10": partial(_cifar, "cifar10", load_cifar10, 10, CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": partial(_cifar, "cifar100", load_cifar100, 100, CIFAR100_MEAN, CIFAR100_STD),
     "digits": _digits,
+    "text": _text,
 }
 
 
@@ -204,7 +230,9 @@ def load_dataset(
     validation_size: int = 0,
     limit_train: int | None = None,
     seed: int = 0,
-) -> DatasetSplits:
+    path: Root = None,
+    block_size: int = 256,
+) -> DatasetSplits | TextData:
     """Load dataset ``name`` (a key of :data:`DATASETS`) from ``root`` (default ``./data``).
 
     ``download`` fetches a missing CIFAR archive (checksum verified). ``validation_size`` holds out
@@ -212,6 +240,8 @@ def load_dataset(
     same ``seed`` to every run that should validate on the same samples; the reproducibility report
     uses 5,000 of CIFAR-10's 50,000). ``limit_train`` then keeps only the first that-many remaining
     training samples (at most all), for quick runs; the validation set does not depend on it.
+    ``text`` reads ``path`` (``None``: the standard library's text) in windows of ``block_size``
+    and has its own validation split (the two options above are for images).
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -223,7 +253,9 @@ def load_dataset(
             f"data.limit_train={limit_train} is out of range: allowed values are >= 1, or null "
             "(None) for all."
         )
-    data = DATASETS[key](root, download)
+    data = DATASETS[key](root, download, path=path, block_size=block_size)
+    if isinstance(data, TextData):
+        return data
     count = int(data.train_x.shape[0])
     if not 0 <= validation_size < count:
         raise ValueError(

@@ -20,7 +20,13 @@ paper's counter adds"): the RigL code counts every conv and dense layer as a Mic
 ``v`` multiplies and ``v − 1`` adds, plus 1 add for the bias and 1 for the ReLU, per output element:
 ``2v + 1``. So here the term is added once per output element of *every* conv and linear layer,
 whether or not the layer really has a bias or is followed by a ReLU, and it does not scale with the
-density. Batch norm, pooling, residual adds and softmax cost nothing. Output sizes are the layers'
+density. Batch norm, pooling, residual adds and softmax cost nothing.
+
+Weightless matmuls (attention's q kᵀ and its product with v) are counted where a module says what
+they are (a ``flop_matmuls(inputs, output)`` method returning ``(label, fan_in, outputs)`` rows:
+:class:`regrow.models.transformer.ScaledDotProduct`): ``2 · fan_in · outputs``, always dense,
+without the ``+ n_out`` term (no bias, no activation). Embedding lookups and layer norms are free;
+a model whose input is token ids says so with ``input_dtype = torch.long``. Output sizes are the layers'
 real ones; for the registered models they equal MicroNet's "same"-padding sizes.
 
 With this, dense WRN-22-2 on 32×32 costs 3.159e8 FLOPs and dense ResNet-50 on 224×224 8.20e9, the
@@ -73,7 +79,10 @@ class LayerGeometry:
     outputs: int
 
     def flops(self, density: float = 1.0) -> float:
-        """``2 · density · fan_in · outputs + outputs`` (MicroNet, see the module docstring)."""
+        """``2 · density · fan_in · outputs + outputs`` (MicroNet, see the module docstring); a
+        weightless matmul ``2 · fan_in · outputs`` (dense, no bias or activation)."""
+        if self.kind == "matmul":
+            return 2.0 * self.fan_in * self.outputs
         return self.outputs * (2.0 * density * self.fan_in + 1.0)
 
 
@@ -235,13 +244,27 @@ def _eval_mode(model: nn.Module):
             module.training = training
 
 
+def _input_dtype(model: nn.Module) -> torch.dtype:
+    """A model's ``input_dtype`` if it declares one (token ids: ``torch.long``), else the float type
+    of its parameters."""
+    declared = getattr(model, "input_dtype", None)
+    if isinstance(declared, torch.dtype):
+        return declared
+    first = next(iter(model.parameters()), None)
+    return first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+
 def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str, list[Any]]:
-    """Run one sample through ``model`` and record each counted module's output sizes."""
+    """Run one sample through ``model``; record each counted module's output sizes, and each
+    weightless matmul module's ``flop_matmuls`` rows."""
     records: dict[str, list[Any]] = {}
 
     def hook(name: str):
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
+            if hasattr(module, "flop_matmuls"):
+                for label, fan_in, outputs in module.flop_matmuls(inputs, output):
+                    records.setdefault(f"{name}.{label}", []).append((fan_in, outputs))
+            elif isinstance(output, torch.Tensor):
                 records.setdefault(name, []).append(tuple(output.shape))
 
         return record
@@ -249,11 +272,12 @@ def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str,
     modules = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None
+        if (isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None)
+        or hasattr(module, "flop_matmuls")
     ]
     handles = [module.register_forward_hook(hook(name)) for name, module in modules]
     first = next(iter(model.parameters()), None)
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    dtype = _input_dtype(model)
     try:
         with _eval_mode(model), torch.no_grad():
             if on_meta:
@@ -305,6 +329,11 @@ def profile_model(
     layers = []
     named = dict(model.named_modules())
     for module_name, shapes in records.items():
+        if module_name not in named:  # "<module>.<label>": a weightless matmul
+            fan_in, _ = shapes[0]
+            outputs = sum(count for _, count in shapes)
+            layers.append(LayerGeometry(module_name, "matmul", (), (outputs,), fan_in, outputs))
+            continue
         module = named[module_name]
         weight = module.weight
         outputs = sum(math.prod(s[1:]) for s in shapes)  # per sample: drop the batch of 1
@@ -319,7 +348,7 @@ def profile_model(
             )
         )
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
-    layers.sort(key=lambda layer: order[layer.name.rpartition(".")[0]])
+    layers.sort(key=lambda layer: order[layer.name.rpartition(".")[0]])  # stable: scores, mix
     return FlopProfile(
         input_shape=shape,
         layers=tuple(layers),

@@ -17,16 +17,20 @@ from torch import nn
 
 from .mlp import LeNet300100, digits_mlp, lenet300_100
 from .resnet import Bottleneck, ResNet, resnet50_cifar, resnet50_imagenet
+from .transformer import CharGPT, char_gpt, char_gpt_large
 from .wrn import PreActBlock, WideResNet, scaled_channels, wrn22_2
 
 __all__ = [
     "MODELS",
     "Bottleneck",
+    "CharGPT",
     "LeNet300100",
     "ModelSpec",
     "PreActBlock",
     "ResNet",
     "WideResNet",
+    "char_gpt",
+    "char_gpt_large",
     "digits_mlp",
     "get_model",
     "get_model_spec",
@@ -42,8 +46,10 @@ __all__ = [
 class ModelSpec:
     """A registered model: its constructor and what it expects.
 
-    ``constructor`` accepts at least ``num_classes`` and ``width`` keyword arguments.
-    ``dataset`` names the data the paper trains it on ("cifar10", "cifar100", "imagenet", "mnist").
+    ``constructor`` accepts at least ``num_classes`` and ``width`` keyword arguments (a language
+    model also ``block_size``, its longest context). ``dataset`` names the data it is trained on
+    ("cifar10", "cifar100", "imagenet", "mnist", "digits", "text"); for a language model
+    ``input_shape`` is ``(block_size,)`` token ids and ``num_classes`` the vocabulary size.
     """
 
     name: str
@@ -99,6 +105,22 @@ MODELS: dict[str, ModelSpec] = {
             10,
             "digits",
             "LeNet-300-100 on 8x8 digits (64-300-100-10), the quickstart model",
+        ),
+        ModelSpec(
+            "char_gpt",
+            char_gpt,
+            (256,),
+            128,
+            "text",
+            "character-level GPT: 2 pre-norm blocks, d_model 128, 4 heads (the charlm preset)",
+        ),
+        ModelSpec(
+            "char_gpt_large",
+            char_gpt_large,
+            (1024,),
+            128,
+            "text",
+            "character-level GPT at GPT-2 small size: 12 blocks, d_model 768, 12 heads (GPU)",
         ),
     )
 }

@@ -9,7 +9,8 @@ Default layer choice (SPEC §1): the weight of every conv and linear layer and t
 projections of ``nn.MultiheadAttention`` (its output projection is a linear layer); embeddings,
 normalisation, biases and everything else stay dense and outside the budget. The first candidate,
 the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse); a
-model whose only candidate is the stem is refused rather than left without a sparse layer.
+model whose only candidate is the stem is refused rather than left without a sparse layer. A model
+may name its own default instead (``default_dense_layers``: the language model's output head).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def candidate_shapes(
     params = dict(model.named_parameters())
     sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
     if sparse_layers is None:
-        names = default_candidates(model)
+        # A weight tied to an earlier parameter (a head sharing the token embedding) is listed by
+        # named_parameters under its first name only, which is not a candidate's.
+        names = [name for name in default_candidates(model) if name in params]
     else:
         names = []
         for pattern in sparse_layers:
@@ -192,6 +195,10 @@ class AllocationPlan:
         dense_layers = check_layer_names(dense_layers, "dense_layers")
         sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
         if isinstance(shapes, nn.Module):
+            if dense_layers is None:  # the model's own choice (a transformer's output head)
+                dense_layers = check_layer_names(
+                    getattr(shapes, "default_dense_layers", None), "default_dense_layers"
+                )
             shapes = candidate_shapes(shapes, sparse_layers)
         shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         chosen = select_sparse(list(shapes), dense_layers) if masked else []
@@ -308,4 +315,5 @@ class AllocationPlan:
             lines.append("  ".join(cells).rstrip())
             if j in (0, len(rows) - 2):
                 lines.append("-" * (sum(widths) + 10))
+        lines.append("not listed (always dense, outside the budget): embeddings, norms, biases")
         return "\n".join(lines)

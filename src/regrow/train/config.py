@@ -65,6 +65,10 @@ class DataConfig:
     validation_size: int = described(0, "training images held out for validation (report: 5,000)")
     limit_train: int | None = described(None, "use only the first N training images")
     augment: bool = described(True, "random crop (4-pixel reflect pad) + horizontal flip")
+    path: str | None = described(
+        None, "text: a UTF-8 file (null: the standard library's pydoc_data.topics)"
+    )
+    block_size: int = described(256, "text: characters per training window (the context)")
 
 
 @dataclass
@@ -346,6 +350,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.lr_milestones": (lambda v: all(0 < m < 1 for m in v), "fractions of the run in (0, 1)"),
     "data.validation_size": (lambda v: v >= 0, "integers >= 0"),
     "data.limit_train": INT_AT_LEAST_1,
+    "data.block_size": INT_AT_LEAST_1,
 }
 
 
@@ -435,7 +440,7 @@ def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:
 
 #: Config keys that hold a path: resolved once, when a run starts, and saved absolute
 #: (:func:`with_absolute_paths`), so a resume from another working directory reads the same files.
-PATH_KEYS = ("data.root", "sparsity.init_masks")
+PATH_KEYS = ("data.root", "data.path", "sparsity.init_masks")
 
 
 def absolute_path(value: str) -> str:
@@ -450,6 +455,8 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     if sparsity.init_masks is not None:
         sparsity = dataclasses.replace(sparsity, init_masks=absolute_path(sparsity.init_masks))
     data = dataclasses.replace(data, root=absolute_path(data.root))
+    if data.path is not None:
+        data = dataclasses.replace(data, path=absolute_path(data.path))
     return dataclasses.replace(config, data=data, sparsity=sparsity)
 
 

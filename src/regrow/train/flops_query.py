@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..data import load_text
 from ..flops import query as report
 from ..models import get_model_spec
 from .config import RunConfig
@@ -24,15 +25,23 @@ def flops_query(
     """The :class:`~regrow.flops.query.FlopsQuery` of the run ``config`` describes: its model
     (``num_classes`` and ``input_shape`` default to the model's), its method and arguments, and a
     run as long as the paper's for the model's dataset × ``train.multiplier`` unless
-    ``total_steps`` is given."""
+    ``total_steps`` is given. For text (no paper run) the model reads ``data.block_size``
+    characters of the run's text (``data.path``) and the run is its own length."""
     spec = get_model_spec(config.model.name)
-    classes = num_classes or spec.num_classes
     multiplier = config.train.multiplier
+    options: dict[str, Any] = {}
+    if config.data.name == "text":  # the run's own text, window and steps (no paper run)
+        text = load_text(config.data.path, config.data.block_size)
+        num_classes, input_shape = num_classes or text.num_classes, text.input_shape
+        options = text.model_options()
+        passes = round(config.train.epochs * multiplier)
+        total_steps = total_steps or passes * len(text.train_loader(config.train.batch_size))
+    classes = num_classes or spec.num_classes
     steps = total_steps or report.paper_total_steps(spec.dataset, multiplier)
     method = config.sparsity.method_class()
 
     def build(width: float) -> nn.Module:
-        return spec(num_classes=classes, width=width)
+        return spec(num_classes=classes, width=width, **options)
 
     return report.FlopsQuery(
         build=build,

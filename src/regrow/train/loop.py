@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DatasetSplits, load_dataset
+from ..data import DatasetSplits, TextData, load_dataset
 from ..flops import TrainingFlopsCounter, profile_model
 from ..models import get_model_spec
 from ..sparsity import Sparsifier
@@ -39,6 +39,7 @@ from ..util.signals import handling_signals
 from . import distributed
 from .checkpoint import CheckpointError, resume_command
 from .config import ConfigError, RunConfig, TrainConfig, to_yaml, with_absolute_paths
+from .evaluation import evaluate_splits
 from .init_masks import start_from_run
 from .logging import MetricsLog, Progress, provenance
 from .optim import build_optimizer, lr_schedule
@@ -64,24 +65,6 @@ class NonFiniteLossError(RuntimeError):
 
 #: Why a run stopped before its end → the exit status of ``regrow train`` (128 + the signal).
 STOP_STATUS = {"stop_at_step": 0, "SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, loader: Any, bf16: bool, context: distributed.Context
-) -> tuple[float, float]:
-    """Mean loss and accuracy (%) over one pass of ``loader`` (each rank's share, summed)."""
-    model.eval()
-    totals = torch.zeros(3, device=loader.device)  # loss, correct, seen
-    with torch.autocast(loader.device.type, torch.bfloat16, enabled=bf16):
-        for x, y in loader.batches(0):
-            logits = model(x)
-            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
-    model.train()
-    loss, correct, seen = distributed.all_reduce_sum(totals, context).tolist()
-    return loss / seen, 100.0 * correct / seen
 
 
 @contextlib.contextmanager
@@ -114,7 +97,7 @@ class Run:
     context: distributed.Context
     device: torch.device
     run_dir: RunDir
-    data: DatasetSplits
+    data: DatasetSplits | TextData
     model: nn.Module
     network: nn.Module  #: ``model``, or DDP around it under torchrun (the forward pass only)
     optimizer: torch.optim.SGD
@@ -245,6 +228,8 @@ def train_holding_lock(
         run_dir.begin(
             config, info, resume, state.epoch, sparsifier.step_count, sparsifier.last_update_step
         )
+        if isinstance(run.data, TextData):  # what `regrow sample` decodes with
+            run_dir.write_vocabulary({"vocabulary": run.data.vocabulary, **run.data.describe()})
     # From here a failure is the run's: record it (a later start or resume clears it).
     try:
         return loop(run, state)
@@ -267,7 +252,7 @@ def build(
     spec = get_model_spec(config.model.name)
 
     def make(width: float) -> nn.Module:
-        return spec(num_classes=data.num_classes, width=width)
+        return spec(num_classes=data.num_classes, width=width, **data.model_options())
 
     method = s.method_class()
     width = method.model_width(make, config.model.width, s.method_args(), **s.plan_keys())
@@ -289,7 +274,7 @@ def build(
     )  # fmt: skip
     init_masks = start_from_run(config, run_dir, sparsifier, initial)
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
-    dense_flops = profile_model(spec(num_classes=data.num_classes), data.input_shape).dense_flops
+    dense_flops = profile_model(make(1.0), data.input_shape).dense_flops
     flops = TrainingFlopsCounter.from_model(model, data.input_shape, sparsifier, dense_flops)
     # Logging, DDP around the model, the loss; the 1× run's samples (train_flops_ratio's base).
     log = MetricsLog(run_dir, t.tensorboard and context.main)
@@ -312,14 +297,15 @@ def build(
     )  # fmt: skip
 
 
-def load_data(config: RunConfig) -> DatasetSplits:
+def load_data(config: RunConfig) -> DatasetSplits | TextData:
     """The data set of ``config``; a ``data.root`` that is a file, or lies under one, is a
     :class:`ConfigError` naming the key (not the bare "File exists" of the folder it made)."""
     d = config.data
     try:
         return load_dataset(
-            d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed
-        )
+            d.name, d.root, d.download, d.validation_size, d.limit_train, config.seed,
+            path=d.path, block_size=d.block_size,
+        )  # fmt: skip
     except OSError:
         root = Path(d.root)
         blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
@@ -399,7 +385,7 @@ def loop(run: Run, state: LoopState) -> dict[str, Any]:
             done = sparsifier.step_count >= run.total_steps
             row = metrics_row(run, state)
             if done or (state.epoch + 1) % t.eval_every == 0:
-                evaluation = evaluate_splits(run)
+                evaluation = evaluate_splits(run.model, run.data, run.settings.bf16, run.context)
                 row.update(evaluation)
             if main:
                 run.log.write(row)
@@ -410,7 +396,11 @@ def loop(run: Run, state: LoopState) -> dict[str, Any]:
             if done or state.epoch % t.checkpoint_every == 0:
                 save(run, state)
     progress.close()
-    return summarize(run, state, evaluation or evaluate_splits(run))
+    return summarize(
+        run,
+        state,
+        evaluation or evaluate_splits(run.model, run.data, run.settings.bf16, run.context),
+    )
 
 
 def train_epoch(run: Run, state: LoopState, stop: dict[str, Any], progress: Progress) -> str | None:
@@ -528,18 +518,6 @@ def mask_update_row(run: Run, state: LoopState) -> dict[str, Any]:
     }
 
 
-def evaluate_splits(run: Run) -> dict[str, float]:
-    """Loss and accuracy on the validation split (if held out) and the test split."""
-    shard = {"rank": run.context.rank, "world_size": run.context.world_size}
-    results = {}
-    for split, key in (("validation", "val"), ("test", "test")):
-        if split == "test" or run.data.val_x is not None:
-            loader = run.data.eval_loader(split, device=run.device, **shard)
-            loss, accuracy = evaluate(run.model, loader, run.settings.bf16, run.context)
-            results |= {f"{key}_loss": loss, f"{key}_accuracy": accuracy}
-    return results
-
-
 def save(run: Run, state: LoopState) -> Path:
     """Checkpoint what a resume needs (every rank's RNG state; rank 0 writes); returns its path."""
     cuda_rng = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
@@ -591,6 +569,7 @@ def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[
         "total_steps": run.total_steps,
         **{k: getattr(t, k) for k in SUMMARY_TRAIN_KEYS},
         **({"init_masks": run.init_masks} if run.init_masks else {}),
+        **(run.data.describe() if isinstance(run.data, TextData) else {}),
     }
     inference = profile_model(run.model, run.data.input_shape).report(run.sparsifier)
     results = {

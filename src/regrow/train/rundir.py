@@ -98,10 +98,11 @@ class RunDir:
     CHECKPOINT = "checkpoint.pt"
     SUMMARY = "summary.json"
     FAILURE = "failed.json"
+    VOCABULARY = "vocabulary.json"
     TENSORBOARD = "tensorboard"
     LOCK = ".lock"
     #: Files written atomically, whose temporaries a killed write may leave.
-    ATOMIC = (CONFIG, METRICS, CHECKPOINT, SUMMARY, FAILURE, PROVENANCE)
+    ATOMIC = (CONFIG, METRICS, CHECKPOINT, SUMMARY, FAILURE, PROVENANCE, VOCABULARY)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -116,6 +117,7 @@ class RunDir:
     checkpoint_path = property(lambda self: self.path / self.CHECKPOINT)
     summary_path = property(lambda self: self.path / self.SUMMARY)
     failure_path = property(lambda self: self.path / self.FAILURE)
+    vocabulary_path = property(lambda self: self.path / self.VOCABULARY)
     tensorboard_path = property(lambda self: self.path / self.TENSORBOARD)
     lock_path = property(lambda self: self.path / self.LOCK)
 
@@ -389,6 +391,15 @@ class RunDir:
         reason = {"error": type(error).__name__, "reason": str(error), "time": now()}
         with self._writing(self.failure_path):
             write_json(self.failure_path, {**reason, **where})
+
+    def write_vocabulary(self, vocabulary: dict[str, Any]) -> None:
+        """``vocabulary.json``: a language model's characters and the text they came from."""
+        with self._writing(self.vocabulary_path):
+            write_json(self.vocabulary_path, vocabulary)
+
+    def vocabulary(self) -> dict[str, Any] | None:
+        """``vocabulary.json`` as written (``None`` for a run without one)."""
+        return self._read_object(self.vocabulary_path, "a resume writes it again")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         with self._writing(self.summary_path):

@@ -151,6 +151,13 @@ def sgd_update_(optimizer: torch.optim.SGD) -> None:
         )
 
 
+def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions of a batch, per sample: for text the fraction of each window's
+    positions predicted right, so sums over samples stay comparable with a sample count."""
+    hits = (logits.argmax(-1) == y).sum()
+    return hits if y.dim() == 1 else hits / y[0].numel()
+
+
 class CompileError(ConfigError):
     """``train.compile=true`` cannot compile this run's step into one graph."""
 
@@ -182,7 +189,8 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.settings.bf16):
             logits = self.network(x)
-        return logits, self.criterion(logits.float(), y)
+        # Text predicts every position: [batch, time, classes] against [batch, time] targets.
+        return logits, self.criterion(logits.float().flatten(0, -2), y.flatten())
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -191,7 +199,7 @@ class TrainStep:
         stepped = self.sparsifier.step()  # masks the gradients, or updates the masks instead
         if stepped:
             self.optimizer.step()  # the sparsifier's post-hook re-masks the weights
-        return loss.detach() * y.shape[0], (logits.argmax(1) == y).sum(), stepped
+        return loss.detach() * y.shape[0], correct(logits, y), stepped
 
 
 class CompiledStep(TrainStep):
@@ -232,7 +240,7 @@ class CompiledStep(TrainStep):
         with torch.no_grad():
             sgd_update_(self.optimizer)
         self.sparsifier.mask_weights()
-        return loss.detach() * y.shape[0], (logits.argmax(1) == y).sum()
+        return loss.detach() * y.shape[0], correct(logits, y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if not self.ready():
