@@ -339,3 +339,24 @@ def test_optuna_search_on_val_bpc_minimizes(tmp_path: Path) -> None:
     record = json.loads((out / "study.json").read_text())["search"]
     assert record["direction"] == "minimize"
     assert record["points"]["rigl"]["best"]["value"] == min(values)
+
+
+# ---------------------------------------------------------------------------- the study
+def test_charlm_main_is_shipped_with_the_bpc_report() -> None:
+    from regrow.study.planning import plan_runs
+
+    study = load_study("charlm_main")
+    assert study.report["metrics"] == ["test_bpc", "val_bpc", "inference_flops_ratio",
+                                       "train_flops_ratio"]  # fmt: skip
+    assert study.report["figures"] == ["bpc_vs_sparsity", "learning_curves"]
+    assert study.report["group_by"] == [METHOD, SPARSITY]
+    plan = plan_runs(study, preset="quickstart", out_dir="o")  # the charlm preset: its own task
+    methods = {r.params[METHOD] for r in plan.runs}
+    assert methods == {"dense", "small_dense", "static", "set", "rigl", "srigl", "pruning"}
+    assert len(plan.runs) == (6 * 3 + 1) * 3
+    assert all(plan.configs[r.name].sparsity.distribution == "erk" for r in plan.runs)
+    assert {r.name for r in plan.runs if r.params[METHOD] == "dense"} == {
+        "dense_seed0", "dense_seed1", "dense_seed2",
+    }  # fmt: skip
+    assert "rigl_erk_s0.95_seed2" in {r.name for r in plan.runs}
+    assert all(0 < r.extra["model_width"] < 1 for r in plan.runs if "small_dense" in r.name)
