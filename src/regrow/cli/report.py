@@ -57,7 +57,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="M1,M2",
         default=None,
         help="summary values to aggregate (default: study.json's, else test_accuracy, "
-        "val_accuracy if held out, sparsity, inference_flops_ratio, train_flops_ratio)",
+        "val_accuracy if held out, sparsity, inference_flops_ratio, train_flops_ratio; "
+        "test_bpc and val_bpc in place of the accuracies for language-model runs)",
     )
     parser.add_argument(
         "--figures",

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..sparsity import METHODS
 from ..sparsity.distributions import DISTRIBUTIONS
+from .direction import ranked
 from .records import ABSENT, NOT_GROUPED, SORT_FIRST, UNREADABLE, RunRecord, freeze, key_priority
 
 #: Natural order of sparsity distributions.
@@ -198,6 +199,18 @@ def aggregate(
     return sorted(cells, key=_natural_order(records, group_by))
 
 
+def best_first(cells: Sequence[Cell], metric: str) -> list[Cell]:
+    """``cells`` ranked by the mean of ``metric`` in its direction (:mod:`.direction`): the
+    lowest mean first for a lower-is-better metric (``test_bpc``), else the highest; cells
+    without a mean last."""
+    return ranked(cells, metric, lambda cell: _mean(cell, metric))
+
+
+def _mean(cell: Cell, metric: str) -> float | None:
+    stat = cell.stats.get(metric)
+    return None if stat is None else stat.mean
+
+
 def fmt_value(value: Any) -> str:
     """A group-by value as a table shows it (``—`` for none, floats as ``%g``)."""
     if value is None:
@@ -210,9 +223,12 @@ def fmt_value(value: Any) -> str:
 
 
 def _digits(metric: str) -> str:
-    """Format of a metric's numbers: accuracies (%) to 2 decimals, ratios to 4, seconds to 1."""
+    """Format of a metric's numbers: accuracies (%) to 2 decimals, bits per character to 3,
+    ratios to 4, seconds to 1."""
     if metric.endswith("accuracy"):
         return ".2f"
+    if metric.endswith("bpc"):
+        return ".3f"
     if metric.endswith("_ratio") or metric in ("sparsity", "target_sparsity", "density"):
         return ".4f"
     if metric.endswith("seconds"):

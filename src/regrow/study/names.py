@@ -11,9 +11,12 @@ STUDY_FILE = "study.json"
 FIGURE_KINDS: dict[str, str] = {
     "accuracy_by_cell": "test accuracy of each cell (bars: mean ± std; dots: each seed)",
     "accuracy_vs_sparsity": "test accuracy against sparsity per method and distribution (std bands)",
+    "bpc_vs_sparsity": "test bits per character (language-model runs; lower is better) against "
+    "sparsity per method and distribution (std bands)",
     "alpha_delta_t": "test accuracy over RigL's drop fraction α × update interval ΔT (heat map)",
     "accuracy_vs_train_flops": "test accuracy against training FLOPs (×dense) of ×M runs",
     "erk_vs_uniform": "ERK against uniform at equal inference FLOPs",
     "layer_density": "per-layer density over training, from the mask-update rows",
-    "learning_curves": "training loss and test accuracy against epoch of each run",
+    "learning_curves": "training loss and test accuracy (validation bits per character for "
+    "language-model runs) against epoch of each run",
 }

@@ -31,6 +31,10 @@ UNREADABLE = "unreadable"  #: ``config.yaml`` or ``summary.json`` is not valid Y
 
 #: The metrics a report shows when neither the command line nor ``study.json`` names any.
 DEFAULT_METRICS = ("test_accuracy", "sparsity", "inference_flops_ratio", "train_flops_ratio")
+#: The score a task's runs are judged by (test, validation): the language-model task's runs
+#: record bits per character (lower is better), image runs accuracy. The first pair whose test
+#: metric some run has is the one a report shows by default.
+SCORES = (("test_bpc", "val_bpc"), ("test_accuracy", "val_accuracy"))
 
 #: Keys sorted first, in this order, when they are among the group-by keys.
 SORT_FIRST = (
@@ -390,11 +394,22 @@ def available_metrics(records: Iterable[RunRecord]) -> list[str]:
     return sorted(names)
 
 
+def scores(records: Sequence[RunRecord]) -> tuple[str, str]:
+    """The (test, validation) metrics the runs are judged by: ``test_bpc``/``val_bpc`` when a
+    run has ``test_bpc`` (the language-model task), else ``test_accuracy``/``val_accuracy``."""
+    for test, validation in SCORES[:-1]:
+        if any(r.metric(test) is not None for r in records):
+            return test, validation
+    return SCORES[-1]
+
+
 def default_metrics(records: Sequence[RunRecord]) -> list[str]:
-    """:data:`DEFAULT_METRICS`, with ``val_accuracy`` after ``test_accuracy`` when a run has one."""
-    metrics = list(DEFAULT_METRICS)
-    if any(r.metric("val_accuracy") is not None for r in records):
-        metrics.insert(1, "val_accuracy")
+    """:data:`DEFAULT_METRICS`, its ``test_accuracy`` replaced by ``test_bpc`` when a run has
+    one (:func:`scores`), and the validation metric after it when a run has one."""
+    test, validation = scores(records)
+    metrics = [test, *DEFAULT_METRICS[1:]]
+    if any(r.metric(validation) is not None for r in records):
+        metrics.insert(1, validation)
     return metrics
 
 

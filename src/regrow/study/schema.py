@@ -17,6 +17,7 @@ from ..sparsity.distributions import DISTRIBUTIONS
 from ..train.config import ConfigError, descriptions
 from ..util.suggest import did_you_mean
 from ..util.yamlfile import package_folder, parse_mapping, read_named, shipped_names
+from .direction import optuna_direction
 from .names import FIGURE_KINDS
 
 __all__ = [
@@ -470,11 +471,6 @@ def _search(value: Any, varied: set[str], fail: Fail) -> SearchSpec | None:
     sampler = value.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise fail("search.sampler", f"{sampler!r}: allowed values are {', '.join(SAMPLERS)}.")
-    direction = value.get("direction", "maximize")
-    if direction not in DIRECTIONS:
-        raise fail(
-            "search.direction", f"{direction!r}: allowed values are {', '.join(DIRECTIONS)}."
-        )
     trials, seed = value.get("trials"), value.get("seed", 0)
     for key, number, low in (("trials", trials, 1), ("seed", seed, 0)):
         if not isinstance(number, int) or isinstance(number, bool) or number < low:
@@ -482,6 +478,7 @@ def _search(value: Any, varied: set[str], fail: Fail) -> SearchSpec | None:
     metric = value.get("metric", "val_accuracy")
     if not isinstance(metric, str) or not metric:
         raise fail("search.metric", f"{metric!r} is not a summary.json metric, e.g. test_accuracy.")
+    direction = _direction(value.get("direction"), metric, fail)
     space = value.get("space")
     if not isinstance(space, dict) or not space:
         raise fail(
@@ -495,6 +492,25 @@ def _search(value: Any, varied: set[str], fail: Fail) -> SearchSpec | None:
         seed=seed,
         space=tuple(_space(str(k), v, varied, fail) for k, v in space.items()),
     )
+
+
+def _direction(value: Any, metric: str, fail: Fail) -> str:
+    """``search.direction``: as given, else the metric's (:mod:`.direction`: ``minimize`` for
+    bits per character and losses), else ``maximize``; one the metric's contradicts is refused."""
+    known = optuna_direction(metric)
+    direction = (known or "maximize") if value is None else value
+    if direction not in DIRECTIONS:
+        raise fail(
+            "search.direction", f"{direction!r}: allowed values are {', '.join(DIRECTIONS)}."
+        )
+    if known is not None and direction != known:
+        better = "lower" if known == "minimize" else "higher"
+        raise fail(
+            "search.direction",
+            f"{direction} would select the worst trials: {better} {metric} is better; write "
+            f"direction: {known}, or leave it out.",
+        )
+    return direction
 
 
 def _space(key: str, spec: Any, varied: set[str], fail: Fail) -> SearchSpace:

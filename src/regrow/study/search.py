@@ -7,7 +7,9 @@ outer point (named by the point's run name). Running the command again continues
 trials (complete or failed) count toward ``search.trials``; a trial left running by an interrupted
 sweep is picked up with the parameters it was given and its runs are resumed (never re-sampled).
 Trial runs are ``DIR/<point>_trial<NNN>_seed<S>/``. A trial's value is the mean of the summary
-metric ``search.metric`` over its seeds; a trial whose run failed is told to Optuna as failed.
+metric ``search.metric`` over its seeds, maximized or minimized as ``search.direction`` says (by
+default the metric's own direction, :mod:`regrow.study.direction`: ``minimize`` for bits per
+character and losses); a trial whose run failed is told to Optuna as failed.
 One launcher at a time drives a search (it holds ``DIR/.search.lock``; a second stops with exit
 status 2). ``DIR/study.json`` lists the trial runs so far and, under ``"search"``, every trial's
 parameters, state and value per point.
@@ -130,10 +132,11 @@ def _probe(plan: StudyPlan) -> None:
                 )
         config = plan.configs[point.name]
         if search.metric.startswith("val_") and config.data.validation_size == 0:
+            test = "test_" + search.metric[len("val_") :]
             raise StudyError(
                 f"study {plan.study.source}: search.metric {search.metric} needs a validation "
                 "split, and data.validation_size is 0: add data.validation_size=N (5000 on CIFAR), "
-                "or search on test_accuracy."
+                f"or search on {test}."
             )
 
 

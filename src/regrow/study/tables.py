@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cells import Cell, fmt_stat, fmt_value
+from .direction import lower_is_better
 
 #: The head of the note under a table whose cells merge runs of different configurations.
 DIFFERING_NOTE = "Cells whose runs differ in keys not grouped by"
@@ -18,6 +19,13 @@ DIFFERING_NOTE = "Cells whose runs differ in keys not grouped by"
 
 def _missing_text(cell: Cell) -> str:
     return ", ".join(str(m) for m in cell.missing) or "—"
+
+
+def _metric_header(metric: str) -> str:
+    """A metric's column head; a lower-is-better metric (:mod:`.direction`) says so."""
+    if lower_is_better(metric):
+        return f"{metric} (mean ± std; lower is better)"
+    return f"{metric} (mean ± std)"
 
 
 def _escape(text: str) -> str:
@@ -28,8 +36,9 @@ def markdown(
     cells: Sequence[Cell], group_by: Sequence[str], metrics: Sequence[str], title: str | None = None
 ) -> str:
     """The cells as a Markdown table (one row per cell: group values, n, each metric's mean ±
-    std, the missing seeds with their runs' state), then the runs that have not finished."""
-    header = [*group_by, "n/expected", *(f"{m} (mean ± std)" for m in metrics), "missing seeds"]
+    std, the missing seeds with their runs' state), then the runs that have not finished. The
+    head of a lower-is-better metric's column says so."""
+    header = [*group_by, "n/expected", *map(_metric_header, metrics), "missing seeds"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell in cells:

@@ -15,6 +15,7 @@ from .accuracy import (
     accuracy_by_cell,
     accuracy_vs_sparsity,
     accuracy_vs_train_flops,
+    bpc_vs_sparsity,
     erk_vs_uniform,
 )
 from .alpha_delta_t import alpha_delta_t
@@ -29,6 +30,7 @@ DRAW: dict[str, Callable[..., Any]] = {
     "accuracy_vs_sparsity": accuracy_vs_sparsity,
     "alpha_delta_t": alpha_delta_t,
     "accuracy_vs_train_flops": accuracy_vs_train_flops,
+    "bpc_vs_sparsity": bpc_vs_sparsity,
     "erk_vs_uniform": erk_vs_uniform,
     "layer_density": layer_density,
     "learning_curves": learning_curves,

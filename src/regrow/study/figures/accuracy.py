@@ -1,6 +1,7 @@
-"""The accuracy figures of ``regrow report``: a bar per cell, accuracy against sparsity, against
-training FLOPs of ×M runs, and ERK against uniform at equal inference FLOPs (every point a mean
-over seeds, its std as a band or error bar)."""
+"""The score figures of ``regrow report``: a bar per cell, accuracy (or a language model's bits
+per character) against sparsity, accuracy against training FLOPs of ×M runs, and ERK against
+uniform at equal inference FLOPs (every point a mean over seeds, its std as a band or error
+bar)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from .common import (
     METHOD,
     MULTIPLIER,
     SPARSITY,
+    TEST_BPC,
+    WORDS,
     NoData,
+    axis_label,
     cell_labels,
     extra_keys,
     finished,
@@ -27,6 +31,7 @@ from .common import (
     pyplot_free_figure,
     seeds_note,
     subject,
+    value_text,
 )
 
 #: Points of the ERK-vs-uniform figure annotated at most.
@@ -34,18 +39,18 @@ MAX_ANNOTATED = 12
 
 
 def _points(
-    cell: Cell, x_key: str, x_metric: str | None = None
+    cell: Cell, x_key: str, x_metric: str | None = None, metric: str = ACCURACY
 ) -> list[tuple[float, float, float, Any]]:
-    """(x, accuracy mean, std, x value) per value of ``x_key`` in ``cell``, by x; x is the mean
-    of summary ``x_metric`` if given, else the key's value."""
+    """(x, ``metric`` mean, std, x value) per value of ``x_key`` in ``cell``, by x; x is the
+    mean of summary ``x_metric`` if given, else the key's value."""
     points = []
-    for point in aggregate(cell.records, [x_key], [ACCURACY, *([x_metric] if x_metric else [])]):
-        accuracy = point.stats[ACCURACY]
+    for point in aggregate(cell.records, [x_key], [metric, *([x_metric] if x_metric else [])]):
+        score = point.stats[metric]
         value = point.values[x_key]
         x = point.stats[x_metric].mean if x_metric else value
-        if accuracy.mean is None or x is None or not isinstance(x, int | float):
+        if score.mean is None or x is None or not isinstance(x, int | float):
             continue
-        points.append((float(x), accuracy.mean, accuracy.std or 0.0, value))
+        points.append((float(x), score.mean, score.std or 0.0, value))
     return sorted(points, key=lambda p: p[0])
 
 
@@ -93,20 +98,41 @@ def accuracy_by_cell(records: Sequence[RunRecord], group_by: Sequence[str], **_:
 
 def accuracy_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:
     """Test accuracy against sparsity, a line per method × distribution, Dense as reference."""
-    done = finished(records, ACCURACY)
+    return score_vs_sparsity(records, group_by, ACCURACY)
+
+
+def bpc_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:
+    """Test bits per character (a language model's; lower is better) against sparsity, a line
+    per method × distribution, Dense as reference. :class:`NoData` for runs without
+    ``test_bpc`` (image runs)."""
+    if not finished(records, TEST_BPC):
+        raise NoData(
+            f"no finished run has {TEST_BPC} (bits per character, written by language-model "
+            "runs): draw accuracy_vs_sparsity for these runs"
+        )
+    return score_vs_sparsity(records, group_by, TEST_BPC)
+
+
+def score_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str], metric: str) -> Any:
+    """Summary ``metric`` against sparsity, a line per method × distribution (mean, std band),
+    Dense as a horizontal reference: :func:`accuracy_vs_sparsity`, :func:`bpc_vs_sparsity`."""
+    done = finished(records, metric)
     sparse = [r for r in done if r.value(METHOD) != "dense"]
+    words = WORDS.get(metric, metric)
     if not sparse:
-        raise NoData("no finished sparse run has a test accuracy")
+        raise NoData(
+            f"no finished sparse run has {'a test accuracy' if metric == ACCURACY else metric}"
+        )
     sparsities = sorted({float(r.value(SPARSITY)) for r in sparse if r.value(SPARSITY) is not None})
     if len(sparsities) < 2:
         shown = ", ".join(f"{s:g}" for s in sparsities) or "none"
         raise NoData(f"sparsity.sparsity takes one value ({shown}): nothing to draw it against")
     extra = extra_keys(group_by, METHOD, DISTRIBUTION, SPARSITY)
-    series, labels, colours, note = line_series(sparse, [METHOD, DISTRIBUTION, *extra])
+    series, labels, colours, note = line_series(sparse, [METHOD, DISTRIBUTION, *extra], metric)
     figure = pyplot_free_figure(7.5, 4.5)
     axes = figure.add_subplot()
     for cell, label, colour in zip(series, labels, colours, strict=True):
-        points = _points(cell, SPARSITY)
+        points = _points(cell, SPARSITY, metric=metric)
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         style, marker = DISTRIBUTION_STYLE.get(str(cell.values[DISTRIBUTION]), (":", "D"))
         axes.plot(xs, means, linestyle=style, marker=marker, color=colour, label=label)
@@ -118,30 +144,39 @@ def accuracy_vs_sparsity(records: Sequence[RunRecord], group_by: Sequence[str], 
             alpha=0.15,
             linewidth=0,
         )
-    dense = aggregate([r for r in done if r.value(METHOD) == "dense"], extra, [ACCURACY])
-    for cell, label in zip(
-        dense, cell_labels(dense) if len(dense) > 1 else [""] * len(dense), strict=True
-    ):
-        stat = cell.stats[ACCURACY]
-        if stat.mean is None:
-            continue
-        name = f"dense{', ' + label if label else ''} ({stat.mean:.2f} %)"
-        axes.axhline(stat.mean, color="black", linestyle=":", linewidth=1.2, label=name)
-        axes.axhspan(
-            stat.mean - (stat.std or 0), stat.mean + (stat.std or 0), color="grey", alpha=0.15
-        )
+    _dense_reference(axes, [r for r in done if r.value(METHOD) == "dense"], extra, metric)
     if min(sparsities) > 0 and max(sparsities) < 1 and max(sparsities) >= 0.9:
         axes.set_xscale("logit")  # 0.5 … 0.99 spread evenly, as 1 − sparsity shrinks tenfold
         axes.minorticks_off()
     axes.set_xticks(sparsities, [f"{s:g}" for s in sparsities])
     axes.set_xlabel("sparsity (fraction of weights that are zero)")
-    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylabel(axis_label(metric))
     axes.set_title(
-        f"Test accuracy vs sparsity — {subject(done)}\n{seeds_note(done)}{note}", fontsize=10
+        f"{words.capitalize()} vs sparsity — {subject(done)}\n{seeds_note(done)}{note}",
+        fontsize=10,
     )
     axes.grid(alpha=0.3)
     legend_outside(axes, "method, distribution")
     return figure
+
+
+def _dense_reference(
+    axes: Any, dense_runs: Sequence[RunRecord], extra: Sequence[str], metric: str
+) -> None:
+    """Dense's mean ``metric`` as a dotted horizontal line with its std band, one per value of
+    the ``extra`` group-by keys (labelled by them when there are several)."""
+    dense = aggregate(dense_runs, extra, [metric])
+    for cell, label in zip(
+        dense, cell_labels(dense) if len(dense) > 1 else [""] * len(dense), strict=True
+    ):
+        stat = cell.stats[metric]
+        if stat.mean is None:
+            continue
+        name = f"dense{', ' + label if label else ''} ({value_text(metric, stat.mean)})"
+        axes.axhline(stat.mean, color="black", linestyle=":", linewidth=1.2, label=name)
+        axes.axhspan(
+            stat.mean - (stat.std or 0), stat.mean + (stat.std or 0), color="grey", alpha=0.15
+        )
 
 
 def accuracy_vs_train_flops(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:

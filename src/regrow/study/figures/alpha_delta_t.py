@@ -1,7 +1,8 @@
-"""The ``alpha_delta_t`` figure: accuracy over RigL's drop fraction α × update interval ΔT, one
-panel per method × distribution × sparsity; a grid of runs is a heat map, scattered trials (an
-Optuna search) are points over a filled contour. The best setting is marked by validation accuracy
-when every run holds it out, never by the test set."""
+"""The ``alpha_delta_t`` figure: accuracy (a language model's bits per character) over RigL's
+drop fraction α × update interval ΔT, one panel per method × distribution × sparsity; a grid of
+runs is a heat map, scattered trials (an Optuna search) are points over a filled contour. The best
+setting is marked by the validation metric when every run holds it out, never by the test set,
+and in the metric's direction (:mod:`~regrow.study.direction`: the lowest bits per character)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ from typing import Any
 import numpy as np
 
 from ..cells import aggregate
-from ..records import RunRecord
+from ..direction import lower_is_better, ranked
+from ..records import RunRecord, scores
 from .common import (
-    ACCURACY,
     ALPHA,
     DELTA_T,
     DISTRIBUTION,
     METHOD,
     SPARSITY,
-    VALIDATION,
     WORDS,
     NoData,
+    axis_label,
     cell_labels,
     extra_keys,
     finished,
@@ -42,18 +43,18 @@ def _is_grid(alphas: Sequence[Any], deltas: Sequence[Any], pairs: int) -> bool:
 
 
 def _runs_and_metric(records: Sequence[RunRecord]) -> tuple[list[RunRecord], str]:
-    """The finished runs with both α and ΔT, and the accuracy they are shown by; :class:`NoData`
-    unless α and ΔT each take two values."""
+    """The finished runs with both α and ΔT, and the metric they are shown by (accuracy, or
+    bits per character when the runs have them: :func:`~regrow.study.records.scores`);
+    :class:`NoData` unless α and ΔT each take two values."""
+    test, validation = scores(records)
     done = [
         r
-        for r in finished(records, ACCURACY)
+        for r in finished(records, test)
         if r.value(ALPHA) is not None and r.value(DELTA_T) is not None
     ]
     # Runs that hold out a validation split (a search selects on it) are shown, and their best
-    # marked, by validation accuracy: choosing α and ΔT by the test set would be selecting on it.
-    metric = (
-        VALIDATION if done and all(r.metric(VALIDATION) is not None for r in done) else ACCURACY
-    )
+    # marked, by the validation metric: choosing α and ΔT by the test set would be selecting on it.
+    metric = validation if done and all(r.metric(validation) is not None for r in done) else test
     if not done:
         raise NoData(
             "no finished run has both α (sparsity.args.alpha) and ΔT (sparsity.args.delta_t)"
@@ -79,7 +80,8 @@ def alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: An
     low, high = min(accuracies), max(accuracies)
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
-    colour_map = _colour_map("viridis")
+    # The best end of the scale is bright whichever way the metric improves.
+    colour_map = _colour_map("viridis_r" if lower_is_better(metric) else "viridis")
     image = None
     for index, (cell, label) in enumerate(zip(panels, cell_labels(panels), strict=True)):
         axes = grid[index // columns][index % columns]
@@ -90,16 +92,16 @@ def alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: An
         alphas = sorted({a for a, _ in means})
         deltas = sorted({d for _, d in means})
         if len(alphas) > 1 and len(deltas) > 1 and _is_grid(alphas, deltas, len(means)):
-            image = _heat_map(axes, means, alphas, deltas, colour_map, low, high)
+            image = _heat_map(axes, means, (alphas, deltas), colour_map, (low, high), metric)
         else:
-            image = _trials(axes, means, colour_map, low, high)
+            image = _trials(axes, means, colour_map, low, high, metric)
         axes.set_xlabel("ΔT (steps between mask updates)")
         axes.set_ylabel("α (initial drop fraction)")
         axes.set_title(label, fontsize=9)
     for index in range(len(panels), rows * columns):
         grid[index // columns][index % columns].set_visible(False)
     if image is not None:
-        figure.colorbar(image, ax=grid.ravel().tolist(), label=f"{WORDS[metric]} (%)", shrink=0.9)
+        figure.colorbar(image, ax=grid.ravel().tolist(), label=axis_label(metric), shrink=0.9)
     figure.suptitle(
         f"{WORDS[metric].capitalize()} over α × ΔT — {subject(done)}, {seeds_note(done)}\n"
         f"red: the best setting; dashed: the paper's α = {REFERENCE[0]:g}, ΔT = {REFERENCE[1]:g}",
@@ -111,14 +113,16 @@ def alpha_delta_t(records: Sequence[RunRecord], group_by: Sequence[str], **_: An
 def _heat_map(
     axes: Any,
     means: dict[tuple[float, float], Any],
-    alphas: list[float],
-    deltas: list[float],
+    ticks: tuple[list[float], list[float]],
     colour_map: Any,
-    low: float,
-    high: float,
+    limits: tuple[float, float],
+    metric: str,
 ) -> Any:
-    """A panel whose runs form a grid: a heat map (grey where no run finished), each cell
-    annotated with its mean (± std over seeds), the best and the paper's setting framed."""
+    """A panel whose runs form a grid (``ticks``: its α and ΔT values): a heat map (grey where
+    no run finished), each cell annotated with its mean (± std over seeds), the best and the
+    paper's setting framed."""
+    (alphas, deltas), (low, high) = ticks, limits
+    digits = 3 if metric.endswith("bpc") else 1
     matrix = np.full((len(alphas), len(deltas)), np.nan)
     for (a, d), stat in means.items():
         matrix[alphas.index(a), deltas.index(d)] = stat.mean
@@ -133,7 +137,9 @@ def _heat_map(
     size = 9 if len(alphas) * len(deltas) <= 30 else 7
     for (a, d), stat in means.items():
         shade = ((stat.mean or low) - low) / (high - low)
-        text = f"{stat.mean:.1f}" + (f"\n±{stat.std:.1f}" if stat.n > 1 else "")
+        if lower_is_better(metric):  # the colour map runs the other way: bright at the low end
+            shade = 1.0 - shade
+        text = f"{stat.mean:.{digits}f}" + (f"\n±{stat.std:.{digits}f}" if stat.n > 1 else "")
         axes.text(
             deltas.index(d),
             alphas.index(a),
@@ -146,14 +152,19 @@ def _heat_map(
     axes.set_xticks(range(len(deltas)), [f"{d:g}" for d in deltas])
     axes.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     cells = {(a, d): (deltas.index(d), alphas.index(a)) for a, d in means}
-    _mark_best_and_reference(axes, means, cells, frames=True)
+    _mark_best_and_reference(axes, means, cells, frames=True, metric=metric)
     return image
 
 
 def _trials(
-    axes: Any, means: dict[tuple[float, float], Any], colour_map: Any, low: float, high: float
+    axes: Any,
+    means: dict[tuple[float, float], Any],
+    colour_map: Any,
+    low: float,
+    high: float,
+    metric: str,
 ) -> Any:
-    """A panel of scattered trials (an Optuna search): points coloured by accuracy over a
+    """A panel of scattered trials (an Optuna search): points coloured by the metric over a
     filled contour of them, ΔT on a log axis when wide, the best and the paper's setting ringed."""
     xs = [d for _, d in means]
     ys = [a for a, _ in means]
@@ -176,7 +187,7 @@ def _trials(
     )
     _pad_limits(axes, xs, ys)
     points = {(a, d): (d, a) for a, d in means}
-    _mark_best_and_reference(axes, means, points, frames=False)
+    _mark_best_and_reference(axes, means, points, frames=False, metric=metric)
     axes.grid(alpha=0.3)
     return image
 
@@ -195,12 +206,14 @@ def _mark_best_and_reference(
     means: dict[tuple[float, float], Any],
     at: dict[tuple[float, float], tuple[float, float]],
     frames: bool,
+    metric: str,
 ) -> None:
-    """Outline the best (α, ΔT) in red and the paper's default dashed: a cell's frame on a heat
-    map, a ring around a trial's point on a scatter."""
+    """Outline the best (α, ΔT) in red (the lowest mean of a lower-is-better ``metric``, else
+    the highest) and the paper's default dashed: a cell's frame on a heat map, a ring around a
+    trial's point on a scatter."""
     from matplotlib.patches import Rectangle
 
-    best = max(means, key=lambda key: means[key].mean or float("-inf"))
+    best = ranked(means, metric, lambda key: means[key].mean)[0]
     marks = [(best, "red", "-")]
     if REFERENCE in means and best != REFERENCE:
         marks.append((REFERENCE, "black", "--"))

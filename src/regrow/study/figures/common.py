@@ -12,9 +12,10 @@ from typing import Any
 from ...sparsity.base import unmasked_methods
 from ...train.checkpoint import atomic_write
 from ..cells import Cell, aggregate, fmt_value, method_order, short
+from ..direction import lower_is_better, ranked
 from ..records import RunRecord
 
-#: Lines of a line figure at most (the best by mean accuracy).
+#: Lines of a line figure at most (the best by the mean of the figure's metric).
 MAX_SERIES = 14
 
 METHOD = "sparsity.method"
@@ -25,7 +26,14 @@ ALPHA = "sparsity.args.alpha"
 DELTA_T = "sparsity.args.delta_t"
 ACCURACY = "test_accuracy"
 VALIDATION = "val_accuracy"
-WORDS = {ACCURACY: "test accuracy", VALIDATION: "validation accuracy"}
+TEST_BPC = "test_bpc"  #: bits per character of a language-model run (lower is better)
+VAL_BPC = "val_bpc"
+WORDS = {
+    ACCURACY: "test accuracy",
+    VALIDATION: "validation accuracy",
+    TEST_BPC: "test bits per character",
+    VAL_BPC: "validation bits per character",
+}
 #: Summary names of configuration keys (a group-by key either way means the same thing).
 ALIASES = {
     METHOD: "method",
@@ -67,6 +75,24 @@ def seeds_note(records: Sequence[RunRecord]) -> str:
     """What a point is (a mean over the seeds, or one seed), for a title."""
     seeds = {r.seed for r in records}
     return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+
+
+def axis_label(metric: str) -> str:
+    """An axis or colour-bar label of a metric: ``test accuracy (%)``, ``test bits per character
+    (lower is better)``."""
+    words = WORDS.get(metric, metric)
+    if metric.endswith("accuracy"):
+        return f"{words} (%)"
+    return f"{words} (lower is better)" if lower_is_better(metric) else words
+
+
+def value_text(metric: str, value: float) -> str:
+    """A metric's value in a legend or an annotation: ``98.00 %``, ``1.234 bpc``."""
+    if metric.endswith("accuracy"):
+        return f"{value:.2f} %"
+    if metric.endswith("bpc"):
+        return f"{value:.3f} bpc"
+    return f"{value:.4g}"
 
 
 def finished(records: Sequence[RunRecord], *metrics: str) -> list[RunRecord]:
@@ -118,21 +144,22 @@ def cell_labels(cells: Sequence[Cell]) -> list[str]:
 
 
 def line_series(
-    records: Sequence[RunRecord], keys: Sequence[str]
+    records: Sequence[RunRecord], keys: Sequence[str], metric: str = ACCURACY
 ) -> tuple[list[Cell], list[str], list[Any], str]:
     """The series of a line figure (one per value of ``keys``) with a label and a colour each,
     and a note for the title. Colour is by method unless several series share a method and a
     distribution (an extra key splits them), then by series. More than :data:`MAX_SERIES` are cut
-    to those with the highest mean accuracy (the note says so), so the legend stays readable."""
+    to those with the best mean ``metric`` (the highest accuracy, the lowest bits per character:
+    :mod:`~regrow.study.direction`; the note says so), so the legend stays readable."""
     from matplotlib import colormaps
 
-    series = aggregate(records, keys, [ACCURACY])
+    series = aggregate(records, keys, [metric])
     labels = cell_labels(series)
     note = ""
     if len(series) > MAX_SERIES:
-        ranked = sorted(range(len(series)), key=lambda i: -(series[i].stats[ACCURACY].mean or 0))
-        keep = sorted(ranked[:MAX_SERIES])
-        note = f"; the {MAX_SERIES} of {len(series)} configurations with the best mean accuracy"
+        order = ranked(range(len(series)), metric, lambda i: series[i].stats[metric].mean)
+        keep = sorted(order[:MAX_SERIES])
+        note = f"; the {MAX_SERIES} of {len(series)} configurations with the {_best(metric)}"
         series, labels = [series[i] for i in keep], [labels[i] for i in keep]
     pairs = [(c.values[METHOD], c.values[DISTRIBUTION]) for c in series]
     if len(set(pairs)) < len(pairs):
@@ -142,6 +169,14 @@ def line_series(
         by_method = _method_colours(records)
         colours = [by_method[str(c.values[METHOD])] for c in series]
     return series, labels, colours, note
+
+
+def _best(metric: str) -> str:
+    """``best mean accuracy``, ``lowest mean test bits per character``: what a cut keeps."""
+    if metric == ACCURACY:
+        return "best mean accuracy"
+    words = WORDS.get(metric, metric)
+    return f"{'lowest' if lower_is_better(metric) else 'highest'} mean {words}"
 
 
 def _method_colours(records: Sequence[RunRecord]) -> dict[str, Any]:

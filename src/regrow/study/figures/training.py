@@ -1,6 +1,7 @@
 """The per-run figures of ``regrow report``, from each run's ``metrics.jsonl``: per-layer density
-at each mask update, and learning curves. They show the runs named (``--runs``), else the first
-run of each cell, at most a few spread over the methods."""
+at each mask update, and learning curves (test accuracy, or a language model's validation bits
+per character). They show the runs named (``--runs``), else the first run of each cell, at most a
+few spread over the methods."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from typing import Any
 
 from ..cells import aggregate
 from ..records import RunRecord
-from .common import METHOD, NoData, cell_labels, log_if_wide, pyplot_free_figure, subject
+from .common import (
+    ACCURACY,
+    METHOD,
+    TEST_BPC,
+    VAL_BPC,
+    WORDS,
+    NoData,
+    axis_label,
+    cell_labels,
+    log_if_wide,
+    pyplot_free_figure,
+    subject,
+)
 
 #: Figures drawn with no more than this many panels (layer density) or lines (learning curves).
 MAX_PANELS, MAX_CURVES = 6, 12
@@ -165,34 +178,50 @@ def learning_curves(
     runs: Sequence[str] | None = None,
     **_: Any,
 ) -> Any:
-    """Train loss (left) and test accuracy (right) against epoch, one colour per run."""
+    """Train loss (left) and, right, the evaluations of :func:`curve_metric` (test accuracy, or
+    a language model's validation bits per character) against epoch, one colour per run."""
     chosen, labels = _chosen(records, group_by, runs, lambda r: bool(r.pass_rows()))
     if not chosen:
         raise NoData("no run has metrics.jsonl pass rows yet")
     chosen, labels, note = _spread(chosen, labels, MAX_CURVES)
     from matplotlib import colormaps
 
+    metric = curve_metric(chosen)
     palette = colormaps["tab10" if len(chosen) <= 10 else "tab20"].colors
     figure = pyplot_free_figure(11.0, 4.2)
-    loss_axes, accuracy_axes = figure.subplots(1, 2, sharex=True)  # epochs line up
+    loss_axes, score_axes = figure.subplots(1, 2, sharex=True)  # epochs line up
     losses: list[float] = []
     evaluated = False
     for index, (record, label) in enumerate(zip(chosen, labels, strict=True)):
         colour = palette[index % len(palette)]
-        rows = record.pass_rows()
-        loss = _by_epoch(rows, "train_loss")
+        loss = curve_series(record, "train_loss")
         losses += [v for _, v in loss]
         loss_axes.plot([e for e, _ in loss], [v for _, v in loss], color=colour, label=label)
-        tests = _by_epoch(rows, "test_accuracy")
-        evaluated |= bool(tests)
-        accuracy_axes.plot(
-            [e for e, _ in tests], [v for _, v in tests], color=colour, marker="o", markersize=4
+        scores = curve_series(record, metric)
+        evaluated |= bool(scores)
+        score_axes.plot(
+            [e for e, _ in scores], [v for _, v in scores], color=colour, marker="o", markersize=4
         )
     log_if_wide(loss_axes.set_yscale, losses, 10.0)
-    _label_curve_axes(loss_axes, accuracy_axes, evaluated)
+    _label_curve_axes(loss_axes, score_axes, evaluated, metric)
     figure.legend(loc="outside right upper", fontsize=8, title="run", frameon=False)
     figure.suptitle(f"Learning curves — {subject(chosen)}{note}", fontsize=10)
     return figure
+
+
+def curve_metric(records: Sequence[RunRecord]) -> str:
+    """What the learning curves evaluate: ``val_bpc`` when a run's pass rows of
+    ``metrics.jsonl`` have it (a language model with a validation split), else ``test_bpc`` when
+    one has that, else ``test_accuracy``. One metric for every run, so one axis holds them."""
+    for metric in (VAL_BPC, TEST_BPC):
+        if any(row.get(metric) is not None for r in records for row in r.pass_rows()):
+            return metric
+    return ACCURACY
+
+
+def curve_series(record: RunRecord, key: str) -> list[tuple[Any, Any]]:
+    """(epoch, value) of ``key`` in the run's pass rows that have both: a learning curve."""
+    return _by_epoch(record.pass_rows(), key)
 
 
 def _by_epoch(rows: list[dict[str, Any]], key: str) -> list[tuple[Any, Any]]:
@@ -200,23 +229,23 @@ def _by_epoch(rows: list[dict[str, Any]], key: str) -> list[tuple[Any, Any]]:
     return [(r["epoch"], r[key]) for r in rows if r.get(key) is not None and "epoch" in r]
 
 
-def _label_curve_axes(loss_axes: Any, accuracy_axes: Any, evaluated: bool) -> None:
+def _label_curve_axes(loss_axes: Any, score_axes: Any, evaluated: bool, metric: str) -> None:
     """Axis labels and titles of the learning curves; a note where no run was evaluated."""
     loss_axes.set_xlabel("epoch (passes over the training data)")
     loss_axes.set_ylabel("train loss (cross-entropy, mean over the pass)")
     loss_axes.set_title("train loss", fontsize=9)
-    accuracy_axes.set_xlabel("epoch (passes over the training data)")
-    accuracy_axes.set_ylabel("test accuracy (%)")
-    accuracy_axes.set_title("test accuracy at each evaluation", fontsize=9)
+    score_axes.set_xlabel("epoch (passes over the training data)")
+    score_axes.set_ylabel(axis_label(metric))
+    score_axes.set_title(f"{WORDS.get(metric, metric)} at each evaluation", fontsize=9)
     if not evaluated:
-        accuracy_axes.text(
+        score_axes.text(
             0.5,
             0.5,
             "no evaluation rows",
             ha="center",
             va="center",
-            transform=accuracy_axes.transAxes,
+            transform=score_axes.transAxes,
             color="dimgrey",
         )
-    for axes in (loss_axes, accuracy_axes):
+    for axes in (loss_axes, score_axes):
         axes.grid(alpha=0.3)
