@@ -65,6 +65,12 @@ CASES: list[tuple[str, list[str], list[str], list[str]]] = [
     ),
     ("negative-lr-gamma", ["train", *QUICK, "train.lr_gamma=-0.5"], ["train.lr_gamma=-0.5"], []),
     (
+        "unknown-optimizer",
+        ["train", *QUICK, "train.optimizer=adam"],
+        ["train.optimizer='adam' is not allowed", "allowed values are sgd, adamw"],
+        [],
+    ),
+    (
         "momentum-out-of-range",
         ["train", *QUICK, "train.momentum=1.5"],
         ["train.momentum=1.5", "0 <= x < 1"],

@@ -108,6 +108,39 @@ def test_mask_updates_and_the_lr_schedule_cause_no_recompilation(tmp_path: Path)
     assert sum(counters["recompiles"].values()) <= 1, dict(counters["recompiles"])
 
 
+def test_compiled_adamw_with_clipping_matches_the_eager_run_without_recompiling(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """train.optimizer=adamw with train.grad_clip and the cosine schedule: the AdamW update and
+    the clipping run inside the one graph (PyTorch's Adam arithmetic, capturable form) and give
+    the eager run's masks and losses (float rounding apart); the graph is compiled once."""
+    from torch._dynamo.utils import counters
+
+    updates = recorded_updates(monkeypatch)
+    extra = [
+        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.05",
+        "train.grad_clip=0.1", "train.lr_schedule=cosine", "train.warmup_epochs=0.5",
+    ]  # fmt: skip
+    eager = train(load_config("quickstart", overrides("rigl", tmp_path / "eager", *extra)))
+    eager_updates = list(updates)
+    updates.clear()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled_config = overrides("rigl", tmp_path / "compiled", *extra, "train.compile=true")
+    compiled = train(load_config("quickstart", compiled_config))
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert sum(counters["recompiles"].values()) <= 1, dict(counters["recompiles"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert [step for step, _ in updates] == [step for step, _ in eager_updates]
+    assert len(updates) >= 4
+    for (step, masks), (_, eager_masks) in zip(updates, eager_updates, strict=True):
+        for mask, eager_mask in zip(masks, eager_masks, strict=True):
+            assert torch.equal(mask, eager_mask), f"the update at step {step}"
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+    assert abs(compiled["test_accuracy"] - eager["test_accuracy"]) <= 0.6
+    assert compiled["optimizer"] == "adamw" and compiled["steps"] == eager["steps"]
+
+
 def test_a_compiled_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """Stopped at step 60 (mid pass 1) and resumed, both compiled: the same losses, masks and
     accuracy as the uninterrupted compiled run."""
@@ -179,10 +212,12 @@ def test_per_device_defaults(device: str, expected: tuple) -> None:
         settings.sgd_implementation, settings.cudnn_benchmark,
     )  # fmt: skip
     assert got == expected
+    fused = {"fused": True, "foreach": False}
+    assert settings.optimizer_keywords() == (fused if device == "cuda" else {"foreach": True})
     chosen = TrainConfig(bf16=False, channels_last=False, sgd_implementation="for_loop")
     explicit = Settings.resolve(chosen, torch.device(device))
     assert (explicit.bf16, explicit.channels_last) == (False, False)
-    assert explicit.sgd_keywords() == {"foreach": False}
+    assert explicit.optimizer_keywords() == explicit.sgd_keywords() == {"foreach": False}
 
 
 def test_settings_are_recorded_in_provenance_and_bad_values_refused(tmp_path: Path, capsys):

@@ -203,3 +203,50 @@ def test_a_bad_dotted_custom_density_is_one_line_naming_it():
         load_config("quickstart", ["out_dir=x", "sparsity.custom_densities.fc1.weight=abc"])
     message = str(info.value)
     assert "fc1.weight" in message and "is not a mapping of names to numbers" in message, message
+
+
+# ------------------------------------------------------- the optimizer keys (AdamW, cosine, clip)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.optimizer=adam", "train.optimizer='adam' is not allowed: allowed values are sgd, adamw"),
+        ("train.lr_schedule=linear", "train.lr_schedule='linear' is not allowed: allowed values are step, cosine"),
+        ("train.betas=[0.9]", "train.betas=[0.9] is out of range: allowed values are two numbers"),
+        ("train.betas=[0.9,1.0]", "train.betas=[0.9, 1.0] is out of range: allowed values are two numbers [beta1, beta2], each 0 <= b < 1"),
+        ("train.betas=[-0.1,0.9]", "train.betas=[-0.1, 0.9] is out of range"),
+        ("train.betas=[a,b]", "train.betas=['a', 'b'] is not a list of numbers"),
+        ("train.eps=0", "train.eps=0.0 is out of range: allowed values are x > 0"),
+        ("train.grad_clip=0", "train.grad_clip=0.0 is out of range: allowed values are x > 0, or null"),
+        ("train.grad_clip=-1", "train.grad_clip=-1.0 is out of range"),
+        ("train.min_lr_ratio=1.5", "train.min_lr_ratio=1.5 is out of range: allowed values are 0 <= x <= 1"),
+        ("train.min_lr_ratio=-0.1", "train.min_lr_ratio=-0.1 is out of range"),
+    ],
+)  # fmt: skip
+def test_the_optimizer_keys_are_checked_in_one_line(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("quickstart", ["out_dir=x", override])
+    message = str(info.value)
+    assert expected in message and "\n" not in message, message
+
+
+def test_the_optimizer_keys_defaults_and_edges():
+    t = load_config("quickstart", ["out_dir=x"]).train
+    assert (t.optimizer, t.lr_schedule, t.grad_clip) == ("sgd", "step", None)
+    assert (t.betas, t.eps, t.min_lr_ratio) == ([0.9, 0.95], 1e-8, 0.1)
+    edges = ["train.betas=[0,0.999]", "train.min_lr_ratio=0", "train.grad_clip=null"]
+    adamw = load_config("quickstart", ["out_dir=x", "train.optimizer=adamw", *edges]).train
+    assert adamw.betas == [0, 0.999] and adamw.min_lr_ratio == 0 and adamw.grad_clip is None
+    assert load_config("quickstart", ["out_dir=x", "train.min_lr_ratio=1"]).train.min_lr_ratio == 1
+    for key in ("train.optimizer", "train.betas", "train.eps", "train.grad_clip"):
+        assert descriptions()[key].strip(), key
+    assert "train.lr_schedule" in descriptions() and "train.min_lr_ratio" in descriptions()
+
+
+def test_nesterov_without_momentum_is_an_sgd_matter_only():
+    """The SGD keys are ignored by AdamW: nesterov=true with momentum 0 is refused for SGD only."""
+    with pytest.raises(ConfigError, match=r"train\.nesterov=true needs train\.momentum > 0"):
+        load_config("quickstart", ["out_dir=x", "train.momentum=0"])
+    adamw = load_config("quickstart", ["out_dir=x", "train.momentum=0", "train.optimizer=adamw"])
+    assert adamw.train.optimizer == "adamw" and adamw.train.nesterov is True

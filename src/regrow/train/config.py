@@ -49,8 +49,13 @@ def described(default: Any, help: str) -> Any:
 
 #: What ``train.compile_mode`` may be (``auto`` and torch.compile's own modes).
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-#: What ``train.sgd_implementation`` may be (``auto`` and torch.optim.SGD's implementations).
+#: What ``train.sgd_implementation`` may be (``auto`` and the implementations torch.optim.SGD and
+#: torch.optim.AdamW share; the key names either optimizer's, whichever ``train.optimizer`` is).
 SGD_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+#: What ``train.optimizer`` may be.
+OPTIMIZERS = ("sgd", "adamw")
+#: What ``train.lr_schedule`` may be: steps at milestones, or a cosine decay (both after warm-up).
+LR_SCHEDULES = ("step", "cosine")
 
 
 def _choices(names: Any) -> str:
@@ -84,18 +89,43 @@ class TrainConfig:
         1.0, "×M: longer runs scale epochs (and so every step-based schedule)"
     )
     batch_size: int = described(128, "samples per optimizer step, over all processes")
-    lr: float = described(0.1, "peak SGD learning rate")
-    momentum: float = described(0.9, "SGD momentum")
-    nesterov: bool = described(True, "Nesterov momentum")
-    weight_decay: float = described(5e-4, "on weights only (not biases, not normalisation)")
+    optimizer: str = described(
+        "sgd",
+        "sgd | adamw (torch.optim.AdamW: decoupled weight decay on every weight with ndim > 1, "
+        "embeddings included, none on biases and norms; ignores momentum and nesterov)",
+    )
+    lr: float = described(0.1, "peak learning rate")
+    momentum: float = described(0.9, "SGD momentum (sgd only)")
+    nesterov: bool = described(True, "Nesterov momentum (sgd only)")
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.95],
+        metadata={"help": "AdamW's [beta1, beta2] (adamw only; PyTorch's default is [0.9, 0.999])"},
+    )
+    eps: float = described(
+        1e-8, "AdamW's epsilon, added to the root of the second moment (adamw only)"
+    )
+    weight_decay: float = described(
+        5e-4, "on weights only (ndim > 1: not biases, not normalisation); adamw: decoupled"
+    )
+    grad_clip: float | None = described(
+        None, "clip the global gradient norm to this before each optimizer step (null: never)"
+    )
+    lr_schedule: str = described(
+        "step",
+        "step (×lr_gamma at each of lr_milestones) | cosine (from lr to lr × min_lr_ratio at the "
+        "last step); both after the linear warm-up",
+    )
     lr_milestones: list[float] = field(
         default_factory=lambda: [0.3072, 0.6144, 0.9216],
         metadata={
             "help": "learning-rate milestones as fractions of the optimizer steps "
-            "(the paper: 30k/60k/90k of 97,656; docs/SPEC.md §8)"
+            "(lr_schedule=step; the paper: 30k/60k/90k of 97,656; docs/SPEC.md §8)"
         },
     )
-    lr_gamma: float = described(0.2, "learning-rate factor at each milestone")
+    lr_gamma: float = described(0.2, "learning-rate factor at each milestone (lr_schedule=step)")
+    min_lr_ratio: float = described(
+        0.1, "the last step's learning rate ÷ train.lr (lr_schedule=cosine)"
+    )
     warmup_epochs: float = described(0.0, "linear learning-rate warm-up from 0")
     label_smoothing: float = described(0.0, "label smoothing of the cross-entropy loss")
     bf16: bool | None = described(
@@ -113,7 +143,9 @@ class TrainConfig:
         f"CPU) | {_choices(COMPILE_MODES[1:])}",
     )
     sgd_implementation: str = described(
-        "auto", f"auto (fused on CUDA, foreach on the CPU) | {_choices(SGD_IMPLEMENTATIONS[1:])}"
+        "auto",
+        "the optimizer's kernels (SGD's or AdamW's): auto (fused on CUDA, foreach on the CPU) | "
+        f"{_choices(SGD_IMPLEMENTATIONS[1:])}",
     )
     cudnn_benchmark: bool | None = described(
         None, "let cuDNN pick the fastest convolution algorithms (null: yes on CUDA)"
@@ -348,6 +380,13 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.stop_at_step": INT_AT_LEAST_1,
     "train.label_smoothing": (lambda v: 0 <= v < 1, "0 <= x < 1"),
     "train.lr_milestones": (lambda v: all(0 < m < 1 for m in v), "fractions of the run in (0, 1)"),
+    "train.betas": (
+        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+        "two numbers [beta1, beta2], each 0 <= b < 1",
+    ),
+    "train.eps": (lambda v: v > 0, "x > 0 (0 would divide 0 by 0 at inactive weights)"),
+    "train.grad_clip": (lambda v: v > 0, "x > 0, or null (no clipping)"),
+    "train.min_lr_ratio": (lambda v: 0 <= v <= 1, "0 <= x <= 1"),
     "data.validation_size": (lambda v: v >= 0, "integers >= 0"),
     "data.limit_train": INT_AT_LEAST_1,
     "data.block_size": INT_AT_LEAST_1,
@@ -369,6 +408,8 @@ def validate(config: RunConfig) -> None:
         "sparsity.distribution": DISTRIBUTIONS,
         "train.compile_mode": COMPILE_MODES,
         "train.sgd_implementation": SGD_IMPLEMENTATIONS,
+        "train.optimizer": OPTIMIZERS,
+        "train.lr_schedule": LR_SCHEDULES,
     }
     for key, allowed in names.items():
         if _get(config, key) not in allowed:
@@ -391,7 +432,7 @@ def validate(config: RunConfig) -> None:
             "the run would take no step; allowed are values whose product is at least 0.5 (raise "
             "train.multiplier or train.epochs)."
         )
-    if t.nesterov and t.momentum == 0:
+    if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
         raise ConfigError(
             "train.nesterov=true needs train.momentum > 0: set train.nesterov=false for plain "
             "SGD, or a momentum in (0, 1)."

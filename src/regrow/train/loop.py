@@ -45,10 +45,10 @@ from .logging import MetricsLog, Progress, provenance
 from .optim import build_optimizer, lr_schedule
 from .rundir import DONE, MASK_UPDATE_EVENT, RunDir, RunDirError
 from .step import (
-    CompiledStep,
     CompileError,
     Settings,
     TrainStep,
+    build_step,
     learning_rate,
     select_device,
     tensor_learning_rates_,
@@ -83,8 +83,9 @@ def stop_on_signals():
 
 #: ``train`` settings recorded in ``summary.json`` (with the run's method, plan, model, data, seed).
 SUMMARY_TRAIN_KEYS = (
-    "epochs", "multiplier", "batch_size", "lr", "lr_milestones", "lr_gamma", "warmup_epochs",
-    "momentum", "nesterov", "weight_decay", "label_smoothing",
+    "epochs", "multiplier", "batch_size", "optimizer", "lr", "lr_schedule", "lr_milestones",
+    "lr_gamma", "min_lr_ratio", "warmup_epochs", "momentum", "nesterov", "betas", "eps",
+    "weight_decay", "grad_clip", "label_smoothing",
 )  # fmt: skip
 
 
@@ -100,8 +101,8 @@ class Run:
     data: DatasetSplits | TextData
     model: nn.Module
     network: nn.Module  #: ``model``, or DDP around it under torchrun (the forward pass only)
-    optimizer: torch.optim.SGD
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    optimizer: torch.optim.SGD | torch.optim.AdamW  #: train.optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR  #: train.lr_schedule, a function of the step
     sparsifier: Sparsifier
     flops: TrainingFlopsCounter
     loader: Any  #: the training DeviceLoader
@@ -282,11 +283,9 @@ def build(
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     torch.manual_seed(config.seed + context.rank)  # dropout differs between ranks
     samples_1x = round(t.epochs) * len(loader) * loader.global_batch_size
-    if settings.compile:
-        tensor_learning_rates_(optimizer, device)
-        step = CompiledStep(network, criterion, sparsifier, optimizer, settings, s.method)
-    else:
-        step = TrainStep(network, criterion, sparsifier, optimizer, settings)
+    step = build_step(
+        network, criterion, sparsifier, optimizer, settings, s.method, t.grad_clip, device
+    )
     return Run(
         config=config, config_yaml=to_yaml(config), context=context, device=device,
         run_dir=run_dir, data=data, model=model, network=network, optimizer=optimizer,

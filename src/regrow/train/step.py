@@ -5,37 +5,50 @@ fastest correct settings per device (:class:`Settings`).
 **Settings.** ``train.bf16``, ``train.channels_last`` and ``train.cudnn_benchmark`` default to
 ``null``, which means *what is fastest on this device*: on CUDA bf16 autocast, channels-last
 tensors and cuDNN's autotuner; on the CPU fp32 (bf16 autocast is far slower than fp32 on most
-CPUs) and the default layout. ``train.sgd_implementation=auto`` takes PyTorch's fused SGD kernel on
-CUDA and its foreach kernels on the CPU; ``train.compile_mode=auto`` takes ``reduce-overhead``
-(CUDA graphs) on CUDA and the default mode on the CPU. :class:`Settings` resolves them once; the
-run's ``provenance.jsonl`` records the result.
+CPUs) and the default layout. ``train.sgd_implementation=auto`` takes PyTorch's fused SGD (or
+AdamW) kernel on CUDA and its foreach kernels on the CPU; ``train.compile_mode=auto`` takes
+``reduce-overhead`` (CUDA graphs) on CUDA and the default mode on the CPU. :class:`Settings`
+resolves them once; the run's ``provenance.jsonl`` records the result.
 
 **The compiled step** (``train.compile=true``, :class:`CompiledStep`): forward, loss, backward,
 :meth:`~regrow.sparsity.Sparsifier.process_gradients` (the method's view of the dense gradients,
-then gradient masking), the SGD update and :meth:`~regrow.sparsity.Sparsifier.mask_weights`, traced
-by ``torch.compile`` into one graph (``fullgraph=True``). Two details make that one graph:
+then gradient masking), gradient clipping (``train.grad_clip``), the optimizer update and
+:meth:`~regrow.sparsity.Sparsifier.mask_weights`, traced by ``torch.compile`` into one graph
+(``fullgraph=True``), for SGD and for AdamW alike. Three details make that one graph:
 
 - ``Tensor.backward()`` is traced with dynamo's ``trace_autograd_ops`` (set only around the call);
-- the SGD update calls PyTorch's own SGD arithmetic (``torch.optim.sgd.sgd``, the function
-  ``SGD.step`` itself calls) on the optimizer's groups and momentum buffers, because
-  ``Optimizer.step`` deliberately ends the graph before and after itself.
+- the update calls PyTorch's own arithmetic on the optimizer's groups and state, because
+  ``Optimizer.step`` deliberately ends the graph before and after itself: for SGD
+  ``torch.optim.sgd.sgd`` on the momentum buffers (:func:`sgd_update_`), for AdamW
+  ``torch.optim.adam.adam`` (the function ``AdamW.step`` calls, with decoupled weight decay) on
+  ``exp_avg``, ``exp_avg_sq`` and the ``step`` tensors (:func:`adam_update_`), in its foreach form
+  with ``capturable=True``: the bias corrections are then tensor arithmetic on the ``step``
+  tensors, which the graph increments in place, instead of Python floats read from them (a value
+  the graph would be specialised on, so recompiled for at every step);
+- clipping is ``torch.nn.utils.clip_grad_norm_`` (foreach norm and scale: no host read).
 
 What changes between steps is kept out of the graph, so nothing is recompiled: the learning rate is
 a 0-dim tensor that the LR schedule fills in place, and masks, weights and optimizer state are
 changed in place by the eager mask updates. What is eager: batches spent on a before-step mask
 update (RigL, SNIP, SRigL) and the host half of every step
 (:meth:`~regrow.sparsity.Sparsifier.record_compiled_step`: after-step updates of SET, SNFS and
-Pruning, the step count). The run's first optimizer step is eager as well: it creates the momentum
-buffers the graph then updates in place.
+Pruning, the step count). The run's first optimizer step is eager as well: it creates the
+optimizer state (momentum buffers; AdamW's moments and step counts) the graph then updates in
+place. AdamW's eager step runs with the learning rates as floats (its foreach kernels refuse a
+tensor one unless ``capturable``, which the CPU does not offer eagerly), and its ``step`` tensors
+are then moved to the parameters' device, where the graph's arithmetic wants them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.optim.adam as torch_adam
 import torch.optim.sgd as torch_sgd
 from torch import nn
 
@@ -73,7 +86,7 @@ class Settings:
     channels_last: bool
     compile: bool
     compile_mode: str  #: torch.compile's mode (``default`` when not compiling)
-    sgd_implementation: str  #: ``fused``, ``foreach`` or ``for_loop``
+    sgd_implementation: str  #: SGD's or AdamW's: ``fused``, ``foreach`` or ``for_loop``
     cudnn_benchmark: bool
 
     @classmethod
@@ -102,13 +115,16 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def sgd_keywords(self) -> dict[str, bool]:
-        """The ``torch.optim.SGD`` keywords that pick the implementation."""
+    def optimizer_keywords(self) -> dict[str, bool]:
+        """The keywords of ``torch.optim.SGD`` and ``torch.optim.AdamW`` (the same for both) that
+        pick the implementation ``train.sgd_implementation`` names."""
         return {
             "fused": {"fused": True, "foreach": False},
             "foreach": {"foreach": True},
             "for_loop": {"foreach": False},
         }[self.sgd_implementation]
+
+    sgd_keywords = optimizer_keywords  #: the name from before AdamW
 
     def apply(self) -> None:
         """Process-wide switches (cuDNN's autotuner)."""
@@ -158,6 +174,76 @@ def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return hits if y.dim() == 1 else hits / y[0].numel()
 
 
+def adam_update_(optimizer: torch.optim.Adam) -> None:
+    """One Adam/AdamW step over every group, by PyTorch's own arithmetic
+    (``torch.optim.adam.adam``, with the group's decoupled weight decay: AdamW's), in place on the
+    parameters, ``exp_avg``, ``exp_avg_sq`` and the ``step`` tensors. For a compiled graph: the
+    foreach form with ``capturable=True`` keeps the bias corrections tensor arithmetic on the
+    ``step`` tensors and takes a tensor learning rate (module docstring)."""
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [optimizer.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        torch_adam.adam(
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+            [s["step"] for s in states],
+            foreach=True,
+            capturable=True,
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+
+
+def optimizer_update_(optimizer: torch.optim.Optimizer) -> None:
+    """:func:`sgd_update_` or :func:`adam_update_`, by the optimizer's kind."""
+    if isinstance(optimizer, torch.optim.Adam):
+        adam_update_(optimizer)
+    else:
+        sgd_update_(optimizer)
+
+
+def clip_gradients_(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Scale the gradients of the optimizer's parameters so their global 2-norm is at most
+    ``max_norm`` (``torch.nn.utils.clip_grad_norm_``; ``None``: leave them)."""
+    if max_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+@contextlib.contextmanager
+def float_learning_rates(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Each group's learning rate as a float for the block, then the same tensor again (an eager
+    AdamW step: its foreach kernels refuse a tensor learning rate)."""
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = float(group["lr"])
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved, strict=True):
+            group["lr"] = lr
+
+
+def steps_on_parameter_devices_(optimizer: torch.optim.Optimizer) -> None:
+    """Move Adam's ``step`` tensors to their parameters' devices (eager AdamW keeps them on the
+    CPU unless fused), where the compiled graph's bias corrections run."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")) and state["step"].device != p.device:
+                state["step"] = state["step"].to(p.device)
+
+
 class CompileError(ConfigError):
     """``train.compile=true`` cannot compile this run's step into one graph."""
 
@@ -165,7 +251,9 @@ class CompileError(ConfigError):
 class TrainStep:
     """One batch, eagerly: forward, loss, backward, ``sparsifier.step()`` (which masks the
     gradients, or spends the batch on a mask update) and, unless the batch went to an update, the
-    optimizer step (its post-hook re-masks the weights and counts the step).
+    optimizer step (its post-hook re-masks the weights and counts the step), after clipping the
+    masked gradients' global norm to ``grad_clip`` (``train.grad_clip``; ``None``: no clipping). A
+    batch spent on a mask update takes no optimizer step and so no clipping.
 
     The call returns the batch's loss × samples and correct predictions (device tensors: no host
     synchronisation) and whether an optimizer step was taken. The LR schedule and the FLOP
@@ -179,9 +267,11 @@ class TrainStep:
         sparsifier: Any,
         optimizer: torch.optim.Optimizer,
         settings: Settings,
+        grad_clip: float | None = None,
     ) -> None:
         self.network, self.criterion = network, criterion
         self.sparsifier, self.optimizer, self.settings = sparsifier, optimizer, settings
+        self.grad_clip = grad_clip
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and loss, in the run's layout and precision."""
@@ -198,8 +288,14 @@ class TrainStep:
         loss.backward()  # under DDP: gradients averaged over ranks here
         stepped = self.sparsifier.step()  # masks the gradients, or updates the masks instead
         if stepped:
-            self.optimizer.step()  # the sparsifier's post-hook re-masks the weights
+            self.update()
         return loss.detach() * y.shape[0], correct(logits, y), stepped
+
+    def update(self) -> None:
+        """Clip the (masked) gradients, then the optimizer step (the sparsifier's post-hook
+        re-masks the weights)."""
+        clip_gradients_(self.optimizer, self.grad_clip)
+        self.optimizer.step()
 
 
 class CompiledStep(TrainStep):
@@ -212,13 +308,18 @@ class CompiledStep(TrainStep):
         network: nn.Module,
         criterion: nn.Module,
         sparsifier: Any,
-        optimizer: torch.optim.SGD,
+        optimizer: torch.optim.Optimizer,
         settings: Settings,
         method: str,
+        grad_clip: float | None = None,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.SGD):
-            raise CompileError(f"train.compile=true supports SGD, not {type(optimizer).__name__}.")
-        super().__init__(network, criterion, sparsifier, optimizer, settings)
+        if not isinstance(optimizer, torch.optim.SGD | torch.optim.Adam):
+            raise CompileError(
+                "train.compile=true supports SGD and AdamW (or Adam), not "
+                f"{type(optimizer).__name__}."
+            )
+        super().__init__(network, criterion, sparsifier, optimizer, settings, grad_clip)
+        self.adam = isinstance(optimizer, torch.optim.Adam)
         self.method = method
         self.have_state = False
         # Dynamo caches per code object: the step of an earlier run in this process (another
@@ -230,15 +331,24 @@ class CompiledStep(TrainStep):
         if not self.have_state:  # until the first optimizer step (then for good)
             groups = self.optimizer.param_groups
             self.have_state = all(p in self.optimizer.state for g in groups for p in g["params"])
+            if self.have_state and self.adam:
+                steps_on_parameter_devices_(self.optimizer)
         return self.have_state and not self.sparsifier.update_batch_due()
 
+    def update(self) -> None:
+        """The eager optimizer step (the run's first): AdamW's with float learning rates."""
+        with float_learning_rates(self.optimizer) if self.adam else contextlib.nullcontext():
+            super().update()
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What is compiled: forward, loss, backward, gradient work, SGD update, re-masking."""
+        """What is compiled: forward, loss, backward, gradient work, clipping, the SGD or AdamW
+        update, re-masking."""
         logits, loss = self.forward(x, y)
         loss.backward()
         self.sparsifier.process_gradients()
         with torch.no_grad():
-            sgd_update_(self.optimizer)
+            clip_gradients_(self.optimizer, self.grad_clip)
+            optimizer_update_(self.optimizer)
         self.sparsifier.mask_weights()
         return loss.detach() * y.shape[0], correct(logits, y)
 
@@ -257,3 +367,21 @@ class CompiledStep(TrainStep):
             ) from error
         self.sparsifier.record_compiled_step()
         return (*result, True)
+
+
+def build_step(
+    network: nn.Module,
+    criterion: nn.Module,
+    sparsifier: Any,
+    optimizer: torch.optim.Optimizer,
+    settings: Settings,
+    method: str,
+    grad_clip: float | None,
+    device: torch.device,
+) -> TrainStep:
+    """The run's step: :class:`CompiledStep` (learning rates made device tensors first) when
+    ``settings.compile``, else :class:`TrainStep`."""
+    if settings.compile:
+        tensor_learning_rates_(optimizer, device)
+        return CompiledStep(network, criterion, sparsifier, optimizer, settings, method, grad_clip)
+    return TrainStep(network, criterion, sparsifier, optimizer, settings, grad_clip)
