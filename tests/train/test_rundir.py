@@ -11,7 +11,7 @@ import pytest
 import regrow
 from regrow.cli import main
 from regrow.sparsity.schedules import PruningSchedule
-from regrow.train import CheckpointError, NonFiniteLossError, RunDir, train
+from regrow.train import CheckpointError, NonFiniteLossError, RunDir, load_config, train
 from regrow.train.config import to_yaml
 from regrow.train.rundir import RESUME_OVERRIDABLE, RunDirError, differing_keys
 from tests.train.runs import SHORT, config, digits_config, one_error_line
@@ -255,3 +255,18 @@ def test_starting_over_a_finished_run_does_not_suggest_resuming_it(tmp_path: Pat
     capsys.readouterr()
     assert main(["train", "--preset", "quickstart", f"out_dir={partial}", *SHORT]) == 2
     assert f"regrow train --resume {partial}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_config_saved_before_a_key_existed_is_the_same_run(tmp_path: Path) -> None:
+    """A run written by an older regrow lacks keys added since (train.optimizer, data.path, ...):
+    they read as their defaults, so it still resumes; a real difference is still named."""
+    import yaml
+
+    config = load_config("quickstart", [f"out_dir={tmp_path}"])
+    saved = yaml.safe_load(to_yaml(config))
+    for section, key in (("train", "optimizer"), ("train", "grad_clip"), ("data", "path")):
+        del saved[section][key]
+    older = yaml.safe_dump(saved)
+    assert differing_keys(older, config) == {}
+    saved["train"]["lr"] = 0.5
+    assert set(differing_keys(yaml.safe_dump(saved), config)) == {"train.lr"}

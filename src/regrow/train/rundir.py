@@ -50,10 +50,16 @@ NOT_IDENTITY = ("out_dir", *RESUME_OVERRIDABLE)
 
 
 def _as_dict(config: RunConfig | str) -> dict[str, Any]:
+    """A config as nested dicts; a saved one over today's defaults, so a key added to regrow after
+    the run was written reads as its default (the value the run used) rather than as missing."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     text = config if isinstance(config, str) else to_yaml(config)
-    parsed = OmegaConf.to_container(OmegaConf.create(text))
+    node = OmegaConf.create(text)
+    with contextlib.suppress(OmegaConfBaseException):  # a key regrow no longer has: compare as is
+        node = OmegaConf.merge(OmegaConf.structured(RunConfig), node)
+    parsed = OmegaConf.to_container(node)
     assert isinstance(parsed, dict)
     return parsed
 
