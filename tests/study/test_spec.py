@@ -193,8 +193,10 @@ def test_shipped_studies_plan_over_any_preset(name):
         "redistribution",
     }
     study = load_study(name)
-    presets = ["quickstart"] + (
-        ["cifar10_wrn22_2"] if name in ("main", "erk_vs_uniform_flops") else []
+    presets = (
+        ["quickstart"]
+        + (["cifar10_wrn22_2"] if name in ("main", "erk_vs_uniform_flops") else [])
+        + (["charlm"] if name == "charlm_main" else [])
     )
     for preset in presets:
         overrides = ["data.validation_size=100"] if study.search else []
@@ -206,6 +208,10 @@ def test_shipped_studies_plan_over_any_preset(name):
         assert not [r for r in plan.runs if r.name.startswith("small_dense_erk")]
         widths = {r.extra["model_width"] for r in plan.runs if "small_dense" in r.name}
         assert all(0 < w < 1 for w in widths)
+    if name == "charlm_main":  # over charlm: 6 methods x 3 sparsities + Dense, 3 seeds
+        assert len(plan.runs) == (6 * 3 + 1) * 3
+        widths = {r.extra["model_width"] for r in plan.runs if "small_dense" in r.name}
+        assert len(widths) == 3 and all(0 < w < 1 for w in widths)
 
 
 def test_study_error_is_a_one_line_value_error():

@@ -138,3 +138,32 @@ def test_bad_text_input_to_regrow_train_is_one_line_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("regrow train: error: data.path="), lines
     assert message in lines[0]
+
+
+def test_the_compiled_step_trains_the_transformer_as_the_eager_one(
+    tmp_path: Path, text_file: Path, monkeypatch
+) -> None:
+    """train.compile=true on the language model with AdamW and clipping (the charlm recipe): one
+    graph, no graph break, the eager run's masks at every update and its losses up to rounding."""
+    from torch._dynamo.utils import counters
+
+    from tests.train.test_compile import losses, recorded_updates
+
+    updates = recorded_updates(monkeypatch)
+    extra = [
+        "train.epochs=1", "train.optimizer=adamw", "train.lr=0.003", "train.grad_clip=0.5",
+        "train.lr_schedule=cosine",
+    ]  # fmt: skip
+    train(lm_config(tmp_path / "eager", text_file, *extra))
+    eager_updates = list(updates)
+    updates.clear()
+    torch._dynamo.reset()
+    counters.clear()
+    train(lm_config(tmp_path / "compiled", text_file, *extra, "train.compile=true"))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert sum(counters["recompiles"].values()) <= 1, dict(counters["recompiles"])
+    assert len(updates) == len(eager_updates) >= 4
+    for (step, masks), (_, eager_masks) in zip(updates, eager_updates, strict=True):
+        for mask, eager_mask in zip(masks, eager_masks, strict=True):
+            assert torch.equal(mask, eager_mask), f"the update at step {step}"
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
