@@ -33,16 +33,42 @@ def mlp() -> nn.Module:
     )
 
 
-MODELS = {"conv": (conv_net, (3, 8, 8), 10), "mlp": (mlp, (20,), 5)}
+def gpt() -> nn.Module:
+    """A tiny character-level GPT (vocabulary 11, 8 tokens, d_model 16, 1 block, 2 heads): query,
+    key, value, out, fc and proj sparse, the head dense (its ``default_dense_layers``)."""
+    from regrow.models.transformer import CharGPT
+
+    torch.manual_seed(0)
+    return CharGPT(11, block_size=8, d_model=16, layers=1, heads=2)
+
+
+#: ``name → (build, shape of one sample, classes)``; for a model in ``TOKEN_MODELS`` the sample is
+#: ``shape`` token ids below ``classes`` and its target one next token per position.
+MODELS = {"conv": (conv_net, (3, 8, 8), 10), "gpt": (gpt, (8,), 11), "mlp": (mlp, (20,), 5)}
+TOKEN_MODELS = frozenset({"gpt"})
 
 
 def batch(model_name: str, index: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deterministic batch depending only on its index (so runs can be replayed)."""
+    """A deterministic batch depending only on its index (so runs can be replayed): ``[size,
+    *shape]`` floats and ``[size]`` classes, or for a token model ``[size, T]`` token ids and
+    ``[size, T]`` targets."""
     _, shape, classes = MODELS[model_name]
     generator = torch.Generator().manual_seed(1000 + index)
+    if model_name in TOKEN_MODELS:
+        x = torch.randint(0, classes, (size, *shape), generator=generator)
+        y = torch.randint(0, classes, (size, *shape), generator=generator)
+        return x, y
     x = torch.randn((size, *shape), generator=generator)
     y = torch.randint(0, classes, (size,), generator=generator)
     return x, y
+
+
+def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``model(x)`` against ``y``: over the last dimension's classes at every
+    other position, so ``[B, C]`` logits with ``[B]`` targets and ``[B, T, V]`` logits with
+    ``[B, T]`` targets alike."""
+    logits = model(x)
+    return nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
 
 
 OPTIMIZERS = {

@@ -195,11 +195,17 @@ class AllocationPlan:
         dense_layers = check_layer_names(dense_layers, "dense_layers")
         sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
         if isinstance(shapes, nn.Module):
-            if dense_layers is None:  # the model's own choice (a transformer's output head)
+            model_default = dense_layers is None
+            if model_default:  # the model's own choice (a transformer's output head)
                 dense_layers = check_layer_names(
                     getattr(shapes, "default_dense_layers", None), "default_dense_layers"
                 )
             shapes = candidate_shapes(shapes, sparse_layers)
+            if model_default and dense_layers is not None:
+                # Entries of the model's own choice that name no candidate are dropped, not
+                # refused: a head tied to the token embedding is no candidate of its own (it
+                # stays dense as the embedding), nor is a layer outside sparse_layers.
+                dense_layers = [p for p in dense_layers if any(_matches(p, n) for n in shapes)]
         shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         chosen = select_sparse(list(shapes), dense_layers) if masked else []
         outside = sorted(set(custom) - set(chosen))
