@@ -25,12 +25,16 @@ def test_registry_entries_say_their_input_shape():
     assert MODELS["resnet50_imagenet"].input_shape == (3, 224, 224)
     assert MODELS["lenet300_100"].input_shape == (1, 28, 28)
     assert MODELS["digits_mlp"].input_shape == (64,)
+    assert MODELS["char_gpt"].input_shape == (256,)  # token ids: its longest context
+    assert MODELS["char_gpt_large"].input_shape == (1024,)
     assert {name: spec.num_classes for name, spec in MODELS.items()} == {
         "wrn22_2": 10,
         "resnet50_cifar": 100,
         "resnet50_imagenet": 1000,
         "lenet300_100": 10,
         "digits_mlp": 10,
+        "char_gpt": 128,  # a vocabulary size; a run takes its text's
+        "char_gpt_large": 128,
     }
 
 
