@@ -167,3 +167,14 @@ def test_the_compiled_step_trains_the_transformer_as_the_eager_one(
         for mask, eager_mask in zip(masks, eager_masks, strict=True):
             assert torch.equal(mask, eager_mask), f"the update at step {step}"
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+
+
+@pytest.mark.parametrize("command", ["export", "bench-inference"])
+def test_export_says_it_takes_image_models_only_so_far(
+    finished_run: Path, tmp_path: Path, capsys, command: str
+) -> None:
+    args = [command, str(finished_run)] + ([str(tmp_path / "out")] if command == "export" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a language-model run" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

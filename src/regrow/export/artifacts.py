@@ -120,6 +120,11 @@ def load_run(run_dir: str | Path) -> MaskedModel:
             f"{run.path} has no {RunDir.CHECKPOINT}: not a regrow run directory, or the run has "
             "not written a checkpoint yet (train it with `regrow train`)"
         )
+    if run.vocabulary_path.is_file():
+        raise ValueError(
+            f"{run.path} is a language-model run (data.name=text): the export and its benchmark "
+            "take image models only so far; `regrow sample` runs its model"
+        )
     saved = load_checkpoint(run.checkpoint_path)
     config = yaml.safe_load(saved["config"]) if isinstance(saved.get("config"), str) else {}
     model_config = (config or {}).get("model", {})
