@@ -222,7 +222,7 @@ class CompiledStep(TrainStep):
         if not self.have_state:  # until the first optimizer step (then for good)
             groups = self.optimizer.param_groups
             self.have_state = all(p in self.optimizer.state for g in groups for p in g["params"])
-        return self.have_state and not self.sparsifier.update_batch_due()
+        return self.have_state and not self.sparsifier.eager_batch_due()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What is compiled: forward, loss, backward, gradient work, SGD update, re-masking."""
