@@ -71,8 +71,11 @@ def check_transition(before: dict, after: dict, exchange_equal: bool) -> int:
 @pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("method", sorted(regrow.METHODS))
-def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
-    """Every expectation comes from the method's declared traits and count rule, not its name."""
+def test_contract(
+    method: str, model_name: str, optimizer_name: str, method_args: dict | None = None
+) -> None:
+    """Every expectation comes from the method's declared traits and count rule, not its name.
+    ``method_args``: more arguments of the method (for tests that call this one)."""
     model = MODELS[model_name][0]()
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     before: dict = {}
@@ -87,6 +90,7 @@ def test_contract(method: str, model_name: str, optimizer_name: str) -> None:
         total_steps=STEPS,
         seed=3,
         **own_args(method, delta_t=15, prune_begin=30, prune_end=150),
+        **(method_args or {}),
     )
     traits, rule = sp.traits, sp.count_rule()
     sizes = {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}

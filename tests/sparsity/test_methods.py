@@ -530,6 +530,7 @@ def test_resolved_arguments_carry_every_default() -> None:
         "drop_schedule": "cosine",
         "reinit": "zero",
         "redistribution": "none",
+        "grad_accumulation": 1,
     }
     given = regrow.RigL.Args(delta_t=7)
     fresh = MODELS["mlp"][0]()

@@ -9,6 +9,7 @@ Dense                                 ``3 f_D``
 Static, SET, SNIP, Small-Dense        ``3 f_S``  (Small-Dense: ``f_S`` of the narrow dense model)
 SNFS                                  ``2 f_S + f_D``  (dense weight gradient every step)
 RigL                                  ``(3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)``
+RigL, ``grad_accumulation=N``         ``(3 f_S (ΔT − N + 1) + N (2 f_S + f_D)) / (ΔT + 1)``
 Pruning                               ``3 · mean_t f_S(s_t)`` over its schedule
 ====================================  =============================================
 
@@ -52,6 +53,7 @@ def train_flops_per_sample(
     sparse_flops: float,
     dense_flops: float,
     delta_t: int | None = None,
+    grad_accumulation: int = 1,
 ) -> float:
     """Training FLOPs per sample of ``method`` (SPEC §7; Evci et al. 2020, Appendix H), from its
     declared :class:`~regrow.sparsity.base.Traits` alone, so a user's registered method is
@@ -60,7 +62,9 @@ def train_flops_per_sample(
     ``sparse_flops`` is ``f_S``, the forward FLOPs of the trained model (Dense: ``f_D``;
     Small-Dense: the narrow dense model's; Pruning: the schedule's mean from
     :func:`pruning_mean_flops`), ``dense_flops`` is ``f_D``. ``delta_t``: the update interval of a
-    method whose backward is dense on update batches (default: the method's own default).
+    method whose backward is dense on update batches (default: the method's own default);
+    ``grad_accumulation``: how many batches of each update interval have a dense backward (the
+    update batch and the ``N − 1`` before it whose gradients its grow score averages).
     """
     cls = _method_class(method)
     f_s, f_d = float(sparse_flops), float(dense_flops)
@@ -73,7 +77,15 @@ def train_flops_per_sample(
         delta_t = cls.Args().delta_t  # type: ignore[attr-defined]
     if isinstance(delta_t, bool) or int(delta_t) != delta_t or delta_t < 1:
         raise ValueError(f"delta_t={delta_t!r}: allowed values are integers >= 1.")
-    return (3.0 * f_s * delta_t + 2.0 * f_s + f_d) / (delta_t + 1)
+    n = grad_accumulation
+    whole = isinstance(n, int | float) and not isinstance(n, bool) and float(n).is_integer()
+    if not (whole and 1 <= n <= delta_t + 1):
+        raise ValueError(
+            f"grad_accumulation={grad_accumulation!r}: allowed values are integers from 1 to "
+            f"delta_t + 1 = {delta_t + 1}."
+        )
+    extra, dense = int(n) - 1, 2.0 * f_s + f_d  # extra: ordinary batches of dense backward
+    return (3.0 * f_s * (delta_t - extra) + extra * dense + 2.0 * f_s + f_d) / (delta_t + 1)
 
 
 def train_flops_ratio(
@@ -82,6 +94,7 @@ def train_flops_ratio(
     dense_flops: float,
     delta_t: int | None = None,
     multiplier: float = 1.0,
+    grad_accumulation: int = 1,
 ) -> float:
     """Training FLOPs of a run ×``multiplier`` as a multiple of 1× dense training (``3 f_D``);
     the meaning of ``train_flops_ratio`` everywhere (``summary.json``, ``regrow flops``)."""
@@ -89,7 +102,9 @@ def train_flops_ratio(
         raise ValueError(
             f"multiplier={multiplier!r}: allowed values are > 0 (1 is the paper's 1x)."
         )
-    per_sample = train_flops_per_sample(method, sparse_flops, dense_flops, delta_t)
+    per_sample = train_flops_per_sample(
+        method, sparse_flops, dense_flops, delta_t, grad_accumulation
+    )
     return multiplier * per_sample / (3.0 * float(dense_flops))
 
 
@@ -120,7 +135,9 @@ def method_training_flops(
     cls = _method_class(method)
     f_d = float(profile.dense_flops if reference_dense_flops is None else reference_dense_flops)
     mean = cls.mean_inference_flops(profile, plan, args, total_steps)
-    per_sample = train_flops_per_sample(cls, mean, f_d, getattr(args, "delta_t", None))
+    per_sample = train_flops_per_sample(
+        cls, mean, f_d, getattr(args, "delta_t", None), getattr(args, "grad_accumulation", 1)
+    )
     return MethodFlops(mean, multiplier * per_sample, multiplier * per_sample / (3.0 * f_d))
 
 
@@ -136,10 +153,10 @@ class TrainingFlopsCounter:
 
     Each step costs, per sample, ``3 f_S`` at the current densities, or ``2 f_S + f_D`` when its
     backward pass computes the dense weight gradient (``dense_backward=True``: RigL's mask-update
-    steps, every step of SNFS). Densities that change (redistribution, pruning, a sparsifier's
-    live masks) are counted as they were at each step. :attr:`ratio` is the total over dense
-    training of the same number of samples, ``3 f_D`` each; for a constant density it equals the
-    closed forms of :func:`train_flops_per_sample`.
+    steps and the batches whose gradients they average, every step of SNFS). Densities that
+    change (redistribution, pruning, a sparsifier's live masks) are counted as they were at each
+    step. :attr:`ratio` is the total over dense training of the same number of samples, ``3 f_D``
+    each; for a constant density it equals the closed forms of :func:`train_flops_per_sample`.
 
     ::
 

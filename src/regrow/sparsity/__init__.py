@@ -5,6 +5,7 @@ from .args import MethodArgs, arg
 from .base import METHODS, BatchReport, Sparsifier, Traits, get_method, register
 from .distributions import DISTRIBUTIONS, active_counts, layer_densities
 from .dynamic import DynamicArgs, DynamicSparsifier
+from .gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
 from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, SRigL, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
@@ -20,6 +21,8 @@ __all__ = [
     "Dense",
     "DynamicArgs",
     "DynamicSparsifier",
+    "GradientGrowthArgs",
+    "GradientGrowthSparsifier",
     "LayerAllocation",
     "MethodArgs",
     "Pruning",

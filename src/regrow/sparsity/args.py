@@ -59,7 +59,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if value is None and type(None) in allowed:
         return None
     if isinstance(value, bool) and bool not in allowed:
-        value = object()  # a bool is not a number here: fall through to the error
+        pass  # a bool is not a number here: fall through to the error
     elif float in allowed and isinstance(value, int | float):
         return float(value)
     elif (int in allowed and isinstance(value, int)) or (

@@ -325,6 +325,12 @@ class Sparsifier:
             and self.last_update_step != step
         )
 
+    def eager_batch_due(self) -> bool:
+        """Whether the current batch must run eagerly through :meth:`step`, not in a compiled
+        step: a before-step mask update, or a batch whose dense gradients the method collects
+        (RigL's ``grad_accumulation`` window). Host arithmetic only."""
+        return self.update_batch_due()
+
     def step(self) -> bool:
         """Call after ``backward()``. Masks the gradients and returns ``True`` when the caller
         should take an optimizer step; ``False`` when this batch was spent on a mask update (or
@@ -370,11 +376,12 @@ class Sparsifier:
         """The host half of a batch whose :meth:`process_gradients`, optimizer step and
         :meth:`mask_weights` ran inside a compiled function: the batch report, then
         :meth:`finish_step` (an after-step update when due, the step count). Only for batches
-        that are not before-step updates (:meth:`update_batch_due` is ``False``)."""
-        if self.update_batch_due():
+        that need not run eagerly (:meth:`eager_batch_due` is ``False``)."""
+        if self.eager_batch_due():
             raise RuntimeError(
-                f"step {self.step_count} is a mask update of {type(self).__name__}: run it "
-                "eagerly through step(), not in a compiled step."
+                f"the batch at step {self.step_count} is a mask update of "
+                f"{type(self).__name__} or collects its gradients: run it eagerly through "
+                "step(), not in a compiled step."
             )
         self.last_batch = self._optimizer_step_report()
         self.finish_step()

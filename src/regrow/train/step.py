@@ -30,7 +30,9 @@ then gradient masking), gradient clipping (``train.grad_clip``), the optimizer u
 What changes between steps is kept out of the graph, so nothing is recompiled: the learning rate is
 a 0-dim tensor that the LR schedule fills in place, and masks, weights and optimizer state are
 changed in place by the eager mask updates. What is eager: batches spent on a before-step mask
-update (RigL, SNIP, SRigL) and the host half of every step
+update (RigL, SNIP, SRigL), the batches whose dense gradients a coming update averages
+(``grad_accumulation`` > 1: :meth:`~regrow.sparsity.Sparsifier.eager_batch_due`) and the host half
+of every step
 (:meth:`~regrow.sparsity.Sparsifier.record_compiled_step`: after-step updates of SET, SNFS and
 Pruning, the step count). The run's first optimizer step is eager as well: it creates the
 optimizer state (momentum buffers; AdamW's moments and step counts) the graph then updates in
@@ -301,7 +303,8 @@ class TrainStep:
 class CompiledStep(TrainStep):
     """:class:`TrainStep` whose non-update batches run as one ``torch.compile``'d graph (module
     docstring); a batch the graph cannot take (:meth:`ready` is false: the optimizer has no state
-    yet, or the batch is a before-step mask update) runs eagerly."""
+    yet, or the batch is a before-step mask update or feeds one its dense gradient) runs
+    eagerly."""
 
     def __init__(
         self,
@@ -333,7 +336,7 @@ class CompiledStep(TrainStep):
             self.have_state = all(p in self.optimizer.state for g in groups for p in g["params"])
             if self.have_state and self.adam:
                 steps_on_parameter_devices_(self.optimizer)
-        return self.have_state and not self.sparsifier.update_batch_due()
+        return self.have_state and not self.sparsifier.eager_batch_due()
 
     def update(self) -> None:
         """The eager optimizer step (the run's first): AdamW's with float learning rates."""

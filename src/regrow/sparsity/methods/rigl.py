@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import torch
-
-from ..base import Traits, register
-from ..dynamic import DynamicSparsifier
+from ..base import register
+from ..gradient_growth import GradientGrowthSparsifier
 
 
 @register
-class RigL(DynamicSparsifier):
+class RigL(GradientGrowthSparsifier):
     """Drop the smallest |w|, grow the largest |∇L| of the effective (masked) weights.
 
     On an update iteration the batch's dense gradient is used for the update only: :meth:`step`
-    returns ``False``, no optimizer step is taken and the step counter does not advance.
+    returns ``False``, no optimizer step is taken and the step counter does not advance. With
+    ``grad_accumulation=N`` the gradient is averaged with the N − 1 batches before it
+    (:mod:`regrow.sparsity.gradient_growth`).
     """
 
     name = "rigl"
-    traits = Traits(
-        needs_total_steps=True,
-        conserves_active_counts=True,
-        updates_before_step=True,
-        dense_backward="on_update",
-    )
-
-    def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
-        param = self.params[index]
-        return torch.zeros_like(param) if grad is None else grad.abs()

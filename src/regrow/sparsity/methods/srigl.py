@@ -14,7 +14,8 @@ for small layers.) :attr:`SRigL.plan`, ``target_counts`` and ``regrow flops`` us
 ``k`` random positions in every row (seeded per layer).
 
 **The update** (RigL's schedule: α, ΔT, T_end, cosine decay; on the update batch with its dense
-gradient, like RigL). With ``n`` active weights and drop fraction ``f``, ``K = floor(f · n)``:
+gradient, or its mean over ``grad_accumulation`` batches, like RigL). With ``n`` active weights
+and drop fraction ``f``, ``K = floor(f · n)``:
 
 1. *Saliency* (``ablation=True``). The weights RigL would keep (the ``n − K`` largest ``|w|`` of
    the active ones, over the layer) or grow (the ``K`` largest ``|∇L|`` of the others) are
@@ -56,15 +57,16 @@ from dataclasses import dataclass
 import torch
 
 from ..args import arg, in_range
-from ..base import Traits, register
-from ..dynamic import DynamicArgs, DynamicSparsifier
+from ..base import register
+from ..gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
 from ..plan import AllocationPlan
 from ..selection import seeded_generator, topk_mask
 
 
 @dataclass(frozen=True)
-class SRigLArgs(DynamicArgs):
-    """RigL's arguments (α, ΔT, T_end, schedule, reinit) plus neuron ablation."""
+class SRigLArgs(GradientGrowthArgs):
+    """RigL's arguments (α, ΔT, T_end, schedule, reinit, grad_accumulation) plus neuron
+    ablation."""
 
     min_salient_fraction: float = arg(
         0.3,
@@ -78,6 +80,7 @@ class SRigLArgs(DynamicArgs):
     )
 
     def check(self) -> None:
+        super().check()
         if self.redistribution != "none":
             raise ValueError(
                 f"redistribution={self.redistribution!r} is not available for srigl: with a "
@@ -141,7 +144,7 @@ def rowwise_topk(
 
 
 @register
-class SRigL(DynamicSparsifier):
+class SRigL(GradientGrowthSparsifier):
     """RigL with a constant fan-in per neuron and neuron ablation (see the module docstring).
 
     Extra inspection: :meth:`ablated_neurons` (name → empty rows) and :meth:`fan_ins` (name → the
@@ -150,12 +153,6 @@ class SRigL(DynamicSparsifier):
 
     name = "srigl"
     Args = SRigLArgs
-    traits = Traits(
-        needs_total_steps=True,
-        conserves_active_counts=True,
-        updates_before_step=True,
-        dense_backward="on_update",
-    )
     args: SRigLArgs
 
     # --------------------------------------------------------------- initial masks and budget
@@ -181,10 +178,6 @@ class SRigL(DynamicSparsifier):
         return rowwise_topk(scores, counts, generator, nothing).view(param.shape)
 
     # -------------------------------------------------------------------------- the update
-    def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
-        param = self.params[index]
-        return torch.zeros_like(param) if grad is None else grad.abs()
-
     def distribution_counts(self) -> dict[str, int]:
         """The distribution's active count of each layer, before rounding to a constant fan-in."""
         return self.distribution_plan.active_counts()
@@ -194,7 +187,9 @@ class SRigL(DynamicSparsifier):
         _, fan_in = fan_in_shape(self.masks[name].shape)
         return max(1, math.ceil(self.target_counts[name] / fan_in))
 
-    def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    def masks_from_gradients(
+        self, step: int, grads: list[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
         fraction = self.drop_fraction(step)
         new = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
