@@ -388,7 +388,7 @@ def test_load_dataset_errors_are_worded_in_config_keys(tmp_path):
 
 
 def test_unknown_dataset_lists_the_registry():
-    assert set(DATASETS) == {"cifar10", "cifar100", "digits"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "digits", "text"}
     with pytest.raises(ValueError, match="cifar10, cifar100, digits"):
         load_dataset("mnist")
 

@@ -41,7 +41,8 @@ def test_bad_config_names_the_key_and_allowed_values(overrides: list[str], messa
 def test_unknown_preset_and_missing_out_dir() -> None:
     with pytest.raises(
         ConfigError,
-        match="allowed values are cifar100_resnet50, cifar10_wrn22_2, lottery, quickstart, rigl_reinit",
+        match="allowed values are charlm, charlm_large, cifar100_resnet50, cifar10_wrn22_2, lottery, "
+        "quickstart, rigl_reinit",
     ):
         load_config("imagenet", [])
     with pytest.raises(ConfigError, match="out_dir is not set"):
