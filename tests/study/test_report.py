@@ -268,6 +268,37 @@ def test_study_file_gives_each_cell_its_planned_seeds_and_the_defaults(tmp_path:
     assert "- static_s2: absent (seed 2; method=static)" in result.text
 
 
+def test_a_planned_run_has_its_own_configuration_when_a_method_argument_is_not_its_methods(
+    tmp_path: Path,
+) -> None:
+    """`regrow sweep S sparsity.args.delta_t=25` gives delta_t to the methods that have it; a run
+    not started yet (absent) of a method without it reads its configuration from its own complete
+    overrides, so its cell does not report every key as differing from the finished runs."""
+    runs = []
+    for method, seed in (("static", 0), ("static", 1), ("rigl", 0)):
+        args = ["sparsity.args.delta_t=25"] if method == "rigl" else []
+        name = f"{method}_s{seed}"
+        overrides = [
+            *args,
+            f"sparsity.method={method}",
+            f"seed={seed}",
+            f"out_dir={tmp_path / name}",
+        ]
+        runs.append({"name": name, "overrides": overrides, "params": {"sparsity.method": method}})
+    study = {
+        "study": "s", "preset": "quickstart", "overrides": ["sparsity.args.delta_t=25"], "seeds": 2,
+        "runs": runs, "report": {"group_by": ["sparsity.method"], "figures": []},
+    }  # fmt: skip
+    (tmp_path / STUDY_FILE).write_text(json.dumps(study))
+    write_run(tmp_path, "static_s0", ["sparsity.method=static", "seed=0"], 80.0)
+    write_run(tmp_path, "rigl_s0", ["sparsity.method=rigl", "sparsity.args.delta_t=25"], 85.0)
+    records = {r.name: r for r in collect(tmp_path)}
+    assert records["static_s1"].state == "absent"
+    assert records["static_s1"].value("data.name") == "digits"  # its configuration, loaded
+    result = build_report(tmp_path)
+    assert "differ in keys" not in result.text, result.text
+
+
 def test_markdown_csv_and_json_files(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = grid.parent / "grid_report"
     status = main(

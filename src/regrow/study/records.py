@@ -236,8 +236,10 @@ def _loaded_config(preset: str | None, overrides: tuple[str, ...]) -> dict[str, 
 def _planned_params(plan: dict[str, Any], entry: dict[str, Any], path: Path) -> dict[str, Any]:
     """The configuration of a planned run that has no directory: its preset and overrides as
     ``regrow train`` would load them (the seed set afterwards), then the parameters
-    ``study.json`` lists for it."""
-    overrides = [str(o) for o in (*(plan.get("overrides") or []), *(entry.get("overrides") or []))]
+    ``study.json`` lists for it. A run's own overrides are complete (the study's and the command
+    line's, a method argument only where its method has it); the study-wide list stands in only
+    for a run that lists none."""
+    overrides = [str(o) for o in (entry.get("overrides") or plan.get("overrides") or [])]
     seed = None
     for item in overrides:
         key, _, value = item.partition("=")
