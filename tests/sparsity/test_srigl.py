@@ -16,7 +16,11 @@ from torch import nn
 
 import regrow
 from regrow.cli import main
-from regrow.sparsity.methods.srigl import ablated_neurons, constant_fan_in_count
+from regrow.sparsity.methods.srigl import (
+    ablated_neurons,
+    ablation_threshold,
+    constant_fan_in_count,
+)
 from tests.helpers import MODELS, OPTIMIZERS, batch
 
 
@@ -64,7 +68,8 @@ def run(sp: regrow.SRigL, model_name: str, first: int, last: int, after_update=N
 @pytest.mark.parametrize("ablation", [True, False])
 @pytest.mark.parametrize("model_name", ["mlp", "conv"])
 def test_every_active_row_keeps_the_same_fan_in_at_every_update(model_name, ablation) -> None:
-    sp = make(model_name, ablation=ablation)
+    # γ_sal = 0.5, so that the conv net ablates neurons (at 0.3 its threshold rounds down to 1).
+    sp = make(model_name, ablation=ablation, min_salient_fraction=0.5)
     assert sp.active_counts() == sp.target_counts == sp.plan.active_counts()
     output = sp.names[-1]
     assert sp.output_layer == output
@@ -80,7 +85,7 @@ def test_every_active_row_keeps_the_same_fan_in_at_every_update(model_name, abla
             assert all(not v for v in sp.ablated_neurons().values())
 
     run(sp, model_name, 0, 220, after_update)
-    if ablation and model_name == "conv":  # one neuron of 5.weight: its count is 15 · 4, not 64
+    if ablation and model_name == "conv":  # some layer lost neurons along the way
         assert any(n < sp.masks[name].shape[0] for s in seen for name, n in s.items())
     assert len(seen) == 1 + len([s for s in range(200) if sp.update_due(s)]) > 5
     changed = [not torch.equal(a[n], b[n]) for a, b in itertools.pairwise(snapshots) for n in a]
@@ -301,3 +306,31 @@ def test_regrow_flops_counts_srigl_at_its_constant_fan_in_budgets(capsys) -> Non
     result = json.loads(capsys.readouterr().out)
     assert result["method_args"]["min_salient_fraction"] == 0.3
     assert 0 < result["train_flops_ratio"] < 1
+
+
+@pytest.mark.parametrize(("fan_in", "expected"), [(2, 1), (4, 1), (7, 2), (10, 3)])
+def test_the_ablation_threshold_is_the_references_rounded_down(fan_in: int, expected: int) -> None:
+    """The SRigL reference ablates a neuron with fewer than max(1, int(γ·k)) salient weights;
+    at γ = 0.3: k = 2 → 1 (0.6 rounds down to 0, at least 1), 4 → 1, 7 → 2 (not 2.1), 10 → 3."""
+    assert ablation_threshold(0.3, fan_in) == expected
+    assert ablation_threshold(1.0, fan_in) == fan_in
+
+
+def test_a_neuron_at_the_rounded_down_threshold_stays_active() -> None:
+    """Fan-in 7 at γ = 0.3: rows with 7, 3, 2 and 1 salient weights; the one with 2 stays (the
+    real-valued 2.1 ablated it), the one with 1 goes."""
+    hidden, _ = concentrated(4, 14, 4, seed=0)
+    output, _ = concentrated(4, 8, 4, seed=1)
+    model = TwoLayers(hidden, output)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sp = regrow.SRigL(
+        model, optimizer, sparsity=0.5, distribution="uniform", total_steps=100, delta_t=10,
+        dense_layers=[],
+    )  # fmt: skip
+    assert sp.target_counts["hidden.weight"] == 4 * 7
+    kept = torch.zeros(4, 14, dtype=torch.bool)
+    for row, salient in enumerate((7, 3, 2, 1)):
+        kept[row, :salient] = True
+    scores = torch.zeros(4, 14)
+    alive = sp._surviving_neurons(10, "hidden.weight", kept, scores, grow=0)
+    assert alive.tolist() == [True, True, True, False]

@@ -19,8 +19,9 @@ and drop fraction ``f``, ``K = floor(f · n)``:
 
 1. *Saliency* (``ablation=True``). The weights RigL would keep (the ``n − K`` largest ``|w|`` of
    the active ones, over the layer) or grow (the ``K`` largest ``|∇L|`` of the others) are
-   salient. A neuron with fewer than ``γ_sal · k`` salient weights (``min_salient_fraction``;
-   ``k`` the layer's initial fan-in, as the reference's ``use_sparse_const_fan_in_for_ablation``)
+   salient. A neuron with fewer than ``max(1, floor(γ_sal · k))`` salient weights
+   (:func:`ablation_threshold`; ``min_salient_fraction``; ``k`` the layer's initial fan-in, as the
+   reference's ``use_sparse_const_fan_in_for_ablation``, and rounded down as its code does)
    is ablated: its row is emptied. Ablation is decided anew at every update, so a neuron whose
    gradient becomes salient again comes back. At least ``ceil(B / fan_in)`` neurons stay active
    (the most salient), so that the fan-in fits in a row.
@@ -117,6 +118,13 @@ def constant_fan_in_plan(plan: AllocationPlan) -> AllocationPlan:
             layer = dataclasses.replace(layer, active=active, density=active / layer.size)
         layers.append(layer)
     return dataclasses.replace(plan, layers=tuple(layers))
+
+
+def ablation_threshold(min_salient_fraction: float, fan_in: int) -> int:
+    """The fewest salient weights a neuron of constant fan-in ``k`` keeps to stay active:
+    ``max(1, floor(γ_sal · k))``, rounded down as the SRigL reference computes it (at k = 7 and
+    γ_sal = 0.3: 2, where comparing with the real 2.1 would ask for 3)."""
+    return max(1, int(min_salient_fraction * fan_in))
 
 
 def ablated_neurons(masks: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -220,7 +228,9 @@ class SRigL(GradientGrowthSparsifier):
         generator = seeded_generator(self.seed, step, "salient/" + name, kept.device)
         grown = topk_mask(scores, grow, generator, excluded=kept)
         salient = (kept | grown).sum(dim=1)
-        threshold = self.args.min_salient_fraction * (self.target_counts[name] // out)
+        threshold = ablation_threshold(
+            self.args.min_salient_fraction, self.target_counts[name] // out
+        )
         alive = salient >= threshold
         fewest = self.min_active_neurons(name)
         if int(alive.sum()) < fewest:  # keep the most salient neurons, ties in a seeded order
