@@ -35,6 +35,7 @@ from .sparsity import (  # noqa: E402
     Pruning,
     RigL,
     SmallDense,
+    SparseOptimizer,
     Sparsifier,
     SRigL,
     Static,
@@ -43,6 +44,7 @@ from .sparsity import (  # noqa: E402
     get_method,
     layer_densities,
     register,
+    wrap_optimizer,
 )
 
 __version__ = "0.1.0"
@@ -65,6 +67,7 @@ __all__ = [
     "RigL",
     "SRigL",
     "SmallDense",
+    "SparseOptimizer",
     "Sparsifier",
     "Static",
     "TrainingFlopsCounter",
@@ -84,4 +87,5 @@ __all__ = [
     "small_dense_width",
     "train_flops_per_sample",
     "train_flops_ratio",
+    "wrap_optimizer",
 ]

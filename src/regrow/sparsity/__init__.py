@@ -9,6 +9,7 @@ from .gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
 from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, SRigL, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
+from .wrapper import SparseOptimizer, wrap_optimizer
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -30,6 +31,7 @@ __all__ = [
     "RigL",
     "SRigL",
     "SmallDense",
+    "SparseOptimizer",
     "Sparsifier",
     "Static",
     "Traits",
@@ -40,4 +42,5 @@ __all__ = [
     "gmp_sparsity",
     "layer_densities",
     "register",
+    "wrap_optimizer",
 ]
