@@ -1,0 +1,1 @@
+"""Integrations of regrow with training frameworks (Lightning, Hugging Face Trainer)."""
