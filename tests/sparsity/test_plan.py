@@ -154,3 +154,19 @@ def test_a_single_name_in_sparse_layers_is_one_entry() -> None:
     model = MODELS["mlp"][0]()
     plan = AllocationPlan.build(model, 0.5, sparse_layers="2.weight", dense_layers=[])
     assert plan.names == ["2.weight"]
+
+
+def test_dense_layers_none_keeps_the_first_layer_the_input_meets_dense() -> None:
+    """The stem of a CNN or MLP; for a model whose input meets an embedding first (registered
+    before every candidate), that embedding, which is dense anyway: no candidate is kept dense."""
+    model = TinyTransformer()
+    assert AllocationPlan.build(model, 0.8) == AllocationPlan.build(model, 0.8, dense_layers=[])
+    language_model = nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 20))
+    assert AllocationPlan.build(language_model, 0.5).names == ["2.weight"]  # not refused
+    late = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    late.add_module("positions", nn.Embedding(4, 8))  # registered after the first candidate
+    assert AllocationPlan.build(late, 0.5).dense_names == ["0.weight"]
+    # A model's own default_dense_layers still wins.
+    language_model.default_dense_layers = ("2",)
+    with pytest.raises(ValueError, match="no layer would be sparse"):
+        AllocationPlan.build(language_model, 0.5)

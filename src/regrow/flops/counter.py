@@ -1,6 +1,7 @@
 """Inference FLOPs by the MicroNet conventions the RigL paper uses (SPEC §7).
 
-Only convolutions and linear layers are counted. Each layer's geometry (weight shape, output size)
+Only convolutions and linear layers are counted (a linear layer stored ``[in, out]``, Hugging
+Face's ``Conv1D``, is a linear layer: :mod:`regrow.sparsity.layers`). Each layer's geometry (weight shape, output size)
 is measured from the model itself: one forward pass with hooks on the meta device (no memory, no
 arithmetic), or, where a model cannot run on the meta device, on a single all-zero sample. There is
 no table of layers per model.
@@ -26,7 +27,9 @@ Weightless matmuls (attention's q kᵀ and its product with v) are counted where
 they are (a ``flop_matmuls(inputs, output)`` method returning ``(label, fan_in, outputs)`` rows:
 :class:`regrow.models.transformer.ScaledDotProduct`): ``2 · fan_in · outputs``, always dense,
 without the ``+ n_out`` term (no bias, no activation). Embedding lookups and layer norms are free;
-a model whose input is token ids says so with ``input_dtype = torch.long``. Output sizes are the layers'
+a model whose input is token ids says so with ``input_dtype = torch.long``, or the caller with
+``input_dtype=torch.long``; a model whose input meets an embedding first is traced with token ids
+(a Hugging Face model takes its ``input_ids`` as first argument). Output sizes are the layers'
 real ones; for the registered models they equal MicroNet's "same"-padding sizes.
 
 With this, dense WRN-22-2 on 32×32 costs 3.159e8 FLOPs and dense ResNet-50 on 224×224 8.20e9, the
@@ -45,6 +48,12 @@ import torch
 from torch import nn
 
 from ..sparsity.distributions import Densities, HasDensities, resolve_densities
+from ..sparsity.layers import (
+    fan_in_shape,
+    input_meets_embedding_first,
+    is_linear,
+    is_transposed_linear,
+)
 
 __all__ = [
     "COUNTED_MODULES",
@@ -58,7 +67,8 @@ __all__ = [
     "resolve_densities",
 ]
 
-#: Module types whose forward pass is counted (their weight is the layer's sparse tensor).
+#: Module types whose forward pass is counted (their weight is the layer's sparse tensor); linear
+#: layers stored ``[in, out]`` (``Conv1D``) are recognised by duck typing and counted too.
 COUNTED_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -244,17 +254,38 @@ def _eval_mode(model: nn.Module):
             module.training = training
 
 
-def _input_dtype(model: nn.Module) -> torch.dtype:
-    """A model's ``input_dtype`` if it declares one (token ids: ``torch.long``), else the float type
-    of its parameters."""
+def _sample_dtypes(model: nn.Module, given: torch.dtype | None = None) -> list[torch.dtype]:
+    """The dtypes to trace with, in turn: ``given``; else a model's ``input_dtype`` if it declares
+    one (token ids: ``torch.long``); else its parameters' float type, after ``torch.long`` when the
+    input meets an embedding first (a Hugging Face language model: token ids)."""
+    if given is not None:
+        if not isinstance(given, torch.dtype):
+            raise ValueError(
+                f"input_dtype={given!r} is not a torch.dtype: allowed values are None (the "
+                "model's own input_dtype, else found from the model) or a dtype such as "
+                "torch.long (token ids)."
+            )
+        return [given]
     declared = getattr(model, "input_dtype", None)
     if isinstance(declared, torch.dtype):
-        return declared
+        return [declared]
     first = next(iter(model.parameters()), None)
-    return first.dtype if first is not None and first.is_floating_point() else torch.float32
+    floating = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return [torch.long, floating] if input_meets_embedding_first(model) else [floating]
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str, list[Any]]:
+def _counted(module: nn.Module) -> bool:
+    """A conv/linear layer with a weight (a ``Conv1D`` included), or a module that says which
+    weightless matmuls it computes (``flop_matmuls``)."""
+    if hasattr(module, "flop_matmuls"):
+        return True
+    counted = isinstance(module, COUNTED_MODULES) or is_transposed_linear(module)
+    return counted and getattr(module, "weight", None) is not None
+
+
+def _trace(
+    model: nn.Module, shape: tuple[int, ...], on_meta: bool, dtype: torch.dtype
+) -> dict[str, list[Any]]:
     """Run one sample through ``model``; record each counted module's output sizes, and each
     weightless matmul module's ``flop_matmuls`` rows."""
     records: dict[str, list[Any]] = {}
@@ -269,15 +300,9 @@ def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str,
 
         return record
 
-    modules = [
-        (name, module)
-        for name, module in model.named_modules()
-        if (isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None)
-        or hasattr(module, "flop_matmuls")
-    ]
+    modules = [(name, module) for name, module in model.named_modules() if _counted(module)]
     handles = [module.register_forward_hook(hook(name)) for name, module in modules]
     first = next(iter(model.parameters()), None)
-    dtype = _input_dtype(model)
     try:
         with _eval_mode(model), torch.no_grad():
             if on_meta:
@@ -296,8 +321,33 @@ def _trace(model: nn.Module, shape: tuple[int, ...], on_meta: bool) -> dict[str,
     return records
 
 
+def _records(
+    model: nn.Module, shape: tuple[int, ...], device: str, dtype: torch.dtype
+) -> dict[str, list[Any]]:
+    """:func:`_trace` on the meta device, else (a data-dependent op) on the model's own device;
+    ``ValueError`` when the model does not run on the sample."""
+    on_meta_model = any(p.is_meta for p in model.parameters())
+    try:
+        if device == "meta" or on_meta_model:
+            try:
+                return _trace(model, shape, True, dtype)
+            except (NotImplementedError, RuntimeError):
+                if on_meta_model:
+                    raise
+        return _trace(model, shape, False, dtype)
+    except (NotImplementedError, RuntimeError) as exc:
+        hint = "" if dtype == torch.long else " (a model taking token ids: input_dtype=torch.long)"
+        raise ValueError(
+            f"the model does not run on one sample of input_shape={shape} and dtype {dtype}"
+            f"{hint}: {exc}"
+        ) from exc
+
+
 def profile_model(
-    model: nn.Module, input_shape: Sequence[int], device: str = "meta"
+    model: nn.Module,
+    input_shape: Sequence[int],
+    device: str = "meta",
+    input_dtype: torch.dtype | None = None,
 ) -> FlopProfile:
     """Measure the geometry of every conv/linear layer ``model`` runs on one ``input_shape`` sample.
 
@@ -305,27 +355,25 @@ def profile_model(
     the model is not copied, moved or modified, and nothing is computed. If the model cannot run
     on the meta device (a data-dependent op), it is traced once on its own device with an all-zero
     sample in eval mode under ``no_grad`` (``device="real"`` forces this). Training flags are
-    restored; nothing else changes.
+    restored; nothing else changes. The sample's dtype is ``input_dtype``, else the model's own
+    ``input_dtype`` attribute, else token ids (``torch.long``) when the input meets an embedding
+    first (a Hugging Face language model; then, should that fail, floats), else its parameters'
+    float type.
     """
     shape = _check_input_shape(input_shape)
+    dtypes = _sample_dtypes(model, input_dtype)
     if device not in ("meta", "real"):
         raise ValueError(f"device={device!r}: allowed values are 'meta', 'real'.")
-    on_meta_model = any(p.is_meta for p in model.parameters())
-    try:
-        if device == "meta" or on_meta_model:
-            try:
-                records = _trace(model, shape, on_meta=True)
-            except (NotImplementedError, RuntimeError):
-                if on_meta_model:
-                    raise
-                records = _trace(model, shape, on_meta=False)
-        else:
-            records = _trace(model, shape, on_meta=False)
-    except (NotImplementedError, RuntimeError) as exc:
-        raise ValueError(
-            f"the model does not run on one sample of input_shape={shape}: {exc}"
-        ) from exc
-
+    failure = None
+    for dtype in dtypes:
+        try:
+            records = _records(model, shape, device, dtype)
+            break
+        except ValueError as exc:
+            failure = failure or exc
+    else:
+        assert failure is not None
+        raise failure
     layers = []
     named = dict(model.named_modules())
     for module_name, shapes in records.items():
@@ -340,10 +388,10 @@ def profile_model(
         layers.append(
             LayerGeometry(
                 name=f"{module_name}.weight" if module_name else "weight",
-                kind="linear" if isinstance(module, nn.Linear) else "conv",
+                kind="linear" if is_linear(module) else "conv",
                 weight_shape=tuple(weight.shape),
                 output_shape=tuple(shapes[0][1:]),
-                fan_in=math.prod(weight.shape[1:]),
+                fan_in=fan_in_shape(weight.shape, is_transposed_linear(module))[1],
                 outputs=outputs,
             )
         )
@@ -361,13 +409,17 @@ def count_flops(
     input_shape: Sequence[int],
     densities: Densities = None,
     device: str = "meta",
+    input_dtype: torch.dtype | None = None,
 ) -> FlopReport:
     """Per-layer and total inference FLOPs of ``model`` on one sample (SPEC §7, MicroNet rules).
 
     ``densities`` maps weight FQNs to densities (layers not named are dense), or is any object with
-    a ``.densities()`` method, such as a sparsifier, whose live masks are then counted. Example::
+    a ``.densities()`` method, such as a sparsifier, whose live masks are then counted.
+    ``input_dtype``: the dtype of the traced sample (:func:`profile_model`; ``torch.long`` for a
+    model taking token ids that does not declare it). Example::
 
         report = count_flops(model, (3, 32, 32), sparsifier)
         report.inference_flops, report.dense_inference_flops, report.inference_ratio
+        count_flops(gpt2, (128,), sparsifier, input_dtype=torch.long)  # Hugging Face: input_ids
     """
-    return profile_model(model, input_shape, device=device).report(densities)
+    return profile_model(model, input_shape, device, input_dtype).report(densities)

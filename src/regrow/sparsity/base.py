@@ -35,6 +35,7 @@ from torch import nn
 from . import masks as mask_utils
 from .args import MethodArgs
 from .arguments import check_objects, check_total_steps, method_args_of, whole_number
+from .layers import rows_view, transposed_parameters
 from .optim_state import check_optimizer, zero_state_
 from .plan import AllocationPlan
 from .selection import seeded_generator, topk_mask
@@ -188,10 +189,13 @@ class Sparsifier:
             sparse_layers,
             masked=self.traits.masked,
         )
+        # The model says which weights are stored [in, out] (Conv1D): their rows are columns.
+        plan = plan.with_transposed(transposed_parameters(model))
         self.distribution_plan, self.plan = plan, self.adjust_plan(plan)
         self.sparsity, self.distribution = self.plan.sparsity, self.plan.distribution
 
         self.names = self.plan.names
+        self._transposed = {layer.name for layer in self.plan.layers if layer.transposed}
         self.params = self._sparse_parameters(model)
         check_optimizer(
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
@@ -258,6 +262,11 @@ class Sparsifier:
         self.last_update_stats: dict[str, Any] | None = None
         mask_utils.foreach_mask_(self.params, self._mask_values)
         zero_state_(self.optimizer, zip(self.names, self.params, strict=True), initial)
+
+    def rows(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (the weight ``name``, its mask, gradient or scores) as ``[out, fan_in]``, one
+        row per output neuron: the columns of a weight stored ``[in, out]`` (``Conv1D``)."""
+        return rows_view(tensor, name in self._transposed)
 
     # ----------------------------------------------------------------- what a method supplies
     @classmethod
@@ -492,7 +501,7 @@ class Sparsifier:
         rule = self.count_rule()
         if rule == "fan_in":
             for name, mask in zip(self.names, new, strict=True):
-                rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+                rows = self.rows(name, mask).sum(dim=1)
                 active = rows[rows > 0]
                 fan_in = self.target_counts[name] // max(active.numel(), 1)
                 if not bool((active == fan_in).all()):
@@ -822,7 +831,7 @@ class Sparsifier:
         rule = self.count_rule()
         if rule == "fan_in":
             for name in self.names:
-                active = state["masks"][name].reshape(self.masks[name].shape[0], -1).sum(dim=1)
+                active = self.rows(name, state["masks"][name]).sum(dim=1)
                 active = active[active > 0]
                 fan_in = self.target_counts[name] // max(active.numel(), 1)
                 if not bool((active == fan_in).all()):

@@ -5,19 +5,30 @@ method shares (sparsity, distribution, ERK power, dense layers, custom densities
 builds its masks from it, the FLOP API counts at its densities (it has ``.densities()``), and
 ``regrow flops`` prints it.
 
-Default layer choice (SPEC §1): the weight of every conv and linear layer and the input
-projections of ``nn.MultiheadAttention`` (its output projection is a linear layer); embeddings,
-normalisation, biases and everything else stay dense and outside the budget. The first candidate,
-the stem, is kept dense unless ``dense_layers`` says otherwise (``[]``: every candidate sparse); a
-model whose only candidate is the stem is refused rather than left without a sparse layer. A model
-may name its own default instead (``default_dense_layers``: the language model's output head).
+Default layer choice (SPEC §1; what a layer is: :mod:`regrow.sparsity.layers`): the weight of
+every conv and linear layer (Hugging Face's ``Conv1D``, a linear layer stored ``[in, out]``,
+included) and the input projections of ``nn.MultiheadAttention`` (its output projection is a
+linear layer); embeddings, normalisation, biases and everything else stay dense and outside the
+budget. A tensor shared under several names is one tensor, listed under its first name; one shared
+with a parameter that is no candidate (an output head tied to the token embedding) is no candidate
+either: it stays dense with the embedding.
+
+``dense_layers=None`` keeps the model's first layer dense: the first layer the input meets. When
+an embedding comes before every candidate (a transformer), that is the embedding, dense anyway,
+so every candidate is sparse; otherwise the first candidate, the stem (CNNs, MLPs). ``[]`` makes
+every candidate sparse. A model may name its own default instead (``default_dense_layers``:
+regrow's language model keeps its output head dense); an untied head or classifier of a model
+that names none is sparse, as every last layer. A plan that would leave no layer sparse is refused
+with a ``ValueError`` saying why (a model without candidates, a one-layer model whose only
+candidate is its stem, ``dense_layers`` naming every candidate).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,25 +42,50 @@ from .distributions import (
     check_sparsity,
     layer_densities,
 )
+from .layers import (
+    ATTENTION_WEIGHTS,
+    SPARSE_MODULE_TYPES,
+    candidate_weights,
+    fan_in_shape,
+    input_meets_embedding_first,
+    parameter_names,
+    transposed_parameters,
+)
 
-#: Module types whose ``weight`` is a sparse candidate by default.
-SPARSE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: Projection weights of ``nn.MultiheadAttention`` (which of them exist depends on its dims).
-ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+__all__ = [
+    "ATTENTION_WEIGHTS",
+    "SPARSE_MODULE_TYPES",
+    "AllocationPlan",
+    "LayerAllocation",
+    "candidate_shapes",
+    "check_layer_names",
+    "default_candidates",
+    "model_dense_layers",
+    "select_sparse",
+    "shared_candidates",
+]
 
 Role = Literal["sparse", "custom", "dense"]
 
 
 def default_candidates(model: nn.Module) -> list[str]:
-    """FQNs of the default sparse candidates, in registration order."""
+    """FQNs of the default sparse candidates, in registration order (a weight shared with another
+    module under that module's name: see :func:`candidate_shapes`)."""
     names = []
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if isinstance(module, SPARSE_MODULE_TYPES) and module.weight is not None:
-            names.append(prefix + "weight")
-        elif isinstance(module, nn.MultiheadAttention):
-            names += [prefix + a for a in ATTENTION_WEIGHTS if getattr(module, a) is not None]
+        names += [prefix + weight for weight in candidate_weights(module)]
     return names
+
+
+def model_dense_layers(model: nn.Module) -> list[str] | None:
+    """What ``dense_layers=None`` keeps dense on ``model``: its own ``default_dense_layers`` if it
+    declares them; ``[]`` when the input meets an embedding first (nothing beyond the embeddings,
+    which are dense anyway); ``None`` otherwise (the first candidate: the stem)."""
+    declared = getattr(model, "default_dense_layers", None)
+    if declared is not None:
+        return check_layer_names(declared, "default_dense_layers")
+    return [] if input_meets_embedding_first(model) else None
 
 
 def _matches(pattern: str, param_name: str) -> bool:
@@ -120,40 +156,147 @@ def select_sparse(
     return chosen
 
 
+def shared_candidates(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """The default candidates as tensors: each under its first name (the one ``named_parameters``
+    lists), once; and ``{candidate: parameter}`` for those left out because their tensor is also a
+    parameter that is no candidate (an output head tied to the token embedding, which stays dense
+    with it)."""
+    first = parameter_names(model)
+    candidates = [name for name in default_candidates(model) if name in first]
+    names_of: dict[str, list[str]] = {}
+    for name, canonical in first.items():
+        names_of.setdefault(canonical, []).append(name)
+    chosen: list[str] = []
+    tied: dict[str, str] = {}
+    listed = set(candidates)
+    for name in candidates:
+        others = [other for other in names_of[first[name]] if other not in listed]
+        if others:
+            tied[name] = others[0]
+        elif first[name] not in chosen:
+            chosen.append(first[name])
+    return chosen, tied
+
+
 def candidate_shapes(
     model: nn.Module, sparse_layers: Sequence[str] | None = None
 ) -> dict[str, tuple[int, ...]]:
-    """``name → shape`` of the candidates: the default choice, or the parameters matching
-    ``sparse_layers`` (names, module names or globs)."""
+    """``name → shape`` of the candidates: the default choice (:func:`shared_candidates`), or the
+    parameters matching ``sparse_layers`` (names, module names or globs; any name of a shared
+    tensor stands for it, listed under its first name)."""
     params = dict(model.named_parameters())
     sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
     if sparse_layers is None:
-        # A weight tied to an earlier parameter (a head sharing the token embedding) is listed by
-        # named_parameters under its first name only, which is not a candidate's.
-        names = [name for name in default_candidates(model) if name in params]
+        names, _ = shared_candidates(model)
     else:
+        first = parameter_names(model)
         names = []
         for pattern in sparse_layers:
-            found = [name for name in params if _matches(pattern, name)]
+            found = [first[name] for name in first if _matches(pattern, name)]
             if not found:
                 raise ValueError(
                     f"sparse_layers entry {pattern!r} matches no parameter; "
                     f"parameters are: {sorted(params)}."
                 )
-            names.extend(name for name in found if name not in names)
+            for name in found:
+                if name not in names:
+                    names.append(name)
     return {name: tuple(params[name].shape) for name in names}
+
+
+def _no_candidate_error(model: nn.Module) -> ValueError:
+    """Why a model has no default candidate: what it holds stays dense by default."""
+    _, tied = shared_candidates(model)
+    shared = "".join(
+        f"; {name} is the tensor {parameter}, shared with a parameter that stays dense"
+        for name, parameter in tied.items()
+    )
+    return ValueError(
+        "no layer would be sparse: the model has no conv, linear (nn.Linear or Conv1D) or "
+        f"attention layer to make sparse{shared}. Embeddings, norms, biases and tensors shared "
+        "with them stay dense by default. Name the tensors to make sparse with sparse_layers, or "
+        "use method=dense for a dense run."
+    )
+
+
+def _applies(
+    pattern: str, shapes: Mapping[str, Any], first: Mapping[str, str], model_default: bool
+) -> bool:
+    """Whether a ``dense_layers`` entry is kept for the plan. Dropped, not refused: an entry of the
+    model's own choice that names no candidate (a head tied to the embedding, a layer outside
+    sparse_layers), and an entry naming no candidate but another name of a shared tensor that is
+    no candidate (``lm_head`` of a model whose head is tied: dense with the embedding)."""
+    if any(_matches(pattern, name) for name in shapes):
+        return True
+    if model_default:
+        return False
+    return not any(
+        name != canonical and canonical not in shapes and _matches(pattern, name)
+        for name, canonical in first.items()
+    )
+
+
+def _model_candidates(
+    model: nn.Module,
+    dense_layers: list[str] | None,
+    sparse_layers: list[str] | None,
+    masked: bool,
+) -> tuple[dict[str, tuple[int, ...]], list[str] | None, set[str]]:
+    """A model's candidates (``name → shape``), the ``dense_layers`` that apply to them (the
+    model's own choice for ``None``: :func:`model_dense_layers`) and the transposed ones."""
+    model_default = dense_layers is None
+    if model_default:
+        dense_layers = model_dense_layers(model)
+    shapes = candidate_shapes(model, sparse_layers)
+    if masked and not shapes:
+        raise _no_candidate_error(model)
+    if dense_layers is not None:
+        first = parameter_names(model)
+        dense_layers = [p for p in dense_layers if _applies(p, shapes, first, model_default)]
+    return shapes, dense_layers, transposed_parameters(model) & set(shapes)
+
+
+def _refuse_empty_layers(
+    shapes: Mapping[str, tuple[int, ...]],
+    densities: Mapping[str, float],
+    counts: Mapping[str, int],
+    sparsity: float,
+    distribution: str,
+) -> None:
+    """``ValueError`` naming each layer of the budget left without an active weight."""
+    empty = [name for name in shapes if counts[name] == 0 and densities[name] > 0]
+    if empty:
+        listed = ", ".join(
+            f"{name}: 0 of {math.prod(shapes[name])} (density {densities[name]:.2g})"
+            for name in empty
+        )
+        raise ValueError(
+            f"sparsity={sparsity!r} with distribution {distribution!r} leaves "
+            f"{'layer' if len(empty) == 1 else 'layers'} {listed} without an active weight: "
+            "such a layer passes no signal. Lower the sparsity, use another distribution, or "
+            "keep these layers dense (dense_layers) or give them a density of their own "
+            "(custom_densities)."
+        )
 
 
 @dataclass(frozen=True)
 class LayerAllocation:
     """One candidate tensor: ``sparse`` (its density from the distribution), ``custom`` (a density
-    given by name, outside the budget) or ``dense`` (kept dense, unmasked)."""
+    given by name, outside the budget) or ``dense`` (kept dense, unmasked). ``transposed``: a
+    linear weight stored ``[in, out]`` (``Conv1D``), whose rows (output neurons) are its columns
+    (:mod:`regrow.sparsity.layers`)."""
 
     name: str
     shape: tuple[int, ...]
     role: Role
     density: float
     active: int
+    transposed: bool = False
+
+    @property
+    def out_fan_in(self) -> tuple[int, int]:
+        """``(out, fan_in)``: output neurons and the weights each reads when dense."""
+        return fan_in_shape(self.shape, self.transposed)
 
     @property
     def size(self) -> int:
@@ -194,18 +337,11 @@ class AllocationPlan:
         custom = check_custom_densities(custom_densities)
         dense_layers = check_layer_names(dense_layers, "dense_layers")
         sparse_layers = check_layer_names(sparse_layers, "sparse_layers")
+        transposed: set[str] = set()
         if isinstance(shapes, nn.Module):
-            model_default = dense_layers is None
-            if model_default:  # the model's own choice (a transformer's output head)
-                dense_layers = check_layer_names(
-                    getattr(shapes, "default_dense_layers", None), "default_dense_layers"
-                )
-            shapes = candidate_shapes(shapes, sparse_layers)
-            if model_default and dense_layers is not None:
-                # Entries of the model's own choice that name no candidate are dropped, not
-                # refused: a head tied to the token embedding is no candidate of its own (it
-                # stays dense as the embedding), nor is a layer outside sparse_layers.
-                dense_layers = [p for p in dense_layers if any(_matches(p, n) for n in shapes)]
+            shapes, dense_layers, transposed = _model_candidates(
+                shapes, dense_layers, sparse_layers, masked
+            )
         shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         chosen = select_sparse(list(shapes), dense_layers) if masked else []
         outside = sorted(set(custom) - set(chosen))
@@ -217,28 +353,29 @@ class AllocationPlan:
         sparse_shapes = {name: shapes[name] for name in chosen}
         densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom)
         counts = active_counts(sparse_shapes, densities)
-        empty = [name for name in sparse_shapes if counts[name] == 0 and densities[name] > 0]
-        if empty:
-            listed = ", ".join(
-                f"{name}: 0 of {math.prod(sparse_shapes[name])} (density {densities[name]:.2g})"
-                for name in empty
-            )
-            raise ValueError(
-                f"sparsity={sparsity!r} with distribution {distribution!r} leaves "
-                f"{'layer' if len(empty) == 1 else 'layers'} {listed} without an active weight: "
-                "such a layer passes no signal. Lower the sparsity, use another distribution, or "
-                "keep these layers dense (dense_layers) or give them a density of their own "
-                "(custom_densities)."
-            )
+        _refuse_empty_layers(sparse_shapes, densities, counts, sparsity, distribution)
         layers = tuple(
             LayerAllocation(
-                name, shape, "custom" if name in custom else "sparse", densities[name], counts[name]
+                name,
+                shape,
+                "custom" if name in custom else "sparse",
+                densities[name],
+                counts[name],
+                name in transposed,
             )
             if name in sparse_shapes
-            else LayerAllocation(name, shape, "dense", 1.0, math.prod(shape))
+            else LayerAllocation(name, shape, "dense", 1.0, math.prod(shape), name in transposed)
             for name, shape in shapes.items()
         )
         return cls(sparsity if masked else 0.0, distribution, float(power), layers)
+
+    def with_transposed(self, transposed: Collection[str]) -> AllocationPlan:
+        """This plan with exactly the layers named in ``transposed`` read as ``[in, out]`` (the
+        sparsifier's view of the model it masks; a plan built from shapes cannot know it)."""
+        layers = tuple(
+            dataclasses.replace(layer, transposed=layer.name in transposed) for layer in self.layers
+        )
+        return self if layers == self.layers else dataclasses.replace(self, layers=layers)
 
     # --------------------------------------------------------------------------- views
     @property
@@ -281,6 +418,7 @@ class AllocationPlan:
                     "density": x.density,
                     "active": x.active,
                     "size": x.size,
+                    "transposed": x.transposed,
                 }
                 for x in self.layers
             ],
@@ -292,7 +430,7 @@ class AllocationPlan:
             rows.append(
                 (
                     x.name,
-                    "x".join(map(str, x.shape)),
+                    "x".join(map(str, x.shape)) + (" (in x out)" if x.transposed else ""),
                     x.role,
                     f"{x.density:.4f}",
                     f"{x.active:,}",

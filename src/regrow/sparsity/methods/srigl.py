@@ -2,7 +2,8 @@
 with Structured Sparsity", ICLR 2024; SPEC §11).
 
 A layer's weight is read as ``[out, fan_in]`` (a conv: out channels × ``c_in·k_h·k_w``); each row
-is one output neuron. Every active neuron has the same number ``k`` of active weights, so the
+is one output neuron. A linear weight stored ``[in, out]`` (Hugging Face's ``Conv1D``) is read
+through its transpose: its neurons are its columns (:mod:`regrow.sparsity.layers`). Every active neuron has the same number ``k`` of active weights, so the
 layer is a dense ``[out_active, k]`` block of values plus indices (a variant of N:M sparsity).
 
 **Budget.** The distribution gives a layer ``C`` active weights; SRigL gives each of its ``out``
@@ -52,7 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ import torch
 from ..args import arg, in_range
 from ..base import register
 from ..gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
+from ..layers import fan_in_shape, from_rows, rows_view
 from ..plan import AllocationPlan
 from ..selection import seeded_generator, topk_mask
 
@@ -90,15 +92,13 @@ class SRigLArgs(GradientGrowthArgs):
             )
 
 
-def fan_in_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
-    """``(out, fan_in)`` of a weight: its first dimension and the product of the others."""
-    return int(shape[0]), math.prod(int(d) for d in shape[1:])
-
-
-def constant_fan_in_count(shape: tuple[int, ...], count: int, name: str = "") -> int:
+def constant_fan_in_count(
+    shape: tuple[int, ...], count: int, name: str = "", transposed: bool = False
+) -> int:
     """The constant-fan-in count nearest ``count``: ``out · k`` with ``k = round(count / out)``
-    (halves round up), so ``|out · k − count| <= out / 2``."""
-    out, _ = fan_in_shape(shape)
+    (halves round up), so ``|out · k − count| <= out / 2``; ``transposed``: ``shape`` is
+    ``[in, out]``."""
+    out, _ = fan_in_shape(shape, transposed)
     fan_in = (2 * count + out) // (2 * out)
     if fan_in < 1:
         raise ValueError(
@@ -114,7 +114,7 @@ def constant_fan_in_plan(plan: AllocationPlan) -> AllocationPlan:
     layers = []
     for layer in plan.layers:
         if layer.role != "dense":
-            active = constant_fan_in_count(layer.shape, layer.active, layer.name)
+            active = constant_fan_in_count(layer.shape, layer.active, layer.name, layer.transposed)
             layer = dataclasses.replace(layer, active=active, density=active / layer.size)
         layers.append(layer)
     return dataclasses.replace(plan, layers=tuple(layers))
@@ -127,11 +127,14 @@ def ablation_threshold(min_salient_fraction: float, fan_in: int) -> int:
     return max(1, int(min_salient_fraction * fan_in))
 
 
-def ablated_neurons(masks: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    """Each layer's ablated neurons: the rows of its mask (viewed as ``[out, fan_in]``) with no
-    active weight. Works on live masks and on a saved ``state_dict()["masks"]``."""
+def ablated_neurons(
+    masks: Mapping[str, torch.Tensor], transposed: Collection[str] = ()
+) -> dict[str, list[int]]:
+    """Each layer's ablated neurons: the rows of its mask (viewed as ``[out, fan_in]``; the
+    columns of those named in ``transposed``, stored ``[in, out]``) with no active weight. Works on
+    live masks and on a saved ``state_dict()["masks"]``."""
     return {
-        name: torch.nonzero(~mask.reshape(mask.shape[0], -1).any(dim=1)).flatten().tolist()
+        name: torch.nonzero(~rows_view(mask, name in transposed).any(dim=1)).flatten().tolist()
         for name, mask in masks.items()
     }
 
@@ -178,12 +181,13 @@ class SRigL(GradientGrowthSparsifier):
 
     def initial_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
         """``count // out`` random positions in every row (``count`` is a multiple of ``out``)."""
-        out, fan_in = fan_in_shape(param.shape)
+        transposed = name in self._transposed
+        out, fan_in = fan_in_shape(param.shape, transposed)
         generator = seeded_generator(self.seed, -1, name, param.device)
         scores = torch.rand(out, fan_in, generator=generator, device=param.device)
         counts = torch.full((out,), count // out, device=param.device)
         nothing = torch.zeros(out, fan_in, dtype=torch.bool, device=param.device)
-        return rowwise_topk(scores, counts, generator, nothing).view(param.shape)
+        return from_rows(rowwise_topk(scores, counts, generator, nothing), param.shape, transposed)
 
     # -------------------------------------------------------------------------- the update
     def distribution_counts(self) -> dict[str, int]:
@@ -192,7 +196,7 @@ class SRigL(GradientGrowthSparsifier):
 
     def min_active_neurons(self, name: str) -> int:
         """The fewest active neurons whose fan-in ``B // a`` still fits in a row."""
-        _, fan_in = fan_in_shape(self.masks[name].shape)
+        _, fan_in = fan_in_shape(self.masks[name].shape, name in self._transposed)
         return max(1, math.ceil(self.target_counts[name] / fan_in))
 
     def masks_from_gradients(
@@ -201,21 +205,21 @@ class SRigL(GradientGrowthSparsifier):
         fraction = self.drop_fraction(step)
         new = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
-            out, fan_in = fan_in_shape(p.shape)
             mask, active = self.masks[name], self._active[i]
             drop = math.floor(fraction * active)
             generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
-            kept = topk_mask(p.abs(), active - drop, generator, excluded=~mask).view(out, fan_in)
-            scores = self.grow_scores(step, i, grads[i]).reshape(out, fan_in)
+            kept = self.rows(name, topk_mask(p.abs(), active - drop, generator, excluded=~mask))
+            scores = self.rows(name, self.grow_scores(step, i, grads[i]))
             alive = self._surviving_neurons(step, name, kept, scores, drop)
             fan = self.target_counts[name] // int(alive.sum())
             kept &= alive.unsqueeze(1)
             generator = seeded_generator(self.seed, step, "cap/" + name, p.device)
             limit = torch.clamp(kept.sum(dim=1), max=fan)
-            kept = rowwise_topk(p.detach().abs().reshape(out, fan_in), limit, generator, ~kept)
+            kept = rowwise_topk(self.rows(name, p.detach().abs()), limit, generator, ~kept)
             generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
             missing = torch.where(alive, fan - kept.sum(dim=1), 0)
-            new.append((kept | rowwise_topk(scores, missing, generator, kept)).view(p.shape))
+            grown = kept | rowwise_topk(scores, missing, generator, kept)
+            new.append(from_rows(grown, p.shape, name in self._transposed))
         return new
 
     def _surviving_neurons(
@@ -248,13 +252,14 @@ class SRigL(GradientGrowthSparsifier):
         """Beyond the constant fan-in the base class checks: at least :meth:`min_active_neurons`
         rows active, none ablated in the output layer or with ``ablation=False``."""
         for name, mask in zip(self.names, new, strict=True):
-            neurons = int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())
+            rows = self.rows(name, mask)
+            neurons = int(rows.any(dim=1).sum())
             problem = None
             if neurons < self.min_active_neurons(name):
                 problem = f"only {neurons} active neurons"
-            elif neurons != mask.shape[0] and name == self.output_layer:
+            elif neurons != rows.shape[0] and name == self.output_layer:
                 problem = "ablated neurons in the output layer"
-            elif neurons != mask.shape[0] and not self.args.ablation:
+            elif neurons != rows.shape[0] and not self.args.ablation:
                 problem = "ablated neurons with ablation=False"
             if problem:
                 raise RuntimeError(
@@ -263,13 +268,14 @@ class SRigL(GradientGrowthSparsifier):
 
     # -------------------------------------------------------------------------- inspection
     def ablated_neurons(self) -> dict[str, list[int]]:
-        """Each sparse layer's ablated neurons (row indices of its weight), from the masks."""
-        return ablated_neurons(self.masks)
+        """Each sparse layer's ablated neurons (row indices of its weight; column indices of one
+        stored ``[in, out]``), from the masks."""
+        return ablated_neurons(self.masks, self._transposed)
 
     def fan_ins(self) -> dict[str, int]:
         """Each sparse layer's constant fan-in: the active weights of each of its active rows."""
         result = {}
         for name, mask in self.masks.items():
-            rows = mask.reshape(mask.shape[0], -1).sum(dim=1)
+            rows = self.rows(name, mask).sum(dim=1)
             result[name] = int(rows.max()) if rows.numel() else 0
         return result
