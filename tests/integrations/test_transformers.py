@@ -402,12 +402,6 @@ def test_tied_embeddings_stay_tied_and_dense(tmp_path: Path) -> None:
     assert int(model.lm_head.weight.count_nonzero()) == model.lm_head.weight.numel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="GPT-2's projections are transformers' Conv1D, not yet a sparse candidate of "
-    "AllocationPlan (the plan refuses a model without one); un-xfail once plan.py handles Conv1D",
-)
 def test_gpt2_conv1d_projections_are_made_sparse_and_the_head_stays_tied(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32)
