@@ -44,6 +44,7 @@ from .sparsity import (  # noqa: E402
     get_method,
     layer_densities,
     register,
+    strip_masks,
     wrap_optimizer,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "pruning_mean_flops",
     "register",
     "small_dense_width",
+    "strip_masks",
     "train_flops_per_sample",
     "train_flops_ratio",
     "wrap_optimizer",

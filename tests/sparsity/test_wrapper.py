@@ -179,3 +179,19 @@ def test_bad_wrapping_is_one_clear_error() -> None:
         regrow.wrap_optimizer(wrapper, sp)
     with pytest.raises(ValueError, match=r"not a torch\.optim\.Optimizer"):
         regrow.wrap_optimizer(object(), sp)
+
+
+def test_strip_masks_gives_the_plain_model_with_the_same_outputs() -> None:
+    model, optimizer, sp, _ = build("mlp")
+    for index in range(12):
+        optimizer.zero_grad()
+        loss(model, *batch("mlp", index)).backward()
+        if sp.step():
+            optimizer.step()
+    x, _ = batch("mlp", 99)
+    plain = regrow.strip_masks(model)
+    assert plain is not model and not [k for k in plain.state_dict() if k.endswith("_mask")]
+    assert [k for k in model.state_dict() if k.endswith("_mask")]  # the copy only
+    assert torch.equal(plain(x), model(x))
+    same = regrow.strip_masks(model, inplace=True)
+    assert same is model and not [k for k in model.state_dict() if k.endswith("_mask")]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..sparsity.masks import MASK_SUFFIX
+from ..sparsity.masks import strip_masks
 from .csr import CSR_MARGIN, choose_csr
 from .csr import CSR_MAX_DENSITY as CSR_MAX_DENSITY
 from .graph import finish, propagate_shapes
@@ -63,24 +63,6 @@ class ExportReport:
 
     def csr_layers(self) -> list[str]:
         return [layer.name for layer in self.layers if layer.format == "csr"]
-
-
-def strip_masks(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` without its ``<param>_mask`` buffers, each masked tensor zeroed where its
-    mask is off (a sparsifier keeps it so already): the plain model with the same weights."""
-    plain = copy.deepcopy(model)
-    with torch.no_grad():
-        for module in plain.modules():
-            for name in [n for n in module._buffers if n.endswith(MASK_SUFFIX)]:
-                mask = module._buffers[name]
-                delattr(module, name)
-                target = getattr(module, name[: -len(MASK_SUFFIX)], None)
-                if (
-                    isinstance(target, torch.Tensor)
-                    and getattr(mask, "shape", None) == target.shape
-                ):
-                    target.mul_(mask.to(target.dtype))
-    return plain
 
 
 def example_batch(input_shape: Sequence[int], batch_size: int, seed: int = 0) -> torch.Tensor:

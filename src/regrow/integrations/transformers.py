@@ -39,7 +39,6 @@ What the callback does, and where:
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import os
@@ -60,7 +59,7 @@ except ImportError as error:  # pragma: no cover - only without the extra
 
 from ..sparsity import SparseOptimizer, Sparsifier, get_method, wrap_optimizer
 from ..sparsity.arguments import method_args_of
-from ..sparsity.masks import MASK_SUFFIX
+from ..sparsity.masks import strip_masks
 from ..sparsity.optim_state import zero_state_
 
 __all__ = ["STATE_FILE", "RegrowCallback", "strip_masks"]
@@ -275,27 +274,3 @@ def _enforce_masks(sparsifier: Sparsifier) -> None:
         zip(sparsifier.names, sparsifier.params, strict=True),
         [masks[name] for name in sparsifier.names],
     )
-
-
-@torch.no_grad()
-def strip_masks(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """``model`` without its ``<param>_mask`` buffers, each masked tensor zeroed where its mask is
-    off (training keeps it so already): the plain model with the same weights and outputs, whose
-    ``save_pretrained`` loads into a fresh model with no unexpected keys.
-
-    A copy by default; ``inplace=True`` removes the buffers from ``model`` itself (after
-    training: the sparsifier keeps its own masks, but the model's state dict no longer carries
-    them). The library's harness has the same operation for exported models
-    (``regrow.export.strip_masks``); this one needs only torch.
-    """
-    plain = model if inplace else copy.deepcopy(model)
-    for module in plain.modules():
-        for name in [n for n in module._buffers if n.endswith(MASK_SUFFIX)]:
-            mask = module._buffers[name]
-            target = module._parameters.get(name[: -len(MASK_SUFFIX)])
-            if mask is None or mask.dtype != torch.bool or target is None:
-                continue
-            delattr(module, name)
-            if target.shape == mask.shape:
-                target.mul_(mask.to(target.dtype))
-    return plain

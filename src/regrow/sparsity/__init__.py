@@ -6,6 +6,7 @@ from .base import METHODS, BatchReport, Sparsifier, Traits, get_method, register
 from .distributions import DISTRIBUTIONS, active_counts, layer_densities
 from .dynamic import DynamicArgs, DynamicSparsifier
 from .gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
+from .masks import strip_masks
 from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, SRigL, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
@@ -42,5 +43,6 @@ __all__ = [
     "gmp_sparsity",
     "layer_densities",
     "register",
+    "strip_masks",
     "wrap_optimizer",
 ]

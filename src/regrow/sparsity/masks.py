@@ -7,6 +7,7 @@ layers at once: one launch per step, no Python loop of tensor operations, no hos
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -39,3 +40,27 @@ def foreach_mask_(tensors: Iterable[torch.Tensor], masks: Iterable[torch.Tensor]
     tensors, masks = list(tensors), list(masks)
     if tensors:
         torch._foreach_mul_(tensors, masks)
+
+
+def strip_masks(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """``model`` without its ``<param>_mask`` buffers, each masked tensor zeroed where its mask is
+    off (training keeps it so already): the plain model with the same weights and outputs, to
+    save, publish or export (a Hugging Face model's ``save_pretrained`` then loads into a fresh
+    model with no unexpected keys).
+
+    A copy by default; ``inplace=True`` removes the buffers from ``model`` itself (after
+    training: a sparsifier keeps its own masks, but the model's state dict no longer carries them).
+    """
+    plain = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for module in plain.modules():
+            for name in [n for n in module._buffers if n.endswith(MASK_SUFFIX)]:
+                mask = module._buffers[name]
+                delattr(module, name)
+                target = getattr(module, name[: -len(MASK_SUFFIX)], None)
+                if (
+                    isinstance(target, torch.Tensor)
+                    and getattr(mask, "shape", None) == target.shape
+                ):
+                    target.mul_(mask.to(target.dtype))
+    return plain
