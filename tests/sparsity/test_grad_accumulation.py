@@ -265,17 +265,10 @@ def test_training_flops_charge_a_dense_backward_on_every_window_batch() -> None:
 def test_a_compiled_run_routes_the_window_eagerly_and_matches_the_eager_run(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from regrow.sparsity import Sparsifier
     from regrow.train import load_config, train
+    from tests.train.test_compile import recorded_updates
 
-    updates: list[tuple[int, list[torch.Tensor]]] = []
-    install = Sparsifier._apply_masks
-
-    def recording(self, new, step):
-        updates.append((step, [mask.clone() for mask in new]))
-        return install(self, new, step)
-
-    monkeypatch.setattr(Sparsifier, "_apply_masks", recording)
+    updates = recorded_updates(monkeypatch)
     common = [
         "sparsity.method=rigl",
         "sparsity.args.delta_t=15",
