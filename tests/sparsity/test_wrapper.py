@@ -195,3 +195,55 @@ def test_strip_masks_gives_the_plain_model_with_the_same_outputs() -> None:
     assert torch.equal(plain(x), model(x))
     same = regrow.strip_masks(model, inplace=True)
     assert same is model and not [k for k in model.state_dict() if k.endswith("_mask")]
+
+
+def _wrapped_run(model, optimizer, sp, wrapper, scheduler, start: int, stop: int, accumulate=1):
+    """Batches ``start``..``stop`` through the wrapper (each optimizer step over ``accumulate``
+    half batches of size 8 / accumulate, losses divided by ``accumulate``)."""
+    for index in range(start, stop):
+        wrapper.zero_grad()
+        x, y = batch("mlp", index)
+        for part_x, part_y in zip(x.chunk(accumulate), y.chunk(accumulate), strict=True):
+            (loss(model, part_x, part_y) / accumulate).backward()
+        wrapper.step()
+        if sp.last_batch.optimizer_step:
+            scheduler.step()
+
+
+def test_a_wrapped_run_resumed_from_its_state_dicts_equals_the_uninterrupted_one() -> None:
+    full = build("mlp")
+    full_wrapper = regrow.wrap_optimizer(full[1], full[2])
+    _wrapped_run(full[0], full[1], full[2], full_wrapper, full[3], 0, 40)
+
+    first = build("mlp")
+    _wrapped_run(first[0], first[1], first[2], regrow.wrap_optimizer(first[1], first[2]),
+                 first[3], 0, 17)  # fmt: skip
+    saved = pickle.loads(pickle.dumps({
+        "model": first[0].state_dict(), "optimizer": first[1].state_dict(),
+        "sparsifier": first[2].state_dict(), "scheduler": first[3].state_dict(),
+    }))  # fmt: skip
+    model, optimizer, sp, scheduler = build("mlp")  # fresh objects, as after a restart
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    sp.load_state_dict(saved["sparsifier"])
+    scheduler.load_state_dict(saved["scheduler"])
+    _wrapped_run(model, optimizer, sp, regrow.wrap_optimizer(optimizer, sp), scheduler, 17, 40)
+    assert sp.step_count == full[2].step_count
+    for name in sp.masks:
+        assert torch.equal(sp.masks[name], full[2].masks[name]), name
+    for key, value in full[0].state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_two_accumulated_half_batches_give_the_doubled_batchs_masks() -> None:
+    one = build("mlp")
+    _wrapped_run(one[0], one[1], one[2], regrow.wrap_optimizer(one[1], one[2]), one[3], 0, 40)
+    two = build("mlp")
+    wrapper = regrow.wrap_optimizer(two[1], two[2])
+    _wrapped_run(two[0], two[1], two[2], wrapper, two[3], 0, 40, accumulate=2)
+    assert two[2].step_count == one[2].step_count
+    assert any(not torch.equal(m, build("mlp")[2].masks[n]) for n, m in one[2].masks.items())
+    for name in one[2].masks:  # the same updates from the same (summed) gradients
+        assert torch.equal(two[2].masks[name], one[2].masks[name]), name
+    for key, value in one[0].state_dict().items():
+        assert torch.allclose(two[0].state_dict()[key], value, atol=1e-6), key
