@@ -38,7 +38,7 @@ from .cifar import (
     split_train_validation,
 )
 from .digits import load_digits
-from .gpu import DeviceLoader, epoch_generator
+from .gpu import DeviceLoader, epoch_generator, split_of
 from .text import TextData, TextDataError, TextLoader, TextSource, load_text
 
 __all__ = [
@@ -160,11 +160,7 @@ class DatasetSplits:
             "validation": (self.val_x, self.val_y),
             "train": (self.train_x, self.train_y),
         }
-        if split not in tensors:
-            raise ValueError(
-                f"split={split!r} is unknown: allowed values are 'test', 'validation', 'train'."
-            )
-        images, labels = tensors[split]
+        images, labels = split_of(tensors, split)
         if images is None or labels is None:
             raise ValueError(
                 f"{self.name} has no validation split: set data.validation_size > 0 "

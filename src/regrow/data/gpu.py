@@ -14,13 +14,24 @@ checkpoint's epoch and batch counters alone (SPEC §9), on any device.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 
 from .augment import crop_flip, draw_crop_flip, normalize
 
-__all__ = ["DeviceLoader", "epoch_generator"]
+__all__ = ["DeviceLoader", "epoch_generator", "split_of"]
+
+T = TypeVar("T")
+
+
+def split_of(splits: Mapping[str, T], split: str) -> T:
+    """``splits[split]`` for an evaluation loader; ``ValueError`` naming the allowed splits."""
+    if split not in splits:
+        allowed = ", ".join(repr(name) for name in splits)
+        raise ValueError(f"split={split!r} is unknown: allowed values are {allowed}.")
+    return splits[split]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .gpu import epoch_generator
+from .gpu import epoch_generator, split_of
 
 __all__ = [
     "SPLIT_FRACTIONS",
@@ -205,12 +205,8 @@ class TextData:
         world_size: int = 1,
     ) -> TextLoader:
         splits = {"test": self.test, "validation": self.validation, "train": self.train}
-        if split not in splits:
-            raise ValueError(
-                f"split={split!r} is unknown: allowed values are 'test', 'validation', 'train'."
-            )
         return TextLoader(
-            splits[split], self.block_size, batch_size, shuffle=False, device=device,
+            split_of(splits, split), self.block_size, batch_size, shuffle=False, device=device,
             rank=rank, world_size=world_size,
         )  # fmt: skip
 

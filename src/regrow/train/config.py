@@ -206,6 +206,11 @@ class SparsityConfig:
         cls = self.method_class()
         return cls.Args.from_mapping(self.args, cls.name)
 
+    def model_width(self, build: Any, width: float) -> float:
+        """The width the method trains ``build(width)`` at: ``width`` itself, or the one
+        Small-Dense solves to match the sparse model's parameter count."""
+        return self.method_class().model_width(build, width, self.method_args(), **self.plan_keys())
+
     def plan_keys(self) -> dict[str, Any]:
         """The keyword arguments of :meth:`AllocationPlan.build` and of every sparsifier."""
         return {

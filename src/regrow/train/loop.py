@@ -256,7 +256,7 @@ def build(
         return spec(num_classes=data.num_classes, width=width, **data.model_options())
 
     method = s.method_class()
-    width = method.model_width(make, config.model.width, s.method_args(), **s.plan_keys())
+    width = s.model_width(make, config.model.width)
     model = make(width).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from ..data.text import encode
 from ..models import get_model_spec
 from ..sparsity.masks import MASK_SUFFIX
 from .checkpoint import load_checkpoint
-from .config import RunConfig
+from .config import load_config
 from .rundir import RunDir
 
 __all__ = ["LanguageModel", "generate", "load_language_model"]
@@ -84,20 +83,15 @@ def load_language_model(run_dir: str | Path) -> LanguageModel:
         raise ValueError(
             f"RUN_DIR {run.path} has no checkpoint.pt yet: train it first (regrow train)."
         )
+    config = load_config(str(run.config_file()))  # as `regrow train --resume` reads it
     saved = load_checkpoint(run.checkpoint_path)
-    config = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(saved["config"]))
-    )
-    assert isinstance(config, RunConfig)
     characters, block_size = str(vocabulary["vocabulary"]), int(vocabulary["block_size"])
     spec = get_model_spec(config.model.name)
 
     def make(width: float) -> nn.Module:
         return spec(num_classes=len(characters), width=width, block_size=block_size)
 
-    s = config.sparsity
-    width = s.method_class().model_width(make, config.model.width, s.method_args(), **s.plan_keys())
-    model = make(width)
+    model = make(config.sparsity.model_width(make, config.model.width))
     # The sparsifier's mask buffers are not the model's: the weights are stored masked (zeros).
     state = {k: v for k, v in saved["model"].items() if not k.endswith(MASK_SUFFIX)}
     try:
