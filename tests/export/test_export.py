@@ -144,20 +144,26 @@ def test_a_tensor_not_zero_where_its_mask_is_off_is_kept_whole():
 
 # ------------------------------------------------------------------- inference model
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
-@pytest.mark.parametrize("csr", ["never", "always", "auto"])
-def test_mlp_exported_outputs_match(sparsity, csr):
+@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "auto"])
+def test_mlp_exported_outputs_match(sparsity, formats):
     model = masked(get_model("digits_mlp"), sparsity, dense_layers=[]).train()
-    exported, report = export_model(model, (64,), batch_size=1, csr=csr, rounds=2)
+    exported, report = export_model(model, (64,), batch_size=1, formats=formats, rounds=2)
     assert model.training  # left in the mode it was in
     assert_same_outputs(model, exported, batch((64,), 9))  # another batch size than timed
-    formats = {layer.name: layer.format for layer in report.layers}
-    if csr == "auto":  # timed where sparse enough; the choice itself depends on the machine
-        timed = [layer for layer in report.layers if layer.csr_ms is not None]
+    chosen = {layer.name: layer.format for layer in report.layers}
+    if formats == "auto":  # timed where sparse enough; the choice itself depends on the machine
+        timed = [layer for layer in report.layers if layer.times_ms is not None]
         assert {layer.name for layer in timed} == {
             layer.name for layer in report.layers if layer.density <= 0.5
         }
-    else:
-        assert set(formats.values()) == ({"dense"} if csr == "never" else {"csr"})
+        assert all(set(layer.times_ms) == {"dense", "csr", "ell"} for layer in timed)
+    else:  # forced: every layer (random masks: rows of different fan-in → ELL; dense → condensed)
+        expected = {
+            layer.name: {"dense": "dense", "csr": "csr"}.get(formats)
+            or ("condensed" if layer.density == 1 else "ell")
+            for layer in report.layers
+        }
+        assert chosen == expected
     assert "regrow" not in exported.code
 
 
@@ -168,7 +174,7 @@ def test_mlp_ablated_neurons_are_removed_and_their_bias_folded():
         model.fc2.bias.copy_(torch.linspace(-0.3, 0.7, 100))
     ablate(model, "fc1", list(range(0, 300, 3)))  # 100 neurons
     ablate(model, "fc2", [1, 2, 3, 50])
-    exported, report = export_model(model, (64,), csr="never")
+    exported, report = export_model(model, (64,), formats="dense")
     assert exported.fc1.out_features <= 200 and exported.fc2.in_features <= 200
     assert exported.fc2.out_features <= 96 and exported.fc3.in_features <= 96
     assert exported.fc1.weight.shape[0] == exported.fc2.weight.shape[1]
@@ -183,8 +189,8 @@ def test_small_conv_net_exported_outputs_match(sparsity):
     model = masked(conv_net(), sparsity)
     # conv 1 (stride 2, bias) feeds ReLU → the 1×1 conv: ablated rows are folded and removed
     ablate(model, "3", [0, 5, 9])
-    for csr in ("never", "always"):
-        exported, report = export_model(model, (3, 8, 8), csr=csr)
+    for formats in ("dense", "csr"):
+        exported, report = export_model(model, (3, 8, 8), formats=formats)
         assert_same_outputs(model, exported, batch((3, 8, 8)))
         assert report.removed_channels.get("3", 0) >= 3
         assert report.layers[0].folded_batch_norm == "1"  # conv → BN: folded
@@ -194,10 +200,10 @@ def test_small_conv_net_exported_outputs_match(sparsity):
 @pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
 def test_wrn_exported_outputs_match(sparsity):
     model = masked(get_model("wrn22_2", width=0.25), sparsity, seed=3)
-    for csr in ("never", "always"):
-        exported, report = export_model(model, (3, 32, 32), batch_size=2, csr=csr)
+    for formats in ("dense", "csr"):
+        exported, report = export_model(model, (3, 32, 32), batch_size=2, formats=formats)
         assert_same_outputs(model, exported, batch((3, 32, 32), 3))
-    csr_layers = report.csr_layers()
+    csr_layers = report.sparse_layers()
     assert "fc" in csr_layers and "group2.0.shortcut" in csr_layers  # 1×1, stride 2
     folded = {layer.name: layer.folded_batch_norm for layer in report.layers}
     assert folded["group1.1.conv1"] == "group1.1.bn2"  # conv → BN folded; pre-activation BN kept
@@ -205,7 +211,7 @@ def test_wrn_exported_outputs_match(sparsity):
 
 def test_wrn_full_width_exported_outputs_match():
     model = masked(get_model("wrn22_2"), 0.9, seed=1)
-    exported, _ = export_model(model, (3, 32, 32), csr="always")
+    exported, _ = export_model(model, (3, 32, 32), formats="csr")
     assert_same_outputs(model, exported, batch((3, 32, 32), 2))
 
 
@@ -220,7 +226,7 @@ def test_wrn_ablated_channels_are_removed_where_safe():
         block.bn2.bias[rows[: len(rows) // 2]] = -0.5  # relu → 0: safe to remove
         block.bn2.bias[rows[len(rows) // 2 :]] = 0.5  # a constant 0.5 into a padded conv: kept
     ablate(model, "group3.0.shortcut", [0, 1])  # feeds a residual add: kept at full size
-    exported, report = export_model(model, (3, 32, 32), csr="never")
+    exported, report = export_model(model, (3, 32, 32), formats="dense")
     assert_same_outputs(model, exported, batch((3, 32, 32), 2))
     removed = len(rows) // 2
     conv1 = exported.get_submodule("group2.1.conv1")
@@ -277,12 +283,12 @@ def test_export_writes_the_files_and_the_exported_model_matches(digits_run, tmp_
     exported = torch.load(out / "model.pt", weights_only=False)
     assert_same_outputs(load_run(digits_run).model, exported, batch((64,), 6))
     # exporting again into the same OUT overwrites that export
-    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0
+    assert cli("export", str(digits_run), str(out), "--formats", "dense") == 0
 
 
 def test_the_exported_model_loads_without_regrow(digits_run, tmp_path):
     out = tmp_path / "export"
-    assert cli("export", str(digits_run), str(out), "--csr", "always") == 0
+    assert cli("export", str(digits_run), str(out), "--formats", "csr") == 0
     script = (
         "import sys; sys.modules['regrow'] = None\n"  # any import of regrow fails
         "import torch\n"
@@ -366,11 +372,11 @@ def test_an_export_of_another_run_is_never_overwritten(digits_run, tmp_path, cap
     other = tmp_path / "other_run"
     shutil.copytree(digits_run, other)
     out = tmp_path / "export"
-    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0
+    assert cli("export", str(digits_run), str(out), "--formats", "dense") == 0
     before = (out / "export.json").read_bytes()
     capsys.readouterr()
-    assert cli("export", str(other), str(out), "--csr", "never") == 2
+    assert cli("export", str(other), str(out), "--formats", "dense") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds the export of another run" in err, err
     assert (out / "export.json").read_bytes() == before  # untouched
-    assert cli("export", str(digits_run), str(out), "--csr", "never") == 0  # same run: replaced
+    assert cli("export", str(digits_run), str(out), "--formats", "dense") == 0  # same run: replaced

@@ -6,6 +6,7 @@
     regrow bench-inference exports/rigl_s0                       # an export directory
     regrow bench-inference --model wrn22_2 --sparsity 0.9        # random (Static, ERK) masks
     regrow bench-inference --model wrn22_2 --sparsity 0.9 --batch-size 32 --threads 1
+    regrow bench-inference runs/charlm_srigl --compiled     # a language model: + its decode step
 
 What is measured and how: :mod:`regrow.export.bench`.
 """
@@ -22,9 +23,9 @@ from .common import UsageError, run_harness
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow bench-inference``."""
-    from ..export import CSR_MODES
     from ..models import MODELS
     from ..sparsity.distributions import DISTRIBUTIONS
+    from .export import add_format_arguments
 
     parser = subparsers.add_parser(
         "bench-inference",
@@ -33,9 +34,10 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Time the dense model (the same weights, masks removed), the masked model (as "
             "trained) and the exported inference model (regrow export) on the CPU, in "
             "interleaved rounds after a warm-up, under torch.inference_mode: median ms per "
-            "batch, samples/s and the speed-up over dense, in one table. SOURCE is a run "
-            "directory (exported in memory at --batch-size) or an export directory; or give "
-            "--model (with random masks) instead."
+            "batch, samples/s and the speed-up over dense, in one table; for a language model "
+            "a second table times one decode step (one new token per sample, with a key/value "
+            "cache). SOURCE is a run directory (exported in memory at --batch-size) or an "
+            "export directory; or give --model (with random masks) instead."
         ),
     )
     parser.add_argument(
@@ -46,9 +48,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (default 15)")
-    parser.add_argument(
-        "--csr", choices=CSR_MODES, default="auto", help="the export's CSR choice (default auto)"
-    )
+    add_format_arguments(parser)
     spec = parser.add_argument_group("without a run: a registered model with random masks")
     spec.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)}")
     spec.add_argument("--sparsity", type=float, default=0.9, help="default 0.9")
@@ -68,19 +68,20 @@ def run_bench(args: argparse.Namespace) -> int:
     time them side by side, print the report."""
 
     def work() -> int:
-        from ..export.bench import describe_environment, measure, three_models
+        from ..export.bench import describe_environment, measure, measure_decode, three_models
         from ..export.compress import size_report
 
         check_arguments(args)
         masked, exported, export, note = load_models(args)
         sizes = size_report(masked.model.state_dict())
-        timings = measure(
-            three_models(masked.model, exported),
-            masked.input_shape,
-            args.batch_size,
-            rounds=args.rounds,
-        )
-        report = BenchReport(masked, export, sizes, timings, describe_environment(), note)
+        models = three_models(masked.model, exported)
+        options = {"rounds": args.rounds, "compiled": args.compiled}
+        timings = measure(models, masked.input_shape, args.batch_size, **options)
+        decoding = None
+        if hasattr(exported, "decode"):
+            decoding = measure_decode(models, args.batch_size, **options)
+        environment = describe_environment()
+        report = BenchReport(masked, export, sizes, timings, decoding, environment, note)
         print(json.dumps(report.as_json(args)) if args.json else report.text(args))
         return 0
 
@@ -115,8 +116,8 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], str
         note = None
         if export["batch_size"] != args.batch_size:
             note = (
-                f"note: the export chose CSR-or-dense at batch size {export['batch_size']}, "
-                f"this measures batch size {args.batch_size}"
+                f"note: the export chose its layers' forms at batch size "
+                f"{export['batch_size']}, this measures batch size {args.batch_size}"
             )
         return masked, exported, export, note
     if args.model is not None:
@@ -125,7 +126,9 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], str
         )
     else:
         masked = load_run(args.source)
-    exported, report = export_model(masked.model, masked.input_shape, args.batch_size, args.csr)
+    exported, report = export_model(
+        masked.model, masked.input_shape, args.batch_size, args.formats, compiled=args.compiled
+    )
     return masked, exported, report.as_dict(), None
 
 
@@ -137,12 +140,14 @@ class BenchReport:
     export: dict[str, Any]
     sizes: dict[str, Any]
     timings: list[Any]
+    decode_timings: list[Any] | None
     environment: dict[str, Any]
     note: str | None
 
-    @property
-    def csr_layers(self) -> list[str]:
-        return [layer["name"] for layer in self.export["layers"] if layer["format"] == "csr"]
+    def sparse_layers(self, key: str = "layers") -> dict[str, str]:
+        """Layer → form of the export's layers (``decode_layers``: its decode step's) not dense."""
+        layers = self.export.get(key) or []
+        return {layer["name"]: layer["format"] for layer in layers if layer["format"] != "dense"}
 
     def as_json(self, args: argparse.Namespace) -> dict[str, Any]:
         return {
@@ -151,36 +156,68 @@ class BenchReport:
             "rounds": args.rounds,
             **self.environment,
             "sizes": self.sizes,
-            "csr_layers": self.csr_layers,
+            "compiled": args.compiled,
+            "sparse_layers": self.sparse_layers(),
+            "decode_sparse_layers": self.sparse_layers("decode_layers"),
             "removed_channels": self.export["removed_channels"],
             "export_model_ms": self.export.get("model_ms"),
+            "export_decode_ms": self.export.get("decode_model_ms"),
             "timings": [asdict(t) for t in self.timings],
+            "decode_timings": None
+            if self.decode_timings is None
+            else [asdict(t) for t in self.decode_timings],
         }
 
     def text(self, args: argparse.Namespace) -> str:
         from ..export.bench import format_table
 
-        masked, export, sizes, csr = self.masked, self.export, self.sizes, self.csr_layers
+        masked, export, sizes = self.masked, self.export, self.sizes
         sparsity = "" if masked.sparsity is None else f", sparsity {masked.sparsity:.3f}"
         removed = sum(export["removed_channels"].values())
         per_layer = ", ".join(f"{k} {v}" for k, v in export["removed_channels"].items())
+        compiled = ", torch.compile" if args.compiled else ""
         lines = [
             f"regrow bench-inference: {masked.source} ({masked.name}, width {masked.width:g}"
             f"{sparsity}); batch {args.batch_size}, cpu, torch {self.environment['torch']}, "
-            f"{self.environment['threads']} thread(s), {args.rounds} interleaved rounds",
+            f"{self.environment['threads']} thread(s), {args.rounds} interleaved rounds"
+            f"{compiled}",
             f"checkpoint: compressed {sizes['compressed_bytes']:,} B vs dense fp32 "
             f"{sizes['dense_bytes']:,} B ({sizes['ratio']:.3f}x)",
-            f"exported: CSR layers: {', '.join(csr) or 'none'}; neurons removed: {removed}"
-            + (f" ({per_layer})" if removed else ""),
+            f"exported: sparse layers: {_forms(self.sparse_layers())}; neurons removed: "
+            f"{removed}" + (f" ({per_layer})" if removed else ""),
         ]
-        if export.get("model_ms"):
-            whole = export["model_ms"]
-            lines.append(
-                f"export-time whole-model check: {whole['csr']:.4g} ms with the CSR layers its "
-                f"per-layer timing picked, {whole['dense']:.4g} ms without"
-                + ("" if csr else " (so: none)")
-            )
+        lines += _whole_model_line(export.get("model_ms"), "whole-model", self.sparse_layers())
         if self.note:
             lines.append(self.note)
         lines.append(format_table(self.timings))
+        if self.decode_timings is not None:
+            from ..export.decode import TIMED_CONTEXT
+
+            decode_layers = self.sparse_layers("decode_layers")
+            context = int(TIMED_CONTEXT * masked.input_shape[0])
+            lines += [
+                "",
+                f"decode step: one new token per sample after {context} cached tokens "
+                f"(key/value cache); sparse layers: {_forms(decode_layers)}",
+            ]
+            lines += _whole_model_line(export.get("decode_model_ms"), "decode-step", decode_layers)
+            lines.append(format_table(self.decode_timings, decoding=True))
         return "\n".join(lines)
+
+
+def _forms(layers: dict[str, str]) -> str:
+    """``5 condensed, 2 csr`` (or ``none``)."""
+    counts: dict[str, int] = {}
+    for form in layers.values():
+        counts[form] = counts.get(form, 0) + 1
+    return ", ".join(f"{n} {form}" for form, n in counts.items()) or "none"
+
+
+def _whole_model_line(timing: dict[str, float] | None, what: str, kept: dict) -> list[str]:
+    if not timing:
+        return []
+    return [
+        f"export-time {what} check: {timing['sparse']:.4g} ms with the sparse forms its "
+        f"per-layer timing picked, {timing['dense']:.4g} ms without"
+        + ("" if kept else " (so: none)")
+    ]

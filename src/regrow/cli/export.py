@@ -20,8 +20,6 @@ from .common import run_harness
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow export``."""
-    from ..export import CSR_MODES
-
     parser = subparsers.add_parser(
         "export",
         help="write a run's compressed checkpoint and its inference model",
@@ -29,8 +27,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Export a trained run for deployment. OUT gets compressed.pt (masks bit-packed, only "
             "active weights stored; regrow.export.load_compressed gives back the state_dict bit "
             "for bit), model.pt (a torch.fx GraphModule of plain PyTorch modules: dead neurons "
-            "removed, batch norm folded where it follows a conv/linear, linear and 1x1 conv "
-            "layers in CSR where that timed faster at --batch-size; load it with "
+            "removed, batch norm folded where it follows a conv/linear, each sparse layer dense, "
+            "CSR, condensed or ELL as timed fastest at --batch-size; a language model also "
+            "gets its cached one-token decode step, model.decode; load it with "
             "torch.load(path, weights_only=False), eval mode only) and export.json (sizes, "
             "per-layer choices, the output check). What the rewrite does: docs/EXPORT.md."
         ),
@@ -41,14 +40,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=1,
-        help="the batch size the CSR-or-dense choice is timed at (default 1)",
+        help="the batch size the layers' forms are timed at (default 1)",
     )
-    parser.add_argument(
-        "--csr",
-        choices=CSR_MODES,
-        default="auto",
-        help="auto: CSR where timed faster (default); always: every eligible layer; never",
-    )
+    add_format_arguments(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
     )
@@ -93,7 +87,12 @@ def run_export(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         info, report = export_run(
-            masked, args.out, args.batch_size, args.csr, zero_signs=not args.drop_zero_signs
+            masked,
+            args.out,
+            args.batch_size,
+            args.formats,
+            zero_signs=not args.drop_zero_signs,
+            compiled=args.compiled,
         )
         sizes = info["sizes"]
         sparsity = "" if masked.sparsity is None else f", sparsity {masked.sparsity:.3f}"
@@ -107,35 +106,70 @@ def run_export(args: argparse.Namespace) -> int:
             f"  inference model {args.out}/model.pt (timed at batch size {args.batch_size}, "
             f"{report.threads} thread(s)):"
         )
-        print(layer_table(report))
+        print(layer_table(report.layers))
+        if report.decode_layers is not None:
+            print(
+                f"  its decode step (model.decode, one token per sample at batch {args.batch_size}):"
+            )
+            print(layer_table(report.decode_layers))
         folded = [layer.name for layer in report.layers if layer.folded_batch_norm]
         print(
             f"  batch norm: folded into {len(folded)} layer(s)"
             + (f" ({', '.join(folded)})" if folded else "")
             + "; any other batch norm is kept, in eval mode (running statistics)"
         )
-        if report.model_ms is not None:
-            kept = "kept" if report.csr_layers() else "dropped: every layer dense"
-            print(
-                f"  whole model at batch {args.batch_size}: {report.model_ms['csr']:.4g} ms with "
-                f"the CSR layers, {report.model_ms['dense']:.4g} ms without ({kept})"
-            )
+        for what, timing, decoding in (
+            ("whole model", report.model_ms, False),
+            ("decode step", report.decode_model_ms, True),
+        ):
+            if timing is not None:
+                kept = "kept" if report.sparse_layers(decoding) else "dropped: every layer dense"
+                print(
+                    f"  {what} at batch {args.batch_size}: {timing['sparse']:.4g} ms with the "
+                    f"sparse forms, {timing['dense']:.4g} ms without ({kept})"
+                )
         for name, (count, why) in report.kept_dead.items():
             print(f"  {name}: {count} dead output channel(s) kept at full size: {why}")
         print(f"  outputs match the masked model: max |difference| {report.max_abs_diff:.3g}")
+        if report.decode_max_abs_diff is not None:
+            print(
+                "  decode step (prefix, then token by token) matches the masked model: max "
+                f"|difference| {report.decode_max_abs_diff:.3g}"
+            )
         return 0
 
     return run_harness("export", work)
 
 
-def layer_table(report: Any) -> str:
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--formats`` and ``--compiled``, shared by ``regrow export`` and ``bench-inference``."""
+    from ..export import FORMAT_MODES
+
+    parser.add_argument(
+        "--formats",
+        choices=FORMAT_MODES,
+        default="auto",
+        help="auto: each sparse layer dense, CSR, condensed or ELL, whichever timed fastest "
+        "(default); dense: none sparse; csr / condensed: every layer that can take that form "
+        "(condensed: ELL where the fan-in varies)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="time the forms under torch.compile, for a model that will be compiled (the "
+        "condensed form is fast only compiled; slower to export)",
+    )
+
+
+def layer_table(layers: list[Any]) -> str:
     """One Markdown table of the exported layers: shape before → after, density, format."""
     rows = [
-        "| layer | weight before | after | density | format | export timing dense / CSR ms |",
+        "| layer | weight before | after | density | format | export timing ms |",
         "|---|---|---|---:|---|---|",
     ]
-    for layer in report.layers:
-        timing = f"{layer.dense_ms:.4g} / {layer.csr_ms:.4g}" if layer.csr_ms is not None else "—"
+    for layer in layers:
+        times = layer.times_ms or {}
+        timing = " / ".join(f"{name} {ms:.4g}" for name, ms in times.items()) or "—"
         fmt = layer.format + (f" (+{layer.folded_batch_norm})" if layer.folded_batch_norm else "")
         rows.append(
             f"| {layer.name} | {'×'.join(map(str, layer.shape_before))} | "

@@ -36,11 +36,12 @@ from .compress import (
     size_report,
     unpack_bits,
 )
-from .inference import CSR_MODES, ExportReport, LayerReport, export_model, strip_masks
+from .formats import FORMAT_MODES
+from .inference import ExportReport, LayerReport, export_model, strip_masks
 
 __all__ = [
     "COMPRESSED",
-    "CSR_MODES",
+    "FORMAT_MODES",
     "INFO",
     "MODEL",
     "ExportReport",

@@ -21,7 +21,7 @@ An export directory (``regrow export RUN_DIR OUT``) holds
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from .inference import ExportReport, export_model
 COMPRESSED = "compressed.pt"
 MODEL = "model.pt"
 INFO = "export.json"
+VOCABULARY = "vocabulary.json"
 
 
 @dataclass
@@ -59,6 +60,8 @@ class MaskedModel:
     partial: bool = False
     step: int | None = None  #: the optimizer step of the loaded checkpoint
     state: str | None = None  #: the run directory's state (docs/RUN_DIR.md) when loaded
+    #: keywords the model was built with beyond width and classes (a language model's block_size)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class MaskedModel:
             "sparsity": self.sparsity,
             "partial": self.partial,
             "step": self.step,
+            "model_options": self.options,
         }
 
 
@@ -81,20 +85,33 @@ def masked_sparsity(state: dict[str, torch.Tensor]) -> float | None:
     return None if not total else 1.0 - sum(int(m.sum()) for m in masks) / total
 
 
+def _input_shape(name: str, options: dict[str, Any]) -> tuple[int, ...]:
+    """One sample's shape: the model's, or a language model's ``(block_size,)``."""
+    if "block_size" in options:
+        return (int(options["block_size"]),)
+    return tuple(get_model_spec(name).input_shape)
+
+
 def build_masked_model(
-    name: str, width: float, state: dict[str, torch.Tensor], num_classes: int | None = None
+    name: str,
+    width: float,
+    state: dict[str, torch.Tensor],
+    num_classes: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, int]:
-    """The registered model ``name`` at ``width`` with ``state`` loaded, its masks registered as
-    buffers; the number of classes is read from the last linear layer's weight when not given."""
+    """The registered model ``name`` at ``width`` (and ``options``, such as a language model's
+    ``block_size``) with ``state`` loaded, its masks registered as buffers; the number of classes
+    is read from the last linear layer's weight when not given."""
 
     spec = get_model_spec(name)
+    options = options or {}
     if num_classes is None:
         with torch.device("meta"):
             skeleton = spec(width=width)
         linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
         key = f"{linears[-1]}.weight" if linears else None
         num_classes = int(state[key].shape[0]) if key in state else spec.num_classes
-    model = spec(num_classes=num_classes, width=width)
+    model = spec(num_classes=num_classes, width=width, **options)
     masks = {k[: -len(MASK_SUFFIX)]: t for k, t in state.items() if k.endswith(MASK_SUFFIX)}
     register_masks(model, {k: torch.zeros_like(t) for k, t in masks.items()})
     try:
@@ -120,21 +137,19 @@ def load_run(run_dir: str | Path) -> MaskedModel:
             f"{run.path} has no {RunDir.CHECKPOINT}: not a regrow run directory, or the run has "
             "not written a checkpoint yet (train it with `regrow train`)"
         )
-    if run.vocabulary_path.is_file():
-        raise ValueError(
-            f"{run.path} is a language-model run (data.name=text): the export and its benchmark "
-            "take image models only so far; `regrow sample` runs its model"
-        )
     saved = load_checkpoint(run.checkpoint_path)
     config = yaml.safe_load(saved["config"]) if isinstance(saved.get("config"), str) else {}
     model_config = (config or {}).get("model", {})
+    options = {}
+    if run.vocabulary_path.is_file():  # a language model: its context is the run's block size
+        options["block_size"] = int((config or {}).get("data", {}).get("block_size", 256))
     summary = run.summary() or {}
     name = summary.get("model", model_config.get("name"))
     if name is None:
         raise ValueError(f"{run.checkpoint_path} names no model (config model.name)")
     width = float(summary.get("model_width", model_config.get("width", 1.0)))
     state = saved["model"]
-    model, num_classes = build_masked_model(name, width, state)
+    model, num_classes = build_masked_model(name, width, state, options=options)
 
     method = summary.get("method", (config or {}).get("sparsity", {}).get("method"))
     sparsifier = saved.get("sparsifier")
@@ -145,13 +160,14 @@ def load_run(run_dir: str | Path) -> MaskedModel:
         name=get_model_spec(name).name,
         width=width,
         num_classes=num_classes,
-        input_shape=tuple(get_model_spec(name).input_shape),
+        input_shape=_input_shape(name, options),
         source=str(run.path),
         method=method,
         sparsity=masked_sparsity(state),
         partial=state_name != DONE,
         step=step if isinstance(step, int) else None,
         state=state_name,
+        options=options,
     )
 
 
@@ -192,8 +208,9 @@ def export_run(
     masked: MaskedModel,
     out: str | Path,
     batch_size: int = 1,
-    csr: str = "auto",
+    formats: str = "auto",
     zero_signs: bool = True,
+    compiled: bool = False,
 ) -> tuple[dict[str, Any], ExportReport]:
     """Write ``compressed.pt``, ``model.pt`` and ``export.json`` for ``masked`` into ``out``;
     returns the ``export.json`` content and the export report. ``zero_signs``: see
@@ -201,12 +218,18 @@ def export_run(
 
     path = check_out_dir(out, masked.source)
     state = masked.model.state_dict()
-    graph_module, report = export_model(masked.model, masked.input_shape, batch_size, csr)
+    graph_module, report = export_model(
+        masked.model, masked.input_shape, batch_size, formats, compiled=compiled
+    )
     path.mkdir(parents=True, exist_ok=True)
     sizes = size_report(state, zero_signs)
     written = save_compressed(state, path / COMPRESSED, zero_signs)
     sizes["compressed_file_bytes"] = written
     atomic_write(path / MODEL, lambda handle: torch.save(graph_module, handle))
+    vocabulary = RunDir(masked.source).vocabulary_path
+    if vocabulary.is_file():  # a language model's token ids mean nothing without it
+        text = vocabulary.read_text(encoding="utf-8")
+        atomic_write(path / VOCABULARY, lambda handle: handle.write(text.encode("utf-8")))
     info = {
         **masked.describe(),
         "files": {"compressed": COMPRESSED, "model": MODEL},
@@ -231,8 +254,9 @@ def load_export(path: str | Path) -> tuple[dict[str, Any], nn.Module, MaskedMode
     info = json.loads((folder / INFO).read_text())
     exported = torch.load(folder / MODEL, map_location="cpu", weights_only=False)
     state = load_compressed(folder / COMPRESSED)
+    options = info.get("model_options") or {}  # older exports lack the key
     model, num_classes = build_masked_model(
-        info["model"], info["model_width"], state, info["num_classes"]
+        info["model"], info["model_width"], state, info["num_classes"], options
     )
     masked = MaskedModel(
         model=model,
@@ -245,6 +269,7 @@ def load_export(path: str | Path) -> tuple[dict[str, Any], nn.Module, MaskedMode
         sparsity=info.get("sparsity"),
         partial=bool(info.get("partial", False)),  # older exports lack the key
         step=info.get("step"),
+        options=options,
     )
     return info, exported.eval(), masked
 

@@ -12,18 +12,23 @@
 
 Each model runs on the same seeded batch in eval mode under ``torch.inference_mode``; rounds are
 interleaved (:func:`regrow.export.timing.interleaved_seconds`) after a warm-up. Latency is the
-median over rounds of the mean ms per batch; throughput is batch size ÷ that.
+median over rounds of the mean ms per batch; throughput is batch size ÷ that. A language model is
+also timed one decode step at a time (:func:`measure_decode`: one new token per sample, its
+key/value cache holding :data:`~regrow.export.decode.TIMED_CONTEXT` of the context). With
+``compiled`` every model (or decode step) runs under ``torch.compile``, compiled before timing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .inference import example_batch, strip_masks
+from .decode import step_inputs
+from .inference import model_batch, strip_masks
 from .timing import interleaved_seconds, median, quartiles
 
 
@@ -33,26 +38,21 @@ class Timing:
     median_ms: float
     q1_ms: float
     q3_ms: float
-    samples_per_second: float
+    samples_per_second: float  #: or tokens per second, for a decode step
     speedup: float  #: dense median ÷ this median
 
 
-def measure(
-    models: dict[str, nn.Module],
-    input_shape: tuple[int, ...],
+def measure_calls(
+    calls: dict[str, Callable[[], Any]],
     batch_size: int,
     rounds: int = 15,
     warmup: int = 5,
     block_seconds: float = 0.05,
     baseline: str = "dense",
 ) -> list[Timing]:
-    """Time each of ``models`` on one seeded batch (see the module docstring); ``speedup`` is
-    relative to ``models[baseline]``."""
-    x = example_batch(input_shape, batch_size, seed=2)
-    for model in models.values():
-        model.eval()
+    """Time ``calls`` side by side (see the module docstring); ``speedup`` is relative to
+    ``calls[baseline]``."""
     with torch.inference_mode():
-        calls = {name: (lambda m=model: m(x)) for name, model in models.items()}
         seconds = interleaved_seconds(calls, rounds, warmup, block_seconds, max_block=1000)
     base = median(seconds[baseline])
     timings = []
@@ -65,15 +65,60 @@ def measure(
     return timings
 
 
+def _maybe_compiled(function: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    return torch.compile(function, dynamic=False) if compiled else function
+
+
+def measure(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    rounds: int = 15,
+    warmup: int = 5,
+    block_seconds: float = 0.05,
+    baseline: str = "dense",
+    compiled: bool = False,
+) -> list[Timing]:
+    """Time each of ``models`` on one seeded batch (see the module docstring)."""
+    x = model_batch(models[baseline], input_shape, batch_size, seed=2)
+    calls = {}
+    for name, model in models.items():
+        run = _maybe_compiled(model.eval(), compiled)
+        calls[name] = lambda run=run: run(x)
+    return measure_calls(calls, batch_size, rounds, warmup, block_seconds, baseline)
+
+
+def measure_decode(
+    models: dict[str, Any],
+    batch_size: int,
+    rounds: int = 15,
+    warmup: int = 5,
+    block_seconds: float = 0.05,
+    baseline: str = "dense",
+    compiled: bool = False,
+) -> list[Timing]:
+    """Time one decode step of each of ``models`` (each with ``decode`` and ``new_cache``): one
+    token per sample after a cached context (see the module docstring)."""
+    tokens, _, position = step_inputs(models[baseline], batch_size)
+    calls = {}
+    for name, model in models.items():
+        step = _maybe_compiled(model.decode, compiled)
+        cache = model.new_cache(batch_size)
+        calls[name] = lambda step=step, cache=cache: step(tokens, cache, position)
+    return measure_calls(calls, batch_size, rounds, warmup, block_seconds, baseline)
+
+
 def three_models(masked: nn.Module, exported: nn.Module) -> dict[str, nn.Module]:
     """``dense`` / ``masked`` / ``exported`` for :func:`measure`."""
     return {"dense": strip_masks(masked).eval(), "masked": masked.eval(), "exported": exported}
 
 
-def format_table(timings: list[Timing]) -> str:
-    """One Markdown table: latency (median, interquartile range), throughput, speed-up vs dense."""
+def format_table(timings: list[Timing], decoding: bool = False) -> str:
+    """One Markdown table: latency (median, interquartile range), throughput, speed-up vs dense
+    (per decode step and tokens/s when ``decoding``)."""
+    per, unit = ("step", "tokens/s") if decoding else ("batch", "samples/s")
     rows = [
-        "| model | latency ms/batch (median) | IQR ms | samples/s | speed-up vs dense |",
+        f"| model | latency ms/{per} (median) | IQR ms | {unit} | speed-up vs dense |",
         "|---|---:|---:|---:|---:|",
     ]
     for t in timings:

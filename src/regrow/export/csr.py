@@ -1,5 +1,5 @@
 """CSR layers of the inference model: the kernels (:func:`csr_linear`, :func:`csr_conv1x1`), which
-layers may become CSR, the export-time timing that chooses them, and the graph rewrite.
+layers may become CSR, and the graph rewrite (the timed choice is :mod:`.formats`).
 
 A CSR layer keeps its arrays (int32 indices) as plain buffers of the graph module and builds the
 sparse tensor per call, so the module copies, moves and saves like any other.
@@ -8,31 +8,13 @@ sparse tensor per call, so the module copies, moves and saves like any other.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
-from functools import partial
-from typing import Protocol
 
 import torch
 from torch import fx, nn
 
-from .graph import foldable, rank_of, shape_of, submodules
-from .timing import interleaved_seconds, median
-
-#: ``csr="auto"`` makes a layer CSR only when its timed CSR call takes at most this × the dense one.
-CSR_MARGIN = 0.9
-#: Layers denser than this are never tried in CSR (sparse kernels lose to dense ones there).
-CSR_MAX_DENSITY = 0.5
+from .graph import foldable, rank_of
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-class CsrChoice(Protocol):
-    """What :func:`choose_csr` reads and writes of a layer (its report)."""
-
-    density: float
-    format: str
-    dense_ms: float | None
-    csr_ms: float | None
 
 
 def csr_arrays(weight: torch.Tensor) -> Arrays:
@@ -79,7 +61,8 @@ def csr_conv1x1(
     return out.reshape(-1, n, h, w).transpose(0, 1).contiguous()
 
 
-def _csr_eligible(node: fx.Node, module: nn.Module) -> bool:
+def eligible(node: fx.Node, module: nn.Module) -> bool:
+    """A linear layer on 2-d inputs, or a 1×1 unpadded conv (``groups=1``), on one argument."""
     if not isinstance(node.args[0], fx.Node) or len(node.args) != 1 or node.kwargs:
         return False
     rank = rank_of(node.args[0])
@@ -94,60 +77,12 @@ def _csr_eligible(node: fx.Node, module: nn.Module) -> bool:
     )
 
 
-def choose_csr(
-    graph_module: fx.GraphModule, mode: str, layers: Mapping[str, CsrChoice], rounds: int
-) -> None:
-    """Rewrite each eligible layer into CSR (``"always"``, or ``"auto"`` where it times faster),
-    recording its timing and ``format`` in ``layers``."""
-    if mode == "never":
-        return
-    modules = submodules(graph_module)
-    for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or node.target not in layers:
-            continue
-        module, layer = modules[node.target], layers[node.target]
-        if not _csr_eligible(node, module):
-            continue
-        if mode == "auto" and layer.density > CSR_MAX_DENSITY:
-            continue
-        crow, col, values = csr_arrays(module.weight)
-        size = (module.weight.shape[0], module.weight[0].numel())
-        bias = None if module.bias is None else module.bias.detach().reshape(-1, 1).clone()
-        if mode == "auto":
-            x = torch.randn(shape_of(node.args[0]))
-            layer.dense_ms, layer.csr_ms = _time_layer(module, x, (crow, col, values), bias, rounds)
-            if not layer.csr_ms <= CSR_MARGIN * layer.dense_ms:
-                continue
-        _replace_with_csr(graph_module, node, module, (crow, col, values), size, bias)
-        layer.format = "csr"
-
-
-def _time_layer(
-    module: nn.Module, x: torch.Tensor, arrays: Arrays, bias: torch.Tensor | None, rounds: int
-) -> tuple[float, float]:
-    """Median ms per call of ``module(x)`` and of its CSR form, timed side by side."""
-    size = (module.weight.shape[0], module.weight[0].numel())
-    if isinstance(module, nn.Linear):
-        sparse = partial(csr_linear, x, *arrays, size, bias)
-    else:
-        sparse = partial(csr_conv1x1, x, *arrays, size, bias, tuple(module.stride))
-    with torch.inference_mode():
-        seconds = interleaved_seconds(
-            {"dense": partial(module, x), "csr": sparse}, rounds=rounds, block_seconds=0.002
-        )
-    return median(seconds["dense"]) * 1e3, median(seconds["csr"]) * 1e3
-
-
-def _replace_with_csr(
-    graph_module: fx.GraphModule,
-    node: fx.Node,
-    module: nn.Module,
-    arrays: Arrays,
-    size: tuple[int, int],
-    bias: torch.Tensor | None,
-) -> None:
+def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
     """Rewrite ``node`` (a linear / 1×1 conv call) into the calls of :func:`csr_linear` /
     :func:`csr_conv1x1`, with the CSR arrays (and bias column) as buffers of the graph module."""
+    arrays = csr_arrays(module.weight)
+    size = (module.weight.shape[0], module.weight[0].numel())
+    bias = None if module.bias is None else module.bias.detach().reshape(-1, 1).clone()
     graph = graph_module.graph
     prefix = str(node.target).replace(".", "_") + "_csr"
     names = {}

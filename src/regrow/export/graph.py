@@ -48,23 +48,30 @@ def shape_of(node: fx.Node) -> tuple[int, ...]:
     return tuple(node.meta["tensor_meta"].shape)
 
 
-def propagate_shapes(graph_module: fx.GraphModule, example: torch.Tensor) -> None:
+def propagate_shapes(graph_module: fx.GraphModule, *inputs: Any) -> None:
     graph_module.recompile()
-    ShapeProp(graph_module).propagate(example)
+    ShapeProp(graph_module).propagate(*inputs)
 
 
 def finish(graph_module: fx.GraphModule) -> None:
     """Drop dead nodes and unused submodules, check the graph and regenerate its code."""
-    graph_module.graph.eliminate_dead_code()
+    graph_module.graph.eliminate_dead_code(is_impure_node=_is_impure)
     graph_module.graph.lint()
     graph_module.recompile()
     graph_module.delete_all_unused_submodules()
 
 
+def _is_impure(node: fx.Node) -> bool:
+    # fx counts method calls as pure; an in-place one (a decode step's cache write) is not.
+    in_place = node.op == "call_method" and str(node.target).endswith("_")
+    return in_place or node.is_impure()
+
+
 def is_layer(module: nn.Module, rank: int | None) -> bool:
-    """A conv / linear layer whose channels are dimension 1 of a tensor of this rank."""
+    """A conv layer whose channels are dimension 1 of a tensor of this rank, or a linear layer
+    (its channels the last dimension of any rank)."""
     if isinstance(module, nn.Linear):
-        return rank == 2
+        return rank is not None and rank >= 2
     return isinstance(module, nn.Conv2d) and module.groups == 1 and rank == 4
 
 
@@ -92,10 +99,15 @@ def _inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def is_elementwise(
-    node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]
+    node: fx.Node,
+    source: fx.Node,
+    modules: dict[str, nn.Module],
+    calls: Counter[str],
+    rank: int | None = None,
 ) -> bool:
     """Whether ``node`` maps each channel of ``source`` on its own, keeping the shape: a batch norm
-    with running statistics called once, or an activation, reading ``source`` only."""
+    with running statistics called once (channels at dimension 1 of a rank-2 or rank-4
+    ``source``), or an activation, reading ``source`` only."""
     if not node.args or node.args[0] is not source:
         return False
     if _has_node([*node.args[1:], *node.kwargs.values()]):
@@ -105,7 +117,8 @@ def is_elementwise(
     if node.op == "call_module":
         module = modules[node.target]
         if isinstance(module, BATCH_NORMS):
-            return calls[node.target] == 1 and module.running_mean is not None
+            at_dim_1 = rank in (2, 4)
+            return at_dim_1 and calls[node.target] == 1 and module.running_mean is not None
         return isinstance(module, _ACTIVATION_MODULES)
     if node.op == "call_function":
         return node.target in _ACTIVATION_FUNCTIONS
@@ -134,7 +147,7 @@ def channel_tree(
         for user in source.users:
             if is_consumer(user, source, modules, calls, rank):
                 consumers.append(user)
-            elif is_elementwise(user, source, modules, calls):
+            elif is_elementwise(user, source, modules, calls, rank):
                 elementwise.append(user)
                 frontier.append(user)
             else:

@@ -1,7 +1,9 @@
 """The inference model: :func:`export_model` rewrites a masked model, traced with torch.fx, as plain
 PyTorch modules that skip the work its masks made useless (dead channels removed, batch norm
-folded, CSR where measured faster), then checks it against the masked model. The steps, and what
-the result may and may not be used for: docs/EXPORT.md."""
+folded, each layer dense, CSR, condensed or ELL as measured fastest), then checks it against the
+masked model. A model with a cached ``decode`` (the language model) gets its decode step exported
+too, its layers' forms chosen for one token at a time (:mod:`.decode`). The steps, and what the
+result may and may not be used for: docs/EXPORT.md."""
 
 from __future__ import annotations
 
@@ -16,13 +18,12 @@ import torch
 from torch import fx, nn
 
 from ..sparsity.masks import strip_masks
-from .csr import CSR_MARGIN, choose_csr
-from .csr import CSR_MAX_DENSITY as CSR_MAX_DENSITY
+from . import decode
+from .formats import FORMAT_MODES, MARGIN, choose_formats
 from .graph import finish, propagate_shapes
 from .passes import drop_identities, fold_batch_norms, remove_dead_channels
 from .timing import interleaved_seconds, median
 
-CSR_MODES = ("auto", "always", "never")
 #: Outputs must agree within ``TOLERANCE × (1 + max |reference output|)``.
 TOLERANCE = 1e-4
 
@@ -35,10 +36,10 @@ class LayerReport:
     shape_before: list[int]  #: the weight's shape in the masked model
     shape_after: list[int]  #: … in the exported one (out and in channels shrunk)
     density: float  #: nonzero fraction of the exported weight
-    format: str  #: ``"dense"`` or ``"csr"``
+    format: str  #: ``"dense"``, ``"csr"``, ``"condensed"`` or ``"ell"``
     folded_batch_norm: str | None = None  #: the batch norm folded into it
-    dense_ms: float | None = None  #: the export-time timing (ms per call), when it ran
-    csr_ms: float | None = None
+    #: the export-time timing, ms per call of each form tried (``"dense"`` included), when it ran
+    times_ms: dict[str, float] | None = None
 
 
 @dataclass
@@ -46,69 +47,108 @@ class ExportReport:
     """What :func:`export_model` did, for ``export.json`` and the printed summary."""
 
     batch_size: int
-    csr_mode: str
+    formats: str  #: the mode: ``"auto"`` (timed) or the form forced
+    compiled: bool  #: the forms were timed under ``torch.compile``
     threads: int
     input_shape: list[int]
     layers: list[LayerReport] = field(default_factory=list)
+    #: a model with a cached decode: the layers of its one-token decode step
+    decode_layers: list[LayerReport] | None = None
     #: producer → ``[dead rows kept, why]`` for each layer whose dead rows were not all removed
     kept_dead: dict[str, list[Any]] = field(default_factory=dict)
     removed_channels: dict[str, int] = field(default_factory=dict)  #: producer → channels removed
     max_abs_diff: float | None = None
-    #: ``csr="auto"`` with CSR layers chosen: the whole model's ms per batch with them (``csr``)
-    #: and with every layer dense (``dense``); the CSR layers stay only if that is faster too
+    decode_max_abs_diff: float | None = None
+    #: ``"auto"`` with sparse layers chosen: the whole model's ms per batch with them
+    #: (``sparse``) and with every layer dense (``dense``); they stay only if that is faster too
     model_ms: dict[str, float] | None = None
+    decode_model_ms: dict[str, float] | None = None  #: the same for one decode step
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def csr_layers(self) -> list[str]:
-        return [layer.name for layer in self.layers if layer.format == "csr"]
+    def sparse_layers(self, decoding: bool = False) -> dict[str, str]:
+        """Layer → form, for the layers not left dense (of the decode step if ``decoding``)."""
+        layers = (self.decode_layers or []) if decoding else self.layers
+        return {layer.name: layer.format for layer in layers if layer.format != "dense"}
 
 
-def example_batch(input_shape: Sequence[int], batch_size: int, seed: int = 0) -> torch.Tensor:
-    """A seeded standard-normal batch of ``batch_size`` samples of ``input_shape``."""
+def example_batch(
+    input_shape: Sequence[int],
+    batch_size: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    high: int | None = None,
+) -> torch.Tensor:
+    """A seeded batch of ``batch_size`` samples of ``input_shape``: standard normal, or for an
+    integer ``dtype`` (token ids) uniform in ``0 … high - 1``."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn((batch_size, *input_shape), generator=generator)
+    shape = (batch_size, *input_shape)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    return torch.randint(0, high or 2, shape, generator=generator, dtype=dtype)
+
+
+def model_batch(model: nn.Module, input_shape: Sequence[int], batch_size: int, seed: int = 0):
+    """:func:`example_batch` in ``model``'s input type: its ``input_dtype`` (token ids below its
+    ``vocab_size``), else float."""
+    dtype = getattr(model, "input_dtype", torch.float32)
+    return example_batch(input_shape, batch_size, seed, dtype, getattr(model, "vocab_size", None))
 
 
 def export_model(
     model: nn.Module,
     input_shape: Sequence[int],
     batch_size: int = 1,
-    csr: str = "auto",
+    formats: str = "auto",
     rounds: int = 7,
+    compiled: bool = False,
 ) -> tuple[fx.GraphModule, ExportReport]:
     """The inference model of the masked ``model`` (see the module docstring) and its report.
 
-    ``input_shape`` is one sample's shape; ``batch_size`` the batch the CSR choice is timed at;
-    ``csr``: ``"auto"`` (timed), ``"always"`` (every eligible layer), ``"never"``."""
-    if csr not in CSR_MODES:
-        raise ValueError(f"csr={csr!r}: allowed values are {', '.join(CSR_MODES)}")
+    ``input_shape`` is one sample's shape; ``batch_size`` the batch the forms are timed at;
+    ``formats``: ``"auto"`` (timed), or ``"dense"``, ``"csr"``, ``"condensed"`` (every layer
+    that can take it); ``compiled``: time the forms under ``torch.compile`` (for a model that
+    will be compiled)."""
+    if formats not in FORMAT_MODES:
+        raise ValueError(f"formats={formats!r}: allowed values are {', '.join(FORMAT_MODES)}")
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size!r}: allowed values are >= 1")
     training = model.training
     try:
-        return _export(model.eval(), input_shape, batch_size, csr, rounds)
+        return _export(model.eval(), input_shape, batch_size, formats, rounds, compiled)
     finally:
         model.train(training)
 
 
-def _export(
-    model: nn.Module, input_shape: Sequence[int], batch_size: int, csr: str, rounds: int
-) -> tuple[fx.GraphModule, ExportReport]:
-    plain = strip_masks(model).eval()
+def trace(model: nn.Module, what: str = "forward") -> fx.GraphModule:
+    """``model`` (its ``forward``, or its ``decode``) traced with torch.fx, in eval mode."""
     try:
-        graph_module = fx.symbolic_trace(plain)
+        graph_module = decode.trace_decode(model) if what == "decode" else fx.symbolic_trace(model)
     except Exception as error:  # fx raises many types on untraceable control flow
         raise ValueError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(error).__name__}: {error}); "
-            "export needs a model without data-dependent control flow in forward."
+            f"torch.fx cannot trace {type(model).__name__}.{what} ({type(error).__name__}: "
+            f"{error}); export needs a model without data-dependent control flow in {what}."
         ) from None
     graph_module.eval()
     for node in graph_module.graph.nodes:
         node.type = None  # string annotations (postponed evaluation) do not pickle
-    example = example_batch(input_shape, batch_size)
-    report = ExportReport(batch_size, csr, torch.get_num_threads(), list(input_shape))
+    return graph_module
+
+
+def _export(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    formats: str,
+    rounds: int,
+    compiled: bool,
+) -> tuple[fx.GraphModule, ExportReport]:
+    plain = strip_masks(model).eval()
+    graph_module = trace(plain)
+    decoder = trace(plain, "decode") if decode.can_decode(plain) else None
+    example = model_batch(plain, input_shape, batch_size)
+    report = ExportReport(batch_size, formats, compiled, torch.get_num_threads(), list(input_shape))
     before = {
         name: list(m.weight.shape)
         for name, m in graph_module.named_modules()
@@ -124,46 +164,69 @@ def _export(
         propagate_shapes(graph_module, example)
         folded = fold_batch_norms(graph_module)
         propagate_shapes(graph_module, example)
+        # The decode step runs the same (now smaller) modules: rebind it to them before the
+        # forms, which each graph chooses for its own inputs, rewrite the graphs apart.
+        if decoder is not None:
+            decoder = decode.rebind(decoder, graph_module, folded)
         layers = _layer_reports(graph_module, before, folded)
-        all_dense = copy.deepcopy(graph_module) if csr == "auto" else None
-        choose_csr(graph_module, csr, layers, rounds)
-        finish(graph_module)
-        if all_dense is not None and any(layer.format == "csr" for layer in layers.values()):
-            graph_module = _faster_of(graph_module, all_dense, layers, example, rounds, report)
+        graph_module, report.model_ms = _choose(
+            graph_module, (example,), layers, formats, rounds, compiled
+        )
+        report.layers = list(layers.values())
+        if decoder is not None:
+            step = decode.step_inputs(plain, batch_size)
+            propagate_shapes(decoder, *step)
+            decode_layers = _layer_reports(decoder, before, folded)
+            decoder, report.decode_model_ms = _choose(
+                decoder, step, decode_layers, formats, rounds, compiled
+            )
+            report.decode_layers = list(decode_layers.values())
+            decode.attach(graph_module, decoder, plain)
         for parameter in graph_module.parameters():
             parameter.requires_grad_(False)
-        report.layers = list(layers.values())
-        check = example_batch(input_shape, max(batch_size, 4), seed=1)
+        check = model_batch(plain, input_shape, max(batch_size, 4), seed=1)
         report.max_abs_diff = check_outputs(model, graph_module, check)
+        if decoder is not None:
+            report.decode_max_abs_diff = decode.check_decode(model, graph_module, check)
     return graph_module, report
 
 
-def _faster_of(
-    with_csr: fx.GraphModule,
-    all_dense: fx.GraphModule,
+def _choose(
+    graph_module: fx.GraphModule,
+    inputs: tuple[Any, ...],
     layers: dict[str, LayerReport],
-    example: torch.Tensor,
+    formats: str,
     rounds: int,
-    report: ExportReport,
-) -> fx.GraphModule:
-    """``with_csr`` if the whole model is faster with its CSR layers by :data:`CSR_MARGIN`, else
-    ``all_dense`` (every layer marked dense again); the timings go to ``report.model_ms``."""
-    # Layers timed alone can mislead (call overheads, caches): keep the CSR layers only if the
-    # whole model is faster with them too.
+    compiled: bool,
+) -> tuple[fx.GraphModule, dict[str, float] | None]:
+    """Give each layer its form (:func:`~regrow.export.formats.choose_formats`); with
+    ``"auto"``, keep the sparse forms only if the whole graph is faster with them by
+    :data:`~regrow.export.formats.MARGIN` (else every layer is dense again). Returns the graph
+    module and the whole-graph timings (``None`` when not timed)."""
+    all_dense = copy.deepcopy(graph_module) if formats == "auto" else None
+    choose_formats(graph_module, formats, layers, rounds, compiled)
+    finish(graph_module)
+    if all_dense is None or all(layer.format == "dense" for layer in layers.values()):
+        return graph_module, None
+    # Layers timed alone can mislead (call overheads, caches): keep the sparse forms only if
+    # the whole model is faster with them too.
     finish(all_dense)
+    runs = {"dense": all_dense, "sparse": graph_module}
+    if compiled:
+        runs = {name: torch.compile(run, dynamic=False) for name, run in runs.items()}
     with torch.inference_mode():
         seconds = interleaved_seconds(
-            {"dense": partial(all_dense, example), "csr": partial(with_csr, example)},
+            {name: partial(run, *inputs) for name, run in runs.items()},
             rounds=rounds,
             block_seconds=0.01,
             max_block=1000,
         )
-    report.model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
-    if report.model_ms["csr"] <= CSR_MARGIN * report.model_ms["dense"]:
-        return with_csr
+    model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
+    if model_ms["sparse"] <= MARGIN * model_ms["dense"]:
+        return graph_module, model_ms
     for layer in layers.values():
         layer.format = "dense"
-    return all_dense
+    return all_dense, model_ms
 
 
 def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor) -> float:
@@ -180,7 +243,8 @@ def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor
     if not diff <= bound:
         raise RuntimeError(
             f"the exported model's outputs differ from the masked model's by {diff:.3g} (> "
-            f"{bound:.3g}): this is a bug in regrow.export; export with --csr never to narrow it."
+            f"{bound:.3g}): this is a bug in regrow.export; export with --formats dense to narrow "
+            "it."
         )
     return diff
 

@@ -3,7 +3,8 @@
 Pre-norm blocks (LayerNorm → causal self-attention → residual, LayerNorm → MLP → residual),
 attention through :func:`torch.nn.functional.scaled_dot_product_attention`, learned positions, and
 an output head tied to the token embedding or not. The input is ``[batch, time]`` token ids
-(``input_dtype``), the output ``[batch, time, vocabulary]`` logits.
+(``input_dtype``), the output ``[batch, time, vocabulary]`` logits. :meth:`CharGPT.decode` gives
+the same logits a few tokens at a time with a key/value cache (:meth:`CharGPT.new_cache`).
 
 What is sparse by default: the query, key, value, attention-output and MLP weights (every
 ``nn.Linear`` of a block). The model names its output head in ``default_dense_layers``, which the
@@ -53,14 +54,33 @@ class CausalAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C]`` → ``[B, heads, T, C / heads]``."""
+        batch, time, width = t.shape
+        return t.view(batch, time, self.heads, width // self.heads).transpose(1, 2)
+
+    def _merge(self, mixed: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, T, C / heads]`` → ``[B, T, C]``, through the output projection."""
+        batch, heads, time, head_dim = mixed.shape
+        return self.out(mixed.transpose(1, 2).reshape(batch, time, heads * head_dim))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, time, width = x.shape
+        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        return self.dropout(self._merge(self.sdpa(q, k, v)))
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] → [B, heads, T, C / heads]
-            return t.view(batch, time, self.heads, width // self.heads).transpose(1, 2)
-
-        mixed = self.sdpa(split(self.query(x)), split(self.key(x)), split(self.value(x)))
-        return self.dropout(self.out(mixed.transpose(1, 2).reshape(batch, time, width)))
+    def decode(self, x: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
+        """Attention of the new positions ``x`` (``[B, T, C]``) over the ``position`` cached
+        ones and themselves (causal); writes their keys and values into ``cache``
+        (``[2, B, heads, max_time, C / heads]``) at ``position`` … ``position + T - 1``."""
+        time = x.shape[1]
+        end = position + time
+        cache[0].narrow(2, position, time).copy_(self._split(self.key(x)))
+        cache[1].narrow(2, position, time).copy_(self._split(self.value(x)))
+        keys, values = cache[0].narrow(2, 0, end), cache[1].narrow(2, 0, end)
+        # New token i (at position + i) sees cached and new positions up to its own.
+        allowed = x.new_ones((time, end), dtype=torch.bool).tril(position)
+        q = self._split(self.query(x))
+        return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed))
 
 
 class Block(nn.Module):
@@ -76,6 +96,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.dropout(self.proj(F.gelu(self.fc(self.norm2(x)))))
+
+    def decode(self, x: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
+        x = x + self.attn.decode(self.norm1(x), cache, position)
+        return x + self.proj(F.gelu(self.fc(self.norm2(x))))
 
 
 class CharGPT(nn.Module):
@@ -129,15 +153,45 @@ class CharGPT(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         time = tokens.shape[1]
-        if time > self.block_size:
-            raise ValueError(
-                f"a sequence of {time} tokens is longer than the model's block_size "
-                f"{self.block_size}: crop the context to the last {self.block_size} tokens."
-            )
+        self._check_length(time)
         positions = torch.arange(time, device=tokens.device)
         x = self.dropout(self.tokens(tokens) + self.positions(positions))
         for block in self.blocks:
             x = block(x)
+        return self.head(self.norm(x))
+
+    def _check_length(self, end: object) -> None:
+        # A traced length (torch.fx) is no int: the check is left to the position embedding.
+        if isinstance(end, int) and end > self.block_size:
+            raise ValueError(
+                f"a sequence of {end} tokens is longer than the model's block_size "
+                f"{self.block_size}: crop the context to the last {self.block_size} tokens."
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokens.num_embeddings
+
+    def new_cache(self, batch: int = 1) -> torch.Tensor:
+        """An empty key/value cache for :meth:`decode`: ``[layers, 2, batch, heads, block_size,
+        head_dim]`` zeros on the model's device and in its dtype."""
+        attention = self.blocks[0].attn
+        weight = attention.key.weight
+        shape = (len(self.blocks), 2, batch, attention.heads, self.block_size)
+        return weight.new_zeros(*shape, self.d_model // attention.heads)
+
+    def decode(self, tokens: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
+        """Logits (``[B, T, vocabulary]``) of ``tokens`` (``[B, T]``) that follow the
+        ``position`` tokens whose keys and values ``cache`` (:meth:`new_cache`) holds, as
+        :meth:`forward` of the whole sequence would give them; writes their keys and values
+        into ``cache``. Decoding one token per call (``T = 1``) reads each weight once per
+        token and never recomputes the context. Inference only (no dropout)."""
+        time = tokens.shape[1]
+        self._check_length(position + time)
+        positions = torch.arange(position, position + time, device=tokens.device)
+        x = self.tokens(tokens) + self.positions(positions)
+        for index, block in enumerate(self.blocks):
+            x = block.decode(x, cache[index], position)
         return self.head(self.norm(x))
 
 

@@ -1,0 +1,132 @@
+"""Condensed and ELL linear layers of the inference model: each output neuron keeps only its
+active weights and their input indices, ``values[r, j]`` and ``indices[r, j]``, and computes
+``y[..., r] = Σ_j values[r, j] · x[..., indices[r, j]]`` by gather, multiply and sum.
+
+- *condensed*: every active row holds the same number ``k`` of weights (an SRigL layer's constant
+  fan-in), so ``[rows, k]`` holds exactly the layer's weights;
+- *ELL*: rows of different fan-in (RigL, SET), padded to the largest with index 0 and value 0.
+
+Empty rows (ablated neurons) are not stored: the layer computes its active rows and spreads them
+back over its outputs (``rows`` maps each output to its active row, or to a zero column), so the
+output keeps the layer's width. Indices are stored in the smallest unsigned type that holds the
+input size (uint8, uint16, else int32): at batch 1 the layer is limited by the bytes it reads.
+
+In the graph the layer is spelled out in ``torch`` calls on buffers of the graph module (no regrow
+import at load time); :func:`packed_linear` is the same computation as one function. Eager PyTorch
+materialises the gathered ``[..., rows, k]`` tensor; under ``torch.compile`` the gather, multiply
+and sum fuse into one loop, which is where this form is fast (docs/EXPORT.md).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+
+def index_dtype(size: int) -> torch.dtype:
+    """The smallest index type that holds ``0 … size - 1``."""
+    if size <= 1 << 8:
+        return torch.uint8
+    if size <= 1 << 16:
+        return torch.uint16
+    return torch.int32
+
+
+@dataclass
+class Packed:
+    """A ``[out, in]`` weight by rows: ``values`` / ``indices`` ``[active rows, k]``; ``rows``
+    (``None`` when every row is active) maps each output to its active row, or to ``active rows``
+    (a zero column) for an empty one; ``constant``: every active row holds exactly ``k`` weights."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    rows: torch.Tensor | None
+    constant: bool
+
+    @property
+    def format(self) -> str:
+        return "condensed" if self.constant else "ell"
+
+
+def pack_rows(weight: torch.Tensor) -> Packed:
+    """``weight`` (``[out, in]``, zeros where inactive) as :class:`Packed`, rows' indices in
+    ascending order."""
+    weight = weight.detach()
+    out_features, in_features = weight.shape
+    counts = (weight != 0).sum(1)
+    active = (counts > 0).nonzero().flatten()
+    if len(active) == 0:  # an all-zero layer: one zero row keeps the shapes valid
+        active = torch.zeros(1, dtype=torch.long)
+    k = max(int(counts.max()), 1)
+    dense = weight[active]
+    # Stable sort puts each row's nonzeros first, in column order; padding is column 0, value 0.
+    order = torch.sort((dense == 0).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    values = torch.gather(dense, 1, order)
+    indices = torch.where(values != 0, order, torch.zeros_like(order))
+    rows = None
+    if len(active) < out_features or int(counts.min()) == 0:
+        rows = torch.full((out_features,), len(active), dtype=torch.long)
+        rows[active] = torch.arange(len(active))
+        rows[counts == 0] = len(active)
+        rows = rows.to(index_dtype(len(active) + 1))
+    live = counts[counts > 0]
+    constant = len(live) > 0 and bool((live == live[0]).all())
+    return Packed(values.contiguous(), indices.to(index_dtype(in_features)), rows, constant)
+
+
+def packed_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    rows: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``x @ W.T + b`` with ``W`` packed (:func:`pack_rows`); ``x``: ``[..., in]``."""
+    out = (x[..., indices.long()] * values).sum(-1)
+    if rows is not None:
+        out = F.pad(out, (0, 1))[..., rows.long()]
+    return out if bias is None else out + bias
+
+
+def eligible(node: fx.Node, module: nn.Module) -> bool:
+    """A linear layer called on one tensor argument."""
+    single = len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
+    return single and isinstance(module, nn.Linear)
+
+
+def replace_with_packed(
+    graph_module: fx.GraphModule, node: fx.Node, module: nn.Linear, packed: Packed
+) -> None:
+    """Rewrite ``node`` (a linear call) into :func:`packed_linear`'s calls, its arrays (and bias)
+    buffers of the graph module."""
+    graph = graph_module.graph
+    prefix = str(node.target).replace(".", "_") + "_" + packed.format
+    bias = None if module.bias is None else module.bias.detach().clone()
+    names = {}
+    for suffix, tensor in (
+        ("values", packed.values),
+        ("indices", packed.indices),
+        ("rows", packed.rows),
+        ("bias", bias),
+    ):
+        if tensor is not None:
+            names[suffix] = f"{prefix}_{suffix}"
+            graph_module.register_buffer(names[suffix], tensor)
+    x = node.args[0]
+    with graph.inserting_before(node):
+        indices = graph.call_method("long", (graph.get_attr(names["indices"]),))
+        gathered = graph.call_function(operator.getitem, (x, (Ellipsis, indices)))
+        product = graph.call_function(torch.mul, (gathered, graph.get_attr(names["values"])))
+        out = graph.call_method("sum", (product, -1))
+        if "rows" in names:
+            rows = graph.call_method("long", (graph.get_attr(names["rows"]),))
+            out = graph.call_function(F.pad, (out, (0, 1)))
+            out = graph.call_function(operator.getitem, (out, (Ellipsis, rows)))
+        if "bias" in names:
+            out = graph.call_function(operator.add, (out, graph.get_attr(names["bias"])))
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)

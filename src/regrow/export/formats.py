@@ -1,0 +1,131 @@
+"""Which form each layer of the inference model takes: dense, CSR (:mod:`.csr`), or condensed /
+ELL (:mod:`.condensed`), chosen by measured time on the layer's own input at the export's batch
+size (``"auto"``) or forced (``"dense"``, ``"csr"``, ``"condensed"``).
+
+A candidate is timed as a one-layer graph module rewritten exactly as the model's layer would be,
+so what is timed is what runs; with ``compiled=True`` each candidate is timed under
+``torch.compile`` (where the condensed gather-multiply-sum fuses into one loop; CSR, which
+``torch.compile`` does not fuse, is then not a candidate). A sparse form is chosen only if it takes
+at most :data:`MARGIN` × the dense time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import fx, nn
+
+from . import condensed, csr
+from .graph import shape_of, submodules
+from .timing import interleaved_seconds, median
+
+FORMAT_MODES = ("auto", "dense", "csr", "condensed")
+#: ``"auto"`` makes a layer sparse only when its timed call takes at most this × the dense one.
+MARGIN = 0.9
+#: Layers denser than this are never tried in a sparse form (dense kernels win there).
+MAX_DENSITY = 0.5
+
+Rewrite = Callable[[fx.GraphModule, fx.Node, nn.Module], None]
+
+
+class FormatChoice(Protocol):
+    """What :func:`choose_formats` reads and writes of a layer (its report)."""
+
+    density: float
+    format: str
+    times_ms: dict[str, float] | None
+
+
+def candidates(node: fx.Node, module: nn.Module, mode: str, compiled: bool) -> dict[str, Rewrite]:
+    """The sparse forms ``node`` (a call of ``module``) may take in ``mode``, by format name."""
+    found: dict[str, Rewrite] = {}
+    if mode in ("auto", "csr") and not (compiled and mode == "auto") and csr.eligible(node, module):
+        found["csr"] = csr.replace_with_csr
+    if mode in ("auto", "condensed") and condensed.eligible(node, module):
+        packed = condensed.pack_rows(module.weight)
+        found[packed.format] = lambda gm, n, m, p=packed: condensed.replace_with_packed(gm, n, m, p)
+    return found
+
+
+def choose_formats(
+    graph_module: fx.GraphModule,
+    mode: str,
+    layers: Mapping[str, FormatChoice],
+    rounds: int,
+    compiled: bool = False,
+) -> None:
+    """Rewrite each layer of ``layers`` into the form ``mode`` gives it (see the module
+    docstring), recording ``format`` and, when timed, ``times_ms``."""
+    if mode == "dense":
+        return
+    modules = submodules(graph_module)
+    cache: dict[tuple[Any, ...], dict[str, float]] = {}
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or node.target not in layers:
+            continue
+        module, layer = modules[node.target], layers[node.target]
+        if mode == "auto" and layer.density > MAX_DENSITY:
+            continue
+        forms = candidates(node, module, mode, compiled)
+        if not forms:
+            continue
+        if mode == "auto":
+            shape = shape_of(node.args[0])
+            key = (shape, _signature(module), compiled)
+            if key not in cache:
+                cache[key] = time_forms(module, shape, forms, rounds, compiled)
+            layer.times_ms = cache[key]
+            best = min(forms, key=lambda name: layer.times_ms[name])
+            if not layer.times_ms[best] <= MARGIN * layer.times_ms["dense"]:
+                continue
+        else:
+            best = next(iter(forms))
+        forms[best](graph_module, node, module)
+        layer.format = best
+
+
+def _signature(module: nn.Module) -> tuple[Any, ...]:
+    """What a layer's timing depends on: its weight's shape and its rows' fan-ins."""
+    weight = module.weight.detach()
+    counts = (weight.reshape(weight.shape[0], -1) != 0).sum(1)
+    return (type(module).__name__, tuple(weight.shape), tuple(counts.tolist()))
+
+
+def one_layer(module: nn.Module) -> tuple[fx.GraphModule, fx.Node]:
+    """A graph module that calls a copy of ``module`` on its input, and that call's node."""
+    root = nn.Module()
+    root.add_module("layer", copy.deepcopy(module))
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    node = graph.call_module("layer", (x,))
+    graph.output(node)
+    return fx.GraphModule(root, graph), node
+
+
+def time_forms(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    forms: Mapping[str, Rewrite],
+    rounds: int,
+    compiled: bool,
+) -> dict[str, float]:
+    """Median ms per call of ``module`` dense and in each of ``forms``, side by side, on a random
+    input of ``shape`` (compiled when ``compiled``)."""
+    x = torch.randn(shape)
+    calls: dict[str, Callable[[], Any]] = {}
+    dense, _ = one_layer(module)
+    calls["dense"] = lambda: dense(x)
+    for name, rewrite in forms.items():
+        graph_module, node = one_layer(module)
+        rewrite(graph_module, node, graph_module.layer)
+        graph_module.graph.lint()
+        graph_module.recompile()
+        graph_module.delete_all_unused_submodules()
+        run = torch.compile(graph_module, dynamic=False) if compiled else graph_module
+        calls[name] = lambda run=run: run(x)
+    with torch.inference_mode():
+        seconds = interleaved_seconds(calls, rounds=rounds, block_seconds=0.002)
+    return {name: median(values) * 1e3 for name, values in seconds.items()}
