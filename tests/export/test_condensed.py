@@ -175,7 +175,7 @@ def tokens(size: int = 3, time: int = 16) -> torch.Tensor:
     return torch.randint(0, 30, (size, time), generator=torch.Generator().manual_seed(9))
 
 
-@pytest.mark.parametrize("formats", ["dense", "condensed", "auto"])
+@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "auto"])
 def test_srigl_transformer_export_and_its_decode_step_equal_the_masked_model(
     srigl_transformer, formats
 ):

@@ -169,12 +169,26 @@ def test_the_compiled_step_trains_the_transformer_as_the_eager_one(
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
 
 
-@pytest.mark.parametrize("command", ["export", "bench-inference"])
-def test_export_says_it_takes_image_models_only_so_far(
-    finished_run: Path, tmp_path: Path, capsys, command: str
+def test_a_language_model_run_exports_with_its_vocabulary_and_decode_step(
+    finished_run: Path, tmp_path: Path, capsys
 ) -> None:
-    args = [command, str(finished_run)] + ([str(tmp_path / "out")] if command == "export" else [])
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "is a language-model run" in err and "\n" not in err
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    assert main(["export", str(finished_run), str(out), "--formats", "condensed"]) == 0
+    printed = capsys.readouterr().out
+    assert "its decode step" in printed and "decode step (prefix, then token by token)" in printed
+    assert (out / "vocabulary.json").read_text() == (finished_run / "vocabulary.json").read_text()
+    info = json.loads((out / "export.json").read_text())
+    assert info["input_shape"] == [16] and info["model_options"] == {"block_size": 16}
+    assert {layer["format"] for layer in info["export"]["decode_layers"]} <= {"condensed", "ell"}
+    exported = torch.load(out / "model.pt", weights_only=False)
+    tokens = torch.randint(0, info["num_classes"], (2, 16))
+    with torch.inference_mode():
+        logits = exported(tokens)
+        cache = exported.new_cache(2)
+        step = torch.cat([exported.decode(tokens[:, i : i + 1], cache, i) for i in range(16)], 1)
+    assert logits.shape == (2, 16, info["num_classes"])
+    torch.testing.assert_close(step, logits, rtol=1e-4, atol=1e-4)
+    assert main(["bench-inference", str(out), "--rounds", "1", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "decode step: one new token per sample after 8 cached tokens" in printed
+    assert printed.count("| exported |") == 2  # the forward table and the decode-step table

@@ -35,11 +35,12 @@ def csr_linear(
     size: tuple[int, int],
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``x @ W.T + b`` with ``W`` in CSR (``bias``: a column, ``[out, 1]``); what a CSR linear layer
-    of the exported model computes (its graph spells the same calls out)."""
+    """``x @ W.T + b`` with ``W`` in CSR (``bias``: a column, ``[out, 1]``; ``x``: ``[..., in]``);
+    what a CSR linear layer of the exported model computes (its graph spells the same calls out)."""
     weight = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
-    out = torch.sparse.mm(weight, x.t()) if bias is None else torch.addmm(bias, weight, x.t())
-    return out.t().contiguous()
+    columns = x.reshape(-1, size[1]).t()
+    out = torch.sparse.mm(weight, columns) if bias is None else torch.addmm(bias, weight, columns)
+    return out.t().reshape(*x.shape[:-1], size[0]).contiguous()
 
 
 def csr_conv1x1(
@@ -62,12 +63,12 @@ def csr_conv1x1(
 
 
 def eligible(node: fx.Node, module: nn.Module) -> bool:
-    """A linear layer on 2-d inputs, or a 1×1 unpadded conv (``groups=1``), on one argument."""
+    """A linear layer, or a 1×1 unpadded conv (``groups=1``), on one argument."""
     if not isinstance(node.args[0], fx.Node) or len(node.args) != 1 or node.kwargs:
         return False
     rank = rank_of(node.args[0])
     if isinstance(module, nn.Linear):
-        return rank == 2
+        return rank is not None and rank >= 2
     return (
         isinstance(module, nn.Conv2d)
         and module.groups == 1
@@ -104,7 +105,8 @@ def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Mod
             columns = graph.call_method("transpose", (x, 0, 1))
             columns = graph.call_method("reshape", (columns, size[1], -1))
         else:
-            columns = graph.call_method("t", (x,))
+            flat = graph.call_method("reshape", (x, -1, size[1]))
+            columns = graph.call_method("t", (flat,))
         if bias is None:
             out = graph.call_function(torch.sparse.mm, (weight, columns))
         else:
@@ -112,8 +114,12 @@ def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Mod
         if isinstance(module, nn.Conv2d):
             out = graph.call_method("reshape", (out, -1, n, h, w))
             out = graph.call_method("transpose", (out, 0, 1))
-        else:
-            out = graph.call_method("t", (out,))
+        else:  # back to x's leading dimensions
+            leading = graph.call_function(
+                operator.getitem, (graph.call_method("size", (x,)), slice(None, -1))
+            )
+            shape = graph.call_function(operator.add, (leading, (size[0],)))
+            out = graph.call_method("reshape", (graph.call_method("t", (out,)), shape))
         out = graph.call_method("contiguous", (out,))
     node.replace_all_uses_with(out)
     graph.erase_node(node)

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .graph import difference
+from .passes import drop_identities
+
 #: The context already in the cache when a decode step is timed, as a fraction of the model's
 #: longest context (its ``block_size``).
 TIMED_CONTEXT = 0.5
@@ -43,8 +46,6 @@ def rebind(
 ) -> fx.GraphModule:
     """``decoder``'s graph over ``exported``'s modules, after the export's passes: dropout and
     identity calls gone, batch norms folded into their layer gone (``folded``: layer → norm)."""
-    from .passes import drop_identities
-
     drop_identities(decoder)
     norms = set(folded.values())
     for node in list(decoder.graph.nodes):
@@ -92,14 +93,11 @@ def decode_all(model: Any, tokens: torch.Tensor, split: int) -> torch.Tensor:
 def check_decode(reference: nn.Module, exported: fx.GraphModule, tokens: torch.Tensor) -> float:
     """The largest difference between the masked model's logits of ``tokens`` and the exported
     decode step's, fed a prefix and then token by token (``RuntimeError`` past the tolerance)."""
-    from .inference import TOLERANCE
-
     tokens = tokens[:, : min(tokens.shape[1], 12)]
     with torch.inference_mode():
         expected = reference(tokens)
         got = decode_all(exported, tokens, split=max(1, tokens.shape[1] // 2))
-    diff = float((expected - got).abs().max())
-    bound = TOLERANCE * (1.0 + float(expected.abs().max()))
+    diff, bound = difference(expected, got)
     if not diff <= bound:
         raise RuntimeError(
             f"the exported decode step's logits differ from the masked model's by {diff:.3g} "

@@ -88,10 +88,12 @@ def choose_formats(
 
 
 def _signature(module: nn.Module) -> tuple[Any, ...]:
-    """What a layer's timing depends on: its weight's shape and its rows' fan-ins."""
+    """What a layer's timing depends on: its weight's shape, its non-zeros, its non-empty rows
+    and its longest row (layers alike in these share one timing)."""
     weight = module.weight.detach()
     counts = (weight.reshape(weight.shape[0], -1) != 0).sum(1)
-    return (type(module).__name__, tuple(weight.shape), tuple(counts.tolist()))
+    rows = int((counts > 0).sum())
+    return (type(module).__name__, tuple(weight.shape), int(counts.sum()), rows, int(counts.max()))
 
 
 def one_layer(module: nn.Module) -> tuple[fx.GraphModule, fx.Node]:

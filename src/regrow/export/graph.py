@@ -15,6 +15,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+#: The export's outputs must agree within ``TOLERANCE × (1 + max |reference output|)``.
+TOLERANCE = 1e-4
+
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 DROPPED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
 _ACTIVATION_MODULES = (
@@ -28,6 +31,12 @@ _ACTIVATION_FUNCTIONS = {
 }  # fmt: skip
 _INPLACE_FUNCTIONS = {torch.relu_}
 _ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+
+
+def difference(expected: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
+    """The largest absolute difference of two outputs, and the bound :data:`TOLERANCE` allows."""
+    diff = float((expected - got).abs().max()) if expected.numel() else 0.0
+    return diff, TOLERANCE * (1.0 + float(expected.abs().max()) if expected.numel() else 1.0)
 
 
 def submodules(graph_module: fx.GraphModule) -> dict[str, nn.Module]:

@@ -20,12 +20,10 @@ from torch import fx, nn
 from ..sparsity.masks import strip_masks
 from . import decode
 from .formats import FORMAT_MODES, MARGIN, choose_formats
-from .graph import finish, propagate_shapes
+from .graph import TOLERANCE as TOLERANCE
+from .graph import difference, finish, propagate_shapes
 from .passes import drop_identities, fold_batch_norms, remove_dead_channels
 from .timing import interleaved_seconds, median
-
-#: Outputs must agree within ``TOLERANCE × (1 + max |reference output|)``.
-TOLERANCE = 1e-4
 
 
 @dataclass
@@ -238,8 +236,7 @@ def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor
         expected, got = reference(batch), exported(batch)
     if expected.shape != got.shape:
         raise RuntimeError(f"export changed the output shape: {expected.shape} → {got.shape}")
-    diff = float((expected - got).abs().max()) if expected.numel() else 0.0
-    bound = TOLERANCE * (1.0 + float(expected.abs().max()))
+    diff, bound = difference(expected, got)
     if not diff <= bound:
         raise RuntimeError(
             f"the exported model's outputs differ from the masked model's by {diff:.3g} (> "
