@@ -11,8 +11,8 @@ rounds, :mod:`regrow.export.bench`):
   95 % and 3,072 → 768 at 90 %: dense (eager) against the exported layer in each form (CSR eager,
   condensed under ``torch.compile``).
 - **decode**: a language model's one-token decode step with its key/value cache (context half
-  its block), dense vs exported, both under ``torch.compile``, at batch 1 and 32, per thread
-  count. ``--lm-runs`` names SRigL runs of the ``charlm_large`` preset (made by
+  its block), dense vs exported, at batch 1 both under ``torch.compile``, at batch 32 both eager
+  (where CSR, which does not compile, is the sparse form that pays), per thread count. ``--lm-runs`` names SRigL runs of the ``charlm_large`` preset (made by
   ``regrow train --preset charlm_large`` with ``sparsity.method=srigl``; the speed depends on the
   masks' structure, not on the training, so a short run serves); without it the CPU preset's
   model ``char_gpt`` with random SRigL masks stands in.
@@ -98,17 +98,21 @@ def decode_cases(masked: Any, label: str, threads: int, rounds: int) -> None:
     sizes = size_report(masked.model.state_dict())
     for batch in (1, 32):
         start = time.perf_counter()
+        # One token per sample: at batch 1 a matrix-vector product, where the condensed form
+        # compiled pays; at batch 32 a small matrix product, where eager CSR does.
+        compiled = batch == 1
         exported, report = export_model(
-            masked.model, masked.input_shape, batch, "auto", rounds=3, compiled=True
+            masked.model, masked.input_shape, batch, "auto", rounds=3, compiled=compiled
         )
         forms = sorted(set(report.sparse_layers(decoding=True).values())) or ["none"]
         print(f"  ({label}: exported at batch {batch} in {time.perf_counter() - start:.0f} s; "
               f"decode forms {', '.join(forms)})", flush=True)  # fmt: skip
         models = three_models(masked.model, exported)
         del models["masked"]
-        timings = {t.name: t for t in measure_decode(models, batch, rounds=rounds, compiled=True)}
+        timings = measure_decode(models, batch, rounds=rounds, compiled=compiled)
+        timings = {t.name: t for t in timings}
         record(
-            f"{label} decode step, batch {batch}",
+            f"{label} decode step, batch {batch}" + (", compiled" if compiled else ", eager"),
             threads,
             batch,
             timings["dense"].median_ms,

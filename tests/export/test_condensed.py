@@ -17,16 +17,8 @@ from regrow.export import export_model
 from regrow.export.condensed import index_dtype, pack_rows, packed_linear
 from regrow.export.decode import decode_all
 from regrow.models import char_gpt, get_model
-from tests.export.test_export import assert_same_outputs, batch
+from tests.export.test_export import assert_same_outputs, batch, one_thread  # noqa: F401
 from tests.helpers import conv_net
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def weight_with_fan_ins(fan_ins: list[int], in_features: int, seed: int = 0) -> torch.Tensor:

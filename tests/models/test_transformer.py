@@ -144,6 +144,28 @@ def test_a_sequence_longer_than_block_size_is_refused():
     assert str(T) in str(info.value) and str(T + 1) in str(info.value)
 
 
+@pytest.mark.parametrize("first", [T, 5, 1])
+def test_cached_decode_gives_the_logits_of_the_whole_sequence(first):
+    """``first`` tokens at once into an empty cache, then one per call: each call's logits equal
+    those of ``forward`` on the whole sequence at its positions."""
+    model = tiny().eval()
+    tokens = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(tokens)
+        cache = model.new_cache(3)
+        assert cache.shape == (2, 2, 3, 2, T, 8) and not cache.any()
+        steps = [model.decode(tokens[:, :first], cache, 0)]
+        steps += [model.decode(tokens[:, i : i + 1], cache, i) for i in range(first, T)]
+    torch.testing.assert_close(torch.cat(steps, 1), expected, rtol=1e-5, atol=1e-5)
+    assert cache.abs().sum(dim=(0, 1, 2, 3, 5)).bool().all()  # every position cached
+
+
+def test_decoding_past_block_size_is_refused():
+    model = tiny().eval()
+    with pytest.raises(ValueError, match="block_size"):
+        model.decode(torch.zeros(1, 2, dtype=torch.long), model.new_cache(1), T - 1)
+
+
 def test_both_registered_sizes_build():
     spec = MODELS["char_gpt"]
     assert spec.input_shape == (256,) and spec.num_classes == 128

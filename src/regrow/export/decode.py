@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .graph import difference
+from .graph import checked_difference
 from .passes import drop_identities
 
 #: The context already in the cache when a decode step is timed, as a fraction of the model's
@@ -97,11 +97,4 @@ def check_decode(reference: nn.Module, exported: fx.GraphModule, tokens: torch.T
     with torch.inference_mode():
         expected = reference(tokens)
         got = decode_all(exported, tokens, split=max(1, tokens.shape[1] // 2))
-    diff, bound = difference(expected, got)
-    if not diff <= bound:
-        raise RuntimeError(
-            f"the exported decode step's logits differ from the masked model's by {diff:.3g} "
-            f"(> {bound:.3g}): this is a bug in regrow.export; export with --formats dense to "
-            "narrow it."
-        )
-    return diff
+    return checked_difference(expected, got, "the exported decode step's logits")

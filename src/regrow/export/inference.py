@@ -21,7 +21,7 @@ from ..sparsity.masks import strip_masks
 from . import decode
 from .formats import FORMAT_MODES, MARGIN, choose_formats
 from .graph import TOLERANCE as TOLERANCE
-from .graph import difference, finish, propagate_shapes
+from .graph import checked_difference, finish, propagate_shapes
 from .passes import drop_identities, fold_batch_norms, remove_dead_channels
 from .timing import interleaved_seconds, median
 
@@ -234,16 +234,7 @@ def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor
     exported.eval()
     with torch.inference_mode():
         expected, got = reference(batch), exported(batch)
-    if expected.shape != got.shape:
-        raise RuntimeError(f"export changed the output shape: {expected.shape} → {got.shape}")
-    diff, bound = difference(expected, got)
-    if not diff <= bound:
-        raise RuntimeError(
-            f"the exported model's outputs differ from the masked model's by {diff:.3g} (> "
-            f"{bound:.3g}): this is a bug in regrow.export; export with --formats dense to narrow "
-            "it."
-        )
-    return diff
+    return checked_difference(expected, got, "the exported model's outputs")
 
 
 def _layer_reports(
