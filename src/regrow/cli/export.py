@@ -156,8 +156,9 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="time the forms under torch.compile, for a model that will be compiled (the "
-        "condensed form is fast only compiled; slower to export)",
+        help="for a model that will run under torch.compile: the forms are timed compiled (the "
+        "condensed form is fast only compiled; the export takes longer), and bench-inference "
+        "compiles every model it times",
     )
 
 
