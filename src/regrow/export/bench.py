@@ -15,7 +15,9 @@ interleaved (:func:`regrow.export.timing.interleaved_seconds`) after a warm-up. 
 median over rounds of the mean ms per batch; throughput is batch size ÷ that. A language model is
 also timed one decode step at a time (:func:`measure_decode`: one new token per sample, its
 key/value cache holding :data:`~regrow.export.decode.TIMED_CONTEXT` of the context). With
-``compiled`` every model (or decode step) runs under ``torch.compile``, compiled before timing.
+``compiled`` every model (or decode step) runs under ``torch.compile``, compiled before timing;
+the decode table then also times the dense step eager (``dense (eager)``), since on a CPU the
+compiled dense step is not always the faster one.
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ def measure_decode(
     """Time one decode step of each of ``models`` (each with ``decode`` and ``new_cache``): one
     token per sample after a cached context (see the module docstring)."""
     tokens, _, position = step_inputs(models[baseline], batch_size)
+    steps = {name: _maybe_compiled(model.decode, compiled) for name, model in models.items()}
+    if compiled:  # the baseline as most run it, too: eager PyTorch
+        steps[f"{baseline} (eager)"] = models[baseline].decode
     calls = {}
-    for name, model in models.items():
-        step = _maybe_compiled(model.decode, compiled)
-        cache = model.new_cache(batch_size)
+    for name, step in steps.items():
+        cache = models[name.split(" ")[0]].new_cache(batch_size)
         calls[name] = lambda step=step, cache=cache: step(tokens, cache, position)
     return measure_calls(calls, batch_size, rounds, warmup, block_seconds, baseline)
 

@@ -172,15 +172,18 @@ class CharGPT(nn.Module):
     def vocab_size(self) -> int:
         return self.tokens.num_embeddings
 
-    def new_cache(self, batch: int = 1) -> torch.Tensor:
-        """An empty key/value cache for :meth:`decode`: ``[layers, 2, batch, heads, block_size,
-        head_dim]`` zeros on the model's device and in its dtype."""
+    def new_cache(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        """An empty key/value cache for :meth:`decode`: one ``[2, batch, heads, block_size,
+        head_dim]`` tensor of zeros per block, on the model's device and in its dtype (a tensor
+        per block, so that a compiled step writes each in place)."""
         attention = self.blocks[0].attn
         weight = attention.key.weight
-        shape = (len(self.blocks), 2, batch, attention.heads, self.block_size)
-        return weight.new_zeros(*shape, self.d_model // attention.heads)
+        shape = (2, batch, attention.heads, self.block_size, self.d_model // attention.heads)
+        return tuple(weight.new_zeros(shape) for _ in self.blocks)
 
-    def decode(self, tokens: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, cache: tuple[torch.Tensor, ...], position: int
+    ) -> torch.Tensor:
         """Logits (``[B, T, vocabulary]``) of ``tokens`` (``[B, T]``) that follow the
         ``position`` tokens whose keys and values ``cache`` (:meth:`new_cache`) holds, as
         :meth:`forward` of the whole sequence would give them; writes their keys and values
