@@ -101,6 +101,24 @@ def materialized(x: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(x.unsqueeze(-1), -1).squeeze(-1)
 
 
+def _materialized(graph: fx.Graph, x: fx.Node) -> fx.Node:
+    """:func:`materialized` of ``x`` in ``graph``: once per input shared by several layers (the
+    query, key and value), and not at all for a graph input, which is a buffer already."""
+    if x.op == "placeholder":
+        return x
+    for user in x.users:
+        if "materialized" in user.meta:  # the unsqueeze of an earlier layer's barrier
+            return user.meta["materialized"]
+    with graph.inserting_after(x):
+        unsqueezed = graph.call_method("unsqueeze", (x, -1))
+    with graph.inserting_after(unsqueezed):
+        summed = graph.call_function(torch.cumsum, (unsqueezed, -1))
+    with graph.inserting_after(summed):
+        out = graph.call_method("squeeze", (summed, -1))
+    unsqueezed.meta["materialized"] = out
+    return out
+
+
 def eligible(node: fx.Node, module: nn.Module) -> bool:
     """A linear layer called on one tensor argument."""
     single = len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
@@ -127,8 +145,7 @@ def replace_with_packed(
             graph_module.register_buffer(names[suffix], tensor)
     x = node.args[0]
     with graph.inserting_before(node):
-        x = graph.call_method("unsqueeze", (x, -1))  # materialized(x), spelled out
-        x = graph.call_method("squeeze", (graph.call_function(torch.cumsum, (x, -1)), -1))
+        x = _materialized(graph, x)
         indices = graph.call_method("long", (graph.get_attr(names["indices"]),))
         gathered = graph.call_function(operator.getitem, (x, (Ellipsis, indices)))
         product = graph.call_function(torch.mul, (gathered, graph.get_attr(names["values"])))
