@@ -23,6 +23,7 @@ from .common import UsageError, run_harness
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow bench-inference``."""
+    from ..export import FORMAT_MODES
     from ..models import MODELS
     from ..sparsity.distributions import DISTRIBUTIONS
     from .export import add_format_arguments
@@ -48,7 +49,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (default 15)")
-    add_format_arguments(parser)
+    add_format_arguments(parser, FORMAT_MODES)
     spec = parser.add_argument_group("without a run: a registered model with random masks")
     spec.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)}")
     spec.add_argument("--sparsity", type=float, default=0.9, help="default 0.9")

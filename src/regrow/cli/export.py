@@ -20,6 +20,8 @@ from .common import run_harness
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``regrow export``."""
+    from ..export import FORMAT_MODES  # first: an extra missing fails before the parser exists
+
     parser = subparsers.add_parser(
         "export",
         help="write a run's compressed checkpoint and its inference model",
@@ -42,7 +44,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         help="the batch size the layers' forms are timed at (default 1)",
     )
-    add_format_arguments(parser)
+    add_format_arguments(parser, FORMAT_MODES)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
     )
@@ -141,13 +143,12 @@ def run_export(args: argparse.Namespace) -> int:
     return run_harness("export", work)
 
 
-def add_format_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--formats`` and ``--compiled``, shared by ``regrow export`` and ``bench-inference``."""
-    from ..export import FORMAT_MODES
-
+def add_format_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
+    """``--formats`` (one of ``modes``) and ``--compiled``, shared by ``regrow export`` and
+    ``bench-inference``."""
     parser.add_argument(
         "--formats",
-        choices=FORMAT_MODES,
+        choices=modes,
         default="auto",
         help="auto: each sparse layer dense, CSR, condensed or ELL, whichever timed fastest "
         "(default); dense: none sparse; csr / condensed: every layer that can take that form "
