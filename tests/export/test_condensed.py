@@ -14,7 +14,13 @@ from torch import nn
 
 import regrow
 from regrow.export import export_model
-from regrow.export.condensed import index_dtype, pack_rows, packed_linear
+from regrow.export.condensed import (
+    bag_arrays,
+    bag_linear,
+    index_dtype,
+    pack_rows,
+    packed_linear,
+)
 from regrow.export.decode import decode_all
 from regrow.models import char_gpt, get_model
 from tests.export.test_export import assert_same_outputs, batch, one_thread  # noqa: F401
@@ -58,6 +64,9 @@ def test_packed_layer_equals_the_masked_layer(case, bias):
         got = packed_linear(x, packed.values, packed.indices, packed.rows, b)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        bag = bag_linear(x, *bag_arrays(weight), b)  # the same rows, through embedding_bag
+        assert bag.shape == expected.shape
+        torch.testing.assert_close(bag, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_index_type_is_the_smallest_that_holds_the_inputs():
@@ -125,7 +134,7 @@ def test_srigl_mlp_export_equals_the_masked_model():
     inputs, targets = data((32, 64), 10)
     model = srigl_trained(get_model("digits_mlp"), inputs, targets, dense_layers=[])
     assert ablated(model) > 0
-    for formats in ("condensed", "auto"):
+    for formats in ("condensed", "embedding_bag", "auto"):
         exported, report = export_model(model, (64,), formats=formats, rounds=2)
         assert_same_outputs(model, exported, batch((64,), 7))
         assert "regrow" not in exported.code
@@ -150,7 +159,7 @@ def test_srigl_conv_net_export_equals_the_masked_model():
     inputs, targets = data((8, 3, 8, 8), 10, seed=1)
     model = srigl_trained(conv_net(), inputs, targets, sparsity=0.7, dense_layers=[])
     assert ablated(model) > 0
-    for formats in ("dense", "condensed", "csr", "auto"):
+    for formats in ("dense", "condensed", "csr", "embedding_bag", "auto"):
         exported, _ = export_model(model, (3, 8, 8), batch_size=2, formats=formats, rounds=2)
         assert_same_outputs(model, exported, batch((3, 8, 8), 3))
 
@@ -167,7 +176,7 @@ def tokens(size: int = 3, time: int = 16) -> torch.Tensor:
     return torch.randint(0, 30, (size, time), generator=torch.Generator().manual_seed(9))
 
 
-@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "auto"])
+@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "embedding_bag", "auto"])
 def test_srigl_transformer_export_and_its_decode_step_equal_the_masked_model(
     srigl_transformer, formats
 ):
@@ -222,6 +231,8 @@ def test_compiled_timing_chooses_among_compiled_forms(srigl_transformer):
     )
     timed = [layer for layer in report.decode_layers if layer.times_ms is not None]
     assert timed and all("csr" not in layer.times_ms for layer in timed)  # CSR does not compile
-    assert all(len(layer.times_ms) == 2 and "dense" in layer.times_ms for layer in timed)
-    assert all(set(layer.times_ms) <= {"dense", "condensed", "ell"} for layer in timed)
+    assert all(len(layer.times_ms) == 3 and "dense" in layer.times_ms for layer in timed)
+    assert all(
+        set(layer.times_ms) <= {"dense", "condensed", "ell", "embedding_bag"} for layer in timed
+    )
     assert_same_outputs(srigl_transformer, exported, tokens())

@@ -144,7 +144,7 @@ def test_a_tensor_not_zero_where_its_mask_is_off_is_kept_whole():
 
 # ------------------------------------------------------------------- inference model
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
-@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "auto"])
+@pytest.mark.parametrize("formats", ["dense", "csr", "condensed", "embedding_bag", "auto"])
 def test_mlp_exported_outputs_match(sparsity, formats):
     model = masked(get_model("digits_mlp"), sparsity, dense_layers=[]).train()
     exported, report = export_model(model, (64,), batch_size=1, formats=formats, rounds=2)
@@ -156,10 +156,13 @@ def test_mlp_exported_outputs_match(sparsity, formats):
         assert {layer.name for layer in timed} == {
             layer.name for layer in report.layers if layer.density <= 0.5
         }
-        assert all(set(layer.times_ms) == {"dense", "csr", "ell"} for layer in timed)
+        forms = {"dense", "csr", "ell", "embedding_bag"}
+        assert all(set(layer.times_ms) == forms for layer in timed)
     else:  # forced: every layer (random masks: rows of different fan-in → ELL; dense → condensed)
         expected = {
-            layer.name: {"dense": "dense", "csr": "csr"}.get(formats)
+            layer.name: {"dense": "dense", "csr": "csr", "embedding_bag": "embedding_bag"}.get(
+                formats
+            )
             or ("condensed" if layer.density == 1 else "ell")
             for layer in report.layers
         }

@@ -119,6 +119,69 @@ def _materialized(graph: fx.Graph, x: fx.Node) -> fx.Node:
     return out
 
 
+def bag_arrays(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``weight`` (``[out, in]``) as the input of :func:`bag_linear`: every non-zero's column
+    (int32, row by row), each row's start in that list (int32), and the values."""
+    weight = weight.detach()
+    rows, columns = (weight != 0).nonzero(as_tuple=True)  # row by row, columns ascending
+    counts = torch.bincount(rows, minlength=weight.shape[0])
+    offsets = torch.cumsum(counts, 0) - counts
+    values = weight[rows, columns].clone()
+    return columns.to(torch.int32), offsets.to(torch.int32), values
+
+
+def bag_linear(
+    x: torch.Tensor,
+    columns: torch.Tensor,
+    offsets: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``x @ W.T + b`` as one ``F.embedding_bag`` call: output ``o`` of every sample sums the
+    ``x`` columns of row ``o``'s non-zeros, weighted by their values (:func:`bag_arrays`), over
+    the table ``x.T`` (``[in, samples]``). PyTorch's CPU kernel for it gathers whole table rows,
+    so it pays with many samples at once (batch 32), where gathering one value per weight does
+    not."""
+    flat = x.reshape(-1, x.shape[-1])
+    table = flat.t().contiguous()
+    out = F.embedding_bag(columns, table, offsets, mode="sum", per_sample_weights=values)
+    out = out.t().reshape(*x.shape[:-1], offsets.shape[0])
+    return out if bias is None else out + bias
+
+
+def replace_with_bag(graph_module: fx.GraphModule, node: fx.Node, module: nn.Linear) -> None:
+    """Rewrite ``node`` (a linear call) into :func:`bag_linear`'s calls, its arrays (and bias)
+    buffers of the graph module."""
+    graph = graph_module.graph
+    prefix = str(node.target).replace(".", "_") + "_bag"
+    arrays = dict(zip(("columns", "offsets", "values"), bag_arrays(module.weight), strict=True))
+    if module.bias is not None:
+        arrays["bias"] = module.bias.detach().clone()
+    for name, tensor in arrays.items():
+        graph_module.register_buffer(f"{prefix}_{name}", tensor)
+    get = {name: f"{prefix}_{name}" for name in arrays}
+    x = node.args[0]
+    out_features = module.weight.shape[0]
+    with graph.inserting_before(node):
+        flat = graph.call_method("reshape", (x, -1, module.weight.shape[1]))
+        table = graph.call_method("contiguous", (graph.call_method("t", (flat,)),))
+        out = graph.call_function(
+            F.embedding_bag,
+            (graph.get_attr(get["columns"]), table, graph.get_attr(get["offsets"])),
+            {"mode": "sum", "per_sample_weights": graph.get_attr(get["values"])},
+        )
+        size = graph.call_method("size", (x,))
+        shape = graph.call_function(
+            operator.add,
+            (graph.call_function(operator.getitem, (size, slice(None, -1))), (out_features,)),
+        )
+        out = graph.call_method("reshape", (graph.call_method("t", (out,)), shape))
+        if "bias" in get:
+            out = graph.call_function(operator.add, (out, graph.get_attr(get["bias"])))
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
 def eligible(node: fx.Node, module: nn.Module) -> bool:
     """A linear layer called on one tensor argument."""
     single = len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)

@@ -1,6 +1,7 @@
-"""Which form each layer of the inference model takes: dense, CSR (:mod:`.csr`), or condensed /
-ELL (:mod:`.condensed`), chosen by measured time on the layer's own input at the export's batch
-size (``"auto"``) or forced (``"dense"``, ``"csr"``, ``"condensed"``).
+"""Which form each layer of the inference model takes: dense, CSR (:mod:`.csr`), condensed / ELL
+or embedding bag (:mod:`.condensed`), chosen by measured time on the layer's own input at the
+export's batch size (``"auto"``) or forced (``"dense"``, ``"csr"``, ``"condensed"``,
+``"embedding_bag"``).
 
 A candidate is timed as a one-layer graph module rewritten exactly as the model's layer would be,
 so what is timed is what runs; with ``compiled=True`` each candidate is timed under
@@ -22,7 +23,7 @@ from . import condensed, csr
 from .graph import shape_of, submodules
 from .timing import interleaved_seconds, median
 
-FORMAT_MODES = ("auto", "dense", "csr", "condensed")
+FORMAT_MODES = ("auto", "dense", "csr", "condensed", "embedding_bag")
 #: ``"auto"`` makes a layer sparse only when its timed call takes at most this × the dense one.
 MARGIN = 0.9
 #: Layers denser than this are never tried in a sparse form (dense kernels win there).
@@ -47,6 +48,8 @@ def candidates(node: fx.Node, module: nn.Module, mode: str, compiled: bool) -> d
     if mode in ("auto", "condensed") and condensed.eligible(node, module):
         packed = condensed.pack_rows(module.weight)
         found[packed.format] = lambda gm, n, m, p=packed: condensed.replace_with_packed(gm, n, m, p)
+    if mode in ("auto", "embedding_bag") and condensed.eligible(node, module):
+        found["embedding_bag"] = condensed.replace_with_bag
     return found
 
 
