@@ -236,3 +236,14 @@ def test_compiled_timing_chooses_among_compiled_forms(srigl_transformer):
         set(layer.times_ms) <= {"dense", "condensed", "ell", "embedding_bag"} for layer in timed
     )
     assert_same_outputs(srigl_transformer, exported, tokens())
+
+
+def test_compiled_decode_benchmark_also_times_the_dense_step_eager(srigl_transformer):
+    from regrow.export.bench import measure_decode, three_models
+
+    exported, _ = export_model(srigl_transformer, (16,), formats="condensed")
+    models = three_models(srigl_transformer, exported)
+    timings = measure_decode(models, 2, rounds=1, warmup=1, block_seconds=0.001, compiled=True)
+    assert [t.name for t in timings] == ["dense", "masked", "exported", "dense (eager)"]
+    assert all(t.median_ms > 0 and t.samples_per_second > 0 for t in timings)
+    assert timings[0].speedup == 1.0

@@ -172,9 +172,20 @@ def channel_tree(
                 elementwise.append(user)
                 frontier.append(user)
             else:
-                what = "the model's output" if user.op == "output" else f"{user.name}"
-                return f"its channels feed {what}"
+                return f"its channels feed {_describe(user)}"
     return elementwise, consumers
+
+
+def _describe(node: fx.Node) -> str:
+    """``node`` for a message: the model's output, or its name and what it calls."""
+    if node.op == "output":
+        return "the model's output"
+    if node.op == "call_module":
+        return f"{node.target}"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if target == "getattr" and len(node.args) > 1:
+        target = f"getattr .{node.args[1]}"
+    return f"{node.name} ({target})" if target else node.name
 
 
 def run_node(node: fx.Node, value: torch.Tensor, modules: dict[str, nn.Module]) -> torch.Tensor:
