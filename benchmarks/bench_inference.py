@@ -40,7 +40,7 @@ from regrow.export import export_model, load_run, random_masked_model, size_repo
 from regrow.export.bench import measure, measure_calls, measure_decode, three_models
 from regrow.export.condensed import pack_rows, replace_with_packed
 from regrow.export.csr import replace_with_csr
-from regrow.export.formats import one_layer
+from regrow.export.formats import one_layer, one_layer_in
 
 ROWS: list[dict[str, Any]] = []
 
@@ -73,14 +73,8 @@ def layer_cases(threads: int, rounds: int) -> None:
         layer = constant_fan_in_layer(out_features, in_features, density)
         x = torch.randn(1, in_features)
         dense, _ = one_layer(layer)
-        csr, node = one_layer(layer)
-        replace_with_csr(csr, node, csr.layer)
-        packed, node = one_layer(layer)
-        replace_with_packed(packed, node, packed.layer, pack_rows(layer.weight))
-        for module in (csr, packed):
-            module.graph.lint()
-            module.recompile()
-            module.delete_all_unused_submodules()
+        csr = one_layer_in(layer, replace_with_csr)
+        packed = one_layer_in(layer, partial(replace_with_packed, packed=pack_rows(layer.weight)))
         runs = {"dense": dense, "csr": csr, "condensed": torch.compile(packed, dynamic=False)}
         calls = {name: partial(run, x) for name, run in runs.items()}
         timings = {t.name: t for t in measure_calls(calls, 1, rounds=rounds)}

@@ -102,12 +102,14 @@ def measure_decode(
     """Time one decode step of each of ``models`` (each with ``decode`` and ``new_cache``): one
     token per sample after a cached context (see the module docstring)."""
     tokens, _, position = step_inputs(models[baseline], batch_size)
-    steps = {name: _maybe_compiled(model.decode, compiled) for name, model in models.items()}
+    steps = {
+        name: (model, _maybe_compiled(model.decode, compiled)) for name, model in models.items()
+    }
     if compiled:  # the baseline as most run it, too: eager PyTorch
-        steps[f"{baseline} (eager)"] = models[baseline].decode
+        steps[f"{baseline} (eager)"] = (models[baseline], models[baseline].decode)
     calls = {}
-    for name, step in steps.items():
-        cache = models[name.split(" ")[0]].new_cache(batch_size)
+    for name, (model, step) in steps.items():
+        cache = model.new_cache(batch_size)
         calls[name] = lambda step=step, cache=cache: step(tokens, cache, position)
     return measure_calls(calls, batch_size, rounds, warmup, block_seconds, baseline)
 

@@ -68,10 +68,10 @@ def pack_rows(weight: torch.Tensor) -> Packed:
     values = torch.gather(dense, 1, order)
     indices = torch.where(values != 0, order, torch.zeros_like(order))
     rows = None
-    if len(active) < out_features or int(counts.min()) == 0:
+    if int(counts.min()) == 0:  # empty rows read the zero column, ``len(active)``
         rows = torch.full((out_features,), len(active), dtype=torch.long)
         rows[active] = torch.arange(len(active))
-        rows[counts == 0] = len(active)
+        rows[counts == 0] = len(active)  # an all-zero layer's stand-in row 0 too
         rows = rows.to(index_dtype(len(active) + 1))
     live = counts[counts > 0]
     constant = len(live) > 0 and bool((live == live[0]).all())

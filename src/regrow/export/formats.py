@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -47,7 +48,7 @@ def candidates(node: fx.Node, module: nn.Module, mode: str, compiled: bool) -> d
         found["csr"] = csr.replace_with_csr
     if mode in ("auto", "condensed") and condensed.eligible(node, module):
         packed = condensed.pack_rows(module.weight)
-        found[packed.format] = lambda gm, n, m, p=packed: condensed.replace_with_packed(gm, n, m, p)
+        found[packed.format] = partial(condensed.replace_with_packed, packed=packed)
     if mode in ("auto", "embedding_bag") and condensed.eligible(node, module):
         found["embedding_bag"] = condensed.replace_with_bag
     return found
@@ -110,6 +111,16 @@ def one_layer(module: nn.Module) -> tuple[fx.GraphModule, fx.Node]:
     return fx.GraphModule(root, graph), node
 
 
+def one_layer_in(module: nn.Module, rewrite: Rewrite) -> fx.GraphModule:
+    """:func:`one_layer` with its call rewritten by ``rewrite`` into a sparse form."""
+    graph_module, node = one_layer(module)
+    rewrite(graph_module, node, graph_module.layer)
+    graph_module.graph.lint()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()
+    return graph_module
+
+
 def time_forms(
     module: nn.Module,
     shape: tuple[int, ...],
@@ -124,11 +135,7 @@ def time_forms(
     dense, _ = one_layer(module)
     calls["dense"] = lambda: dense(x)
     for name, rewrite in forms.items():
-        graph_module, node = one_layer(module)
-        rewrite(graph_module, node, graph_module.layer)
-        graph_module.graph.lint()
-        graph_module.recompile()
-        graph_module.delete_all_unused_submodules()
+        graph_module = one_layer_in(module, rewrite)
         run = torch.compile(graph_module, dynamic=False) if compiled else graph_module
         calls[name] = lambda run=run: run(x)
     with torch.inference_mode():
