@@ -35,6 +35,7 @@ from torch import nn
 from . import masks as mask_utils
 from .args import MethodArgs
 from .arguments import check_objects, check_total_steps, method_args_of, whole_number
+from .initialization import check_init, scale_to_sparse_fan_in_
 from .layers import rows_view, transposed_parameters
 from .optim_state import check_optimizer, zero_state_
 from .plan import AllocationPlan
@@ -140,6 +141,9 @@ class Sparsifier:
         sparse_layers: names of the tensors to make sparse instead of the default choice.
         plan: an :class:`~regrow.sparsity.plan.AllocationPlan` to use instead of the five keys
             above.
+        init: ``"dense"`` keeps the model's initial weights; ``"sparse_fan_in"`` rescales each
+            output neuron's active weights to the variance of its sparse fan-in once the first
+            masks are chosen (:mod:`regrow.sparsity.initialization`; no effect on full rows).
         elementwise_optimizer: assert that an optimizer regrow does not know keeps only
             elementwise state.
         attach_hook: run :meth:`after_optimizer_step` in an optimizer step post-hook (default);
@@ -168,6 +172,7 @@ class Sparsifier:
         custom_densities: Mapping[str, float] | None = None,
         sparse_layers: Sequence[str] | None = None,
         plan: AllocationPlan | None = None,
+        init: str = "dense",
         elementwise_optimizer: bool = False,
         attach_hook: bool = True,
         args: MethodArgs | Mapping[str, Any] | None = None,
@@ -179,6 +184,7 @@ class Sparsifier:
         check_objects(model, optimizer, plan, elementwise_optimizer, attach_hook)
         self.model, self.optimizer = model, optimizer
         self.seed = whole_number(seed, "seed", "integers (any integer seeds the masks)")
+        self.init = check_init(init)
         plan = plan or AllocationPlan.build(
             model,
             sparsity,
@@ -212,6 +218,7 @@ class Sparsifier:
         self.last_batch = BatchReport()
         self._stepped = False
         self._install_initial_masks()
+        self._initialize_for_masks()
         self._hook = (
             optimizer.register_step_post_hook(self._after_optimizer_step_hook)
             if attach_hook
@@ -248,10 +255,11 @@ class Sparsifier:
         #   self._active      the active count of each layer as a Python int, for the count rules
         #                     and the FLOP counter without reading the device;
         #   self._ever_active the union of every mask so far (in-time over-parameterisation).
+        counts = self.initial_counts()
         initial = [
             torch.ones_like(p, dtype=torch.bool)
-            if self.traits.starts_dense
-            else self.initial_mask(p, self.target_counts[name], name)
+            if counts[name] == p.numel()
+            else self.initial_mask(p, counts[name], name)
             for name, p in zip(self.names, self.params, strict=True)
         ]
         self.masks: dict[str, torch.Tensor] = dict(zip(self.names, initial, strict=True))
@@ -262,6 +270,13 @@ class Sparsifier:
         self.last_update_stats: dict[str, Any] | None = None
         mask_utils.foreach_mask_(self.params, self._mask_values)
         zero_state_(self.optimizer, zip(self.names, self.params, strict=True), initial)
+
+    def _initialize_for_masks(self) -> None:
+        """``init="sparse_fan_in"``: every active row to the variance of its sparse fan-in."""
+        if self.init != "sparse_fan_in":
+            return
+        for name, p in zip(self.names, self.params, strict=True):
+            scale_to_sparse_fan_in_(p, self.masks[name], name in self._transposed)
 
     def rows(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` (the weight ``name``, its mask, gradient or scores) as ``[out, fan_in]``, one
@@ -290,6 +305,14 @@ class Sparsifier:
         over the run. Default: at the (adjusted) plan's densities; Pruning averages over its
         schedule."""
         return profile.inference_flops(cls.adjust_plan(plan))
+
+    def initial_counts(self) -> dict[str, int]:
+        """Active weights of each layer before the first mask update: every weight (a method that
+        :attr:`Traits.starts_dense`) or the plan's budget (default). A method that starts between
+        the two (GraNet from a sparser initial density) overrides this."""
+        if self.traits.starts_dense:
+            return {name: p.numel() for name, p in zip(self.names, self.params, strict=True)}
+        return dict(self.target_counts)
 
     def update_due(self, step: int) -> bool:
         """Whether the masks change at ``step`` (before the optimizer step if the method
@@ -558,6 +581,7 @@ class Sparsifier:
             weights: parameter name → the values to start from where a mask is active (e.g. the
                 model's initial parameters, copied before this sparsifier was built, which zeroed
                 them outside its own initial masks); default: the parameters' current values.
+                Needed with ``init="sparse_fan_in"``, which rescales them to the new masks.
 
         The masks are installed through the same path as a mask update (SPEC §4.3), so weights
         and optimizer state are zero wherever a connection is inactive. Afterwards the method
@@ -565,6 +589,12 @@ class Sparsifier:
         ``ValueError`` names the first layer whose name or shape differs.
         """
         self._check_start_masks(masks, mode)
+        if self.init == "sparse_fan_in" and weights is None:
+            raise ValueError(
+                "init='sparse_fan_in' rescales the initial weights to the masks' fan-ins, and "
+                "the current ones were already rescaled to this sparsifier's own masks: pass "
+                "weights= (the model's parameters copied before the sparsifier was built)."
+            )
         base_seed = self.seed if seed is None else int(seed)
         new = []
         for name, param in zip(self.names, self.params, strict=True):
@@ -597,6 +627,7 @@ class Sparsifier:
             self.mask_weights()
             raise ValueError(f"these masks do not suit {type(self).__name__}: {error}") from None
         self.start_counts = self.active_counts()
+        self._initialize_for_masks()
 
     def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:
         """What :meth:`start_from_masks` refuses, each as one ``ValueError`` naming the layer."""
@@ -811,7 +842,7 @@ class Sparsifier:
         if "start_counts" not in state:
             start = None
         else:
-            start = {k: int(v) for k, v in (state["start_counts"] or self.target_counts).items()}
+            start = {k: int(v) for k, v in (state["start_counts"] or self.initial_counts()).items()}
 
         def refuse(name: str, expected: str) -> None:
             raise ValueError(
@@ -825,7 +856,7 @@ class Sparsifier:
             for name in self.names:
                 if self.traits.starts_dense and counts[name] != sizes[name]:
                     refuse(name, f"{sizes[name]} (full: {kind} starts dense)")
-                if not self.traits.starts_dense and start and counts[name] != start[name]:
+                if start and counts[name] != start[name]:
                     refuse(name, f"{start[name]}")
             return
         rule = self.count_rule()

@@ -86,6 +86,11 @@ class DynamicSparsifier(Sparsifier, ABC):
             values = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
             p.add_(values * math.sqrt(2.0 / p[0].numel()) * (n & ~o))
 
+    def drop_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
+        """Score of every active position of layer ``index``; the lowest are dropped. Default:
+        the weight's magnitude (every method of the paper)."""
+        return self.params[index].abs()
+
     @abstractmethod
     def grow_scores(self, step: int, index: int, grad: torch.Tensor | None) -> torch.Tensor:
         """Score of every position of layer ``index``; the highest among the free ones grow."""
@@ -100,7 +105,8 @@ class DynamicSparsifier(Sparsifier, ABC):
             mask, active = self.masks[name], self._active[i]
             drop = math.floor(fraction * active)
             generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
-            kept.append(topk_mask(p.abs(), active - drop, generator, excluded=~mask))
+            scores = self.drop_scores(step, i, grads[i])
+            kept.append(topk_mask(scores, active - drop, generator, excluded=~mask))
             drops.append(drop)
         grow_counts = self._grow_counts(drops, kept, grads)
         new = []

@@ -25,6 +25,7 @@ from ..models import MODELS
 from ..sparsity import METHODS, Sparsifier, get_method
 from ..sparsity.base import sparse_start_methods
 from ..sparsity.distributions import DISTRIBUTIONS
+from ..sparsity.initialization import INITS
 from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
 from .config_errors import (
     ConfigError,
@@ -185,6 +186,11 @@ class SparsityConfig:
     args: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "the method's own arguments, e.g. args.delta_t=500"},
+    )
+    init: str = described(
+        "dense",
+        f"{_choices(INITS)}: the model's initial weights, or each neuron's rescaled to the "
+        "variance of its sparse fan-in once the first masks are chosen",
     )
     init_masks: str | None = described(
         None, "start from the masks of this run directory's checkpoint (null: the method's own)"
@@ -411,6 +417,7 @@ def validate(config: RunConfig) -> None:
         "data.name": sorted(DATASETS),
         "model.name": sorted(MODELS),
         "sparsity.distribution": DISTRIBUTIONS,
+        "sparsity.init": INITS,
         "train.compile_mode": COMPILE_MODES,
         "train.sgd_implementation": SGD_IMPLEMENTATIONS,
         "train.optimizer": OPTIMIZERS,

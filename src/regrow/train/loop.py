@@ -271,7 +271,7 @@ def build(
     initial = {n: p.detach().clone() for n, p in model.named_parameters()} if s.init_masks else None
     sparsifier = method(
         model, optimizer, total_steps=total_steps, seed=config.seed, args=s.method_args(),
-        **s.plan_keys(),
+        init=s.init, **s.plan_keys(),
     )  # fmt: skip
     init_masks = start_from_run(config, run_dir, sparsifier, initial)
     # FLOPs relative to the full-width dense model (a Small-Dense run compares with width 1).
@@ -559,6 +559,7 @@ def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[
         "method_args": resolved_method_args(run.sparsifier),
         "target_sparsity": s.sparsity,
         **{k: v for k, v in s.plan_keys().items() if k != "sparsity"},
+        "init": s.init,
         "layer_densities": run.sparsifier.plan.densities(),  # what the distribution resolved to
         "model": config.model.name,
         "model_width": run.width,
