@@ -30,6 +30,7 @@ def test_presets_and_overrides() -> None:
         (["train.epochs=abc"], "train.epochs"),
         (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
         (["sparsity.distribution=normal"], "uniform, er, erk"),
+        (["sparsity.init=kaiming"], "sparsity.init='kaiming' .*dense, sparse_fan_in"),
         (["seed"], "key=value"),
     ],
 )
@@ -42,7 +43,7 @@ def test_unknown_preset_and_missing_out_dir() -> None:
     with pytest.raises(
         ConfigError,
         match="allowed values are charlm, charlm_large, cifar100_resnet50, cifar10_wrn22_2, lottery, "
-        "quickstart, rigl_reinit",
+        "quickstart, rigl_itop, rigl_reinit",
     ):
         load_config("imagenet", [])
     with pytest.raises(ConfigError, match="out_dir is not set"):
@@ -251,3 +252,12 @@ def test_nesterov_without_momentum_is_an_sgd_matter_only():
         load_config("quickstart", ["out_dir=x", "train.momentum=0"])
     adamw = load_config("quickstart", ["out_dir=x", "train.momentum=0", "train.optimizer=adamw"])
     assert adamw.train.optimizer == "adamw" and adamw.train.nesterov is True
+
+
+def test_the_rigl_itop_recipe_is_rigl_with_the_itop_papers_interval_and_drop_fraction() -> None:
+    config = load_config("cifar10_wrn22_2,rigl_itop", ["out_dir=x"])
+    args = config.sparsity.method_args()
+    assert config.sparsity.method == "rigl" and config.sparsity.distribution == "erk"
+    assert (args.delta_t, args.alpha) == (4000, 0.5)
+    # The base preset's own choices are kept (the recipe only changes the method's arguments).
+    assert config.model.name == "wrn22_2" and config.train.epochs == 250

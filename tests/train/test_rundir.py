@@ -172,6 +172,7 @@ def test_summary_records_the_run_and_one_meaning_per_metric_name(tmp_path: Path)
         "power": config.sparsity.power,
         "dense_layers": config.sparsity.dense_layers,
         "custom_densities": None,
+        "init": "dense",
         "model": config.model.name,
         "model_width": config.model.width,
         "dataset": "digits",
@@ -189,6 +190,8 @@ def test_summary_records_the_run_and_one_meaning_per_metric_name(tmp_path: Path)
     assert {key: summary[key] for key in expected} == expected
 
     rows = RunDir(tmp_path).metrics()
+    updates = RunDir(tmp_path).mask_updates()
+    assert summary["itop_rate"] == updates[-1]["itop_rate"] > 1 - config.sparsity.sparsity
     ratios = [row["train_flops_ratio"] for row in rows]
     assert ratios == sorted(ratios) and ratios[-1] == summary["train_flops_ratio"]
     assert rows[-1]["train_flops"] == summary["train_flops"]

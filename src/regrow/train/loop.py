@@ -576,6 +576,7 @@ def summarize(run: Run, state: LoopState, evaluation: dict[str, float]) -> dict[
         "steps": run.sparsifier.step_count,
         "data_passes": state.epoch,
         "sparsity": 1.0 - run.sparsifier.global_density(),
+        "itop_rate": run.sparsifier.itop_rate(),
         **evaluation,
         "inference_flops": inference.inference_flops,
         "inference_flops_ratio": inference.inference_flops / run.dense_flops,
