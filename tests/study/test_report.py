@@ -17,7 +17,7 @@ import pytest
 
 from regrow.cli import main
 from regrow.study.cells import Cell, Missing, aggregate
-from regrow.study.figures import draw
+from regrow.study.figures import NoData, draw
 from regrow.study.figures.training import MAX_LEGEND_LAYERS
 from regrow.study.names import FIGURE_KINDS, STUDY_FILE
 from regrow.study.records import ABSENT, UNREADABLE, collect, select_runs, varying_keys
@@ -538,6 +538,28 @@ def test_accuracy_vs_train_flops(tmp_path: Path) -> None:
     assert _png(tmp_path / "f.png")[0] > 600
 
 
+def test_accuracy_vs_train_flops_of_one_multiplier_is_a_line_per_method_through_sparsities(
+    tmp_path: Path,
+) -> None:
+    for method in ("static", "rigl"):
+        for sparsity in (0.9, 0.95):
+            for seed in (0, 1):
+                overrides = overrides_of(method, "erk", sparsity, seed)
+                write_run(tmp_path, f"{method}_{sparsity}_s{seed}", overrides, 80.0 + 10 * sparsity)
+    write_run(tmp_path, "dense_s0", ["sparsity.method=dense", "sparsity.sparsity=0.0"], 95.0)
+    figure = draw("accuracy_vs_train_flops", collect(tmp_path), tmp_path / "f.png")
+    (axes,) = figure.axes
+    lines = {c.get_label(): c.lines[0] for c in axes.containers}
+    assert set(lines) == {"dense", "static, erk", "rigl, erk"}
+    xs = list(lines["static, erk"].get_xdata())
+    assert xs == sorted(xs) and len(xs) == 2  # the sparser run trains with fewer FLOPs
+    assert list(lines["static, erk"].get_ydata()) == pytest.approx([89.5, 89.0])
+    assert {"0.9", "0.95"} <= {t.get_text() for t in axes.texts}
+    one = [r for r in collect(tmp_path) if r.value("sparsity.sparsity") == 0.9]
+    with pytest.raises(NoData, match="one value each"):
+        draw("accuracy_vs_train_flops", one, tmp_path / "g.png")
+
+
 @pytest.mark.parametrize("layers", [3, 20])
 def test_layer_density(tmp_path: Path, layers: int) -> None:
     for seed in (0, 1):
@@ -568,13 +590,11 @@ def test_every_kind_from_the_cli(grid: Path, capsys: pytest.CaptureFixture[str])
     captured = capsys.readouterr()
     drawn = {p.stem for p in out.glob("*.png")}
     assert drawn == {
-        "accuracy_by_cell", "accuracy_vs_sparsity", "erk_vs_uniform", "layer_density",
-        "learning_curves",
+        "accuracy_by_cell", "accuracy_vs_sparsity", "accuracy_vs_train_flops", "erk_vs_uniform",
+        "layer_density", "learning_curves",
     }  # fmt: skip
-    assert (
-        "skipped alpha_delta_t" in captured.err
-        and "skipped accuracy_vs_train_flops" in captured.err
-    )
+    assert "skipped alpha_delta_t" in captured.err
+    assert "accuracy_vs_train_flops" not in captured.err  # drawn along the grid's sparsities
     assert all(p.stat().st_size > 1000 for p in out.glob("*.png"))
     assert not list(out.glob(".*.tmp"))  # written atomically, no temporaries left
 

@@ -180,45 +180,42 @@ def _dense_reference(
 
 
 def accuracy_vs_train_flops(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:
-    """Accuracy against training FLOPs of the ×M runs, a line per method through its M."""
-    done = [
-        r
-        for r in finished(records, ACCURACY, "train_flops_ratio")
-        if r.value(MULTIPLIER) is not None
-    ]
-    multipliers = sorted({float(r.value(MULTIPLIER)) for r in done})
-    if len(multipliers) < 2:
-        shown = ", ".join(f"{m:g}" for m in multipliers) or "none"
-        raise NoData(f"train.multiplier takes one value ({shown}): no ×M runs to compare")
+    """Accuracy against training FLOPs, a line per method: through its multipliers when the runs
+    are ×M runs (``longer``), else through its sparsities (a comparison of methods)."""
+    done = finished(records, ACCURACY, "train_flops_ratio")
+    along = next((k for k in (MULTIPLIER, SPARSITY) if _values(done, k) > 1), None)
+    if along is None:
+        raise NoData("train.multiplier and sparsity.sparsity take one value each: no line to draw")
+    done = [r for r in done if r.value(along) is not None]
     extra = extra_keys(group_by, METHOD, DISTRIBUTION, SPARSITY, MULTIPLIER)
-    series, labels, colours, note = line_series(done, [METHOD, DISTRIBUTION, SPARSITY, *extra])
+    keys = [METHOD, DISTRIBUTION, *([SPARSITY] if along == MULTIPLIER else []), *extra]
+    series, labels, colours, note = line_series(done, keys)
     figure = pyplot_free_figure(7.5, 4.5)
     axes = figure.add_subplot()
     all_x = []
     for cell, label, colour in zip(series, labels, colours, strict=True):
-        points = _points(cell, MULTIPLIER, "train_flops_ratio")
+        points = _points(cell, along, "train_flops_ratio")
         xs, means, stds = ([p[i] for p in points] for i in range(3))
         all_x += xs
         style, marker = DISTRIBUTION_STYLE.get(str(cell.values[DISTRIBUTION]), (":", "D"))
         if cell.values[METHOD] in unmasked_methods():
             style = ":"
         axes.errorbar(
-            xs,
-            means,
-            yerr=stds,
-            linestyle=style,
-            marker=marker,
-            capsize=3,
-            color=colour,
+            xs, means, yerr=stds, linestyle=style, marker=marker, capsize=3, color=colour,
             label=label,
-        )
-        for x, mean, _, multiplier in points:
-            axes.annotate(
-                f"×{multiplier:g}", (x, mean), textcoords="offset points", xytext=(5, 5), fontsize=8
-            )
-    title = f"Test accuracy vs training FLOPs (×M runs) — {subject(done)}"
+        )  # fmt: skip
+        for x, mean, _, value in points:
+            text = f"×{value:g}" if along == MULTIPLIER else f"{value:g}"
+            axes.annotate(text, (x, mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    runs = "×M runs" if along == MULTIPLIER else "points annotated with their sparsity"
+    title = f"Test accuracy vs training FLOPs ({runs}) — {subject(done)}"
     _finish_flops_axes(axes, all_x, "training FLOPs (× dense 1× training)", title, done, note)
     return figure
+
+
+def _values(records: Sequence[RunRecord], key: str) -> int:
+    """How many distinct values ``key`` takes over ``records`` (``None`` not counted)."""
+    return len({float(r.value(key)) for r in records if r.value(key) is not None})
 
 
 def erk_vs_uniform(records: Sequence[RunRecord], group_by: Sequence[str], **_: Any) -> Any:
