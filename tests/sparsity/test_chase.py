@@ -135,14 +135,24 @@ def set_gradients(sp: regrow.Chase, seed: int) -> list[torch.Tensor]:
     return grads
 
 
-def test_drop_and_grow_take_the_global_top_k_over_all_layers() -> None:
-    sp = hand_made(channel_sparsity=0.0)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_drop_and_grow_take_the_global_top_k_over_all_layers(accumulation) -> None:
+    """With ``grad_accumulation=2`` the grow score is ``|mean|`` of the update batch's dense
+    gradient and the one before it (RigL's window, inherited)."""
+    begin = accumulation - 1
+    sp = hand_made(channel_sparsity=0.0, grad_accumulation=accumulation, begin_step=begin)
+    window = set_gradients(sp, 2) if accumulation == 2 else None
+    if window is not None:
+        assert sp.step()  # an ordinary batch of the window: its dense gradient is kept
+        sp.optimizer.step()
     old = [sp.masks[n].clone() for n in sp.names]
     weights = [p.detach().clone() for p in sp.params]
     grads = set_gradients(sp, 3)
-    assert not sp.step()  # step 0: the update spends this batch
+    assert not sp.step() and sp.last_update_step == begin  # the update spends this batch
+    if window is not None:
+        grads = [(a + b) / 2 for a, b in zip(window, grads, strict=True)]
     total = sum(int(m.sum()) for m in old)
-    drop = math.floor(0.3 * total)
+    drop = math.floor(sp.drop_fraction(begin) * total)
     # By hand: the (layer, index) of every active weight, smallest |w| first, over all layers.
     active = [
         (float(w.reshape(-1)[i].abs()), layer, i)
