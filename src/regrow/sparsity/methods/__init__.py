@@ -15,7 +15,19 @@ from .set import SET
 from .snfs import SNFS
 from .rigl import RigL
 from .srigl import SRigL
+from .chase import Chase
 
 # isort: on
 
-__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SRigL", "SmallDense", "Static"]
+__all__ = [
+    "SET",
+    "SNFS",
+    "SNIP",
+    "Chase",
+    "Dense",
+    "Pruning",
+    "RigL",
+    "SRigL",
+    "SmallDense",
+    "Static",
+]
