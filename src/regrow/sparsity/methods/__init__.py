@@ -12,10 +12,22 @@ from .static import Static
 from .snip import SNIP
 from .pruning import Pruning
 from .set import SET
+from .mest import MEST
 from .snfs import SNFS
 from .rigl import RigL
 from .srigl import SRigL
 
 # isort: on
 
-__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SRigL", "SmallDense", "Static"]
+__all__ = [
+    "MEST",
+    "SET",
+    "SNFS",
+    "SNIP",
+    "Dense",
+    "Pruning",
+    "RigL",
+    "SRigL",
+    "SmallDense",
+    "Static",
+]
