@@ -23,6 +23,7 @@ from .flops import (  # noqa: E402
 )
 from .sparsity import (  # noqa: E402
     DISTRIBUTIONS,
+    MEST,
     METHODS,
     SET,
     SNFS,
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DISTRIBUTIONS",
+    "MEST",
     "METHODS",
     "SET",
     "SNFS",

@@ -7,13 +7,26 @@ from .distributions import DISTRIBUTIONS, active_counts, layer_densities
 from .dynamic import DynamicArgs, DynamicSparsifier
 from .gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
 from .masks import strip_masks
-from .methods import SET, SNFS, SNIP, Chase, Dense, Pruning, RigL, SmallDense, SRigL, Static
+from .methods import (
+    MEST,
+    SET,
+    SNFS,
+    SNIP,
+    Chase,
+    Dense,
+    Pruning,
+    RigL,
+    SmallDense,
+    SRigL,
+    Static,
+)
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
 from .wrapper import SparseOptimizer, wrap_optimizer
 
 __all__ = [
     "DISTRIBUTIONS",
+    "MEST",
     "METHODS",
     "SET",
     "SNFS",

@@ -12,6 +12,7 @@ from .static import Static
 from .snip import SNIP
 from .pruning import Pruning
 from .set import SET
+from .mest import MEST
 from .snfs import SNFS
 from .rigl import RigL
 from .srigl import SRigL
@@ -20,6 +21,7 @@ from .chase import Chase
 # isort: on
 
 __all__ = [
+    "MEST",
     "SET",
     "SNFS",
     "SNIP",
