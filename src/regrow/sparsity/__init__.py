@@ -7,7 +7,7 @@ from .distributions import DISTRIBUTIONS, active_counts, layer_densities
 from .dynamic import DynamicArgs, DynamicSparsifier
 from .gradient_growth import GradientGrowthArgs, GradientGrowthSparsifier
 from .masks import strip_masks
-from .methods import SET, SNFS, SNIP, Dense, Pruning, RigL, SmallDense, SRigL, Static
+from .methods import SET, SNFS, SNIP, Dense, GraNet, Pruning, RigL, SmallDense, SRigL, Static
 from .plan import AllocationPlan, LayerAllocation
 from .schedules import PruningSchedule, drop_fraction, gmp_sparsity
 from .wrapper import SparseOptimizer, wrap_optimizer
@@ -23,6 +23,7 @@ __all__ = [
     "Dense",
     "DynamicArgs",
     "DynamicSparsifier",
+    "GraNet",
     "GradientGrowthArgs",
     "GradientGrowthSparsifier",
     "LayerAllocation",

@@ -11,6 +11,7 @@ from .small_dense import SmallDense
 from .static import Static
 from .snip import SNIP
 from .pruning import Pruning
+from .granet import GraNet
 from .set import SET
 from .snfs import SNFS
 from .rigl import RigL
@@ -18,4 +19,15 @@ from .srigl import SRigL
 
 # isort: on
 
-__all__ = ["SET", "SNFS", "SNIP", "Dense", "Pruning", "RigL", "SRigL", "SmallDense", "Static"]
+__all__ = [
+    "SET",
+    "SNFS",
+    "SNIP",
+    "Dense",
+    "GraNet",
+    "Pruning",
+    "RigL",
+    "SRigL",
+    "SmallDense",
+    "Static",
+]
