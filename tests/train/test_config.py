@@ -25,7 +25,7 @@ def test_presets_and_overrides() -> None:
     ("overrides", "message"),
     [
         (["sparsity.methd=rigl"], "sparsity.methd"),
-        (["sparsity.method=lottery"], "allowed values are dense, pruning, rigl"),
+        (["sparsity.method=lottery"], "allowed values are dense, granet, pruning, rigl"),
         (["sparsity.sparsity=1.5"], "0 <= x < 1"),
         (["train.epochs=abc"], "train.epochs"),
         (["data.name=mnist"], "allowed values are cifar10, cifar100, digits"),
