@@ -445,7 +445,8 @@ def test_bad_input_is_a_value_error_naming_the_allowed_values(method, kwargs, me
 
 def test_unknown_method_lists_the_registry() -> None:
     with pytest.raises(
-        ValueError, match="dense, granet, pruning, rigl, set, small_dense, snfs, snip, srigl, static"
+        ValueError,
+        match="dense, granet, pruning, rigl, set, small_dense, snfs, snip, srigl, static",
     ):
         regrow.get_method("lottery")
 
