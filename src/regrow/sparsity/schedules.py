@@ -128,7 +128,7 @@ class PruningSchedule:
 
     def active_count(self, step: int, size: int, final_active: int) -> int:
         """Active weights of a tensor of ``size`` after a pruning at ``step``; exactly
-        ``final_active`` from ``end`` on."""
+        ``final_active`` from ``end`` on. ``size`` may be any starting count (GraNet's ``N0``)."""
         return size - math.floor((size - final_active) * self.progress(step) + 1e-9)
 
 
