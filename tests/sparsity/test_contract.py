@@ -96,7 +96,8 @@ def test_contract(
     traits, rule = sp.traits, sp.count_rule()
     sizes = {n: p.numel() for n, p in zip(sp.names, sp.params, strict=True)}
     initial_counts = sp.active_counts()
-    assert initial_counts == (sizes if traits.starts_dense else sp.target_counts)
+    assert initial_counts == sp.initial_counts()
+    assert all(sp.target_counts[n] <= c <= sizes[n] for n, c in initial_counts.items())
     updates, changed_total = [], 0
 
     def check_gradients(*_):

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from regrow.cli import main
+from regrow.sparsity import METHODS
 from regrow.train import ConfigError, load_config
 from regrow.train.config import RANGES, descriptions
 

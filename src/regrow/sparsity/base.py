@@ -825,8 +825,9 @@ class Sparsifier:
         method's declared rule allow (``ValueError`` naming the layer and both counts):
 
         - the state's own allocation (``target_counts``) must be this sparsifier's;
-        - before the first mask update every mask is full (a method that starts dense) or holds
-          its start count: the plan's, or that of the masks :meth:`start_from_masks` installed;
+        - before the first mask update every mask holds its start count: a method that starts
+          dense its :meth:`initial_counts` (full, unless it starts below), another the plan's or
+          that of the masks :meth:`start_from_masks` installed;
         - after it, the method's :meth:`count_rule`: ``"layer"`` every layer's start count,
           ``"total"`` (redistribution) their sum, ``"fan_in"`` a constant fan-in within each
           layer's budget; ``None`` (Pruning, SNIP) nothing beyond the allocation.
@@ -853,9 +854,15 @@ class Sparsifier:
             )
 
         if state.get("last_update_step") is None:  # no update yet (a postponed one changed nothing)
+            # A method that starts dense never starts from given masks, so its own initial counts
+            # (full, or GraNet's at a lower initial density) hold even without start_counts.
+            initial = self.initial_counts() if self.traits.starts_dense else {}
+            for name in initial:
+                if counts[name] != initial[name]:
+                    full = initial[name] == sizes[name]
+                    why = f"full: {kind} starts dense" if full else f"{kind}'s initial count"
+                    refuse(name, f"{initial[name]} ({why})")
             for name in self.names:
-                if self.traits.starts_dense and counts[name] != sizes[name]:
-                    refuse(name, f"{sizes[name]} (full: {kind} starts dense)")
                 if start and counts[name] != start[name]:
                     refuse(name, f"{start[name]}")
             return

@@ -128,20 +128,25 @@ class PruningSchedule:
 
     def active_count(self, step: int, size: int, final_active: int) -> int:
         """Active weights of a tensor of ``size`` after a pruning at ``step``; exactly
-        ``final_active`` from ``end`` on."""
+        ``final_active`` from ``end`` on. ``size`` may be any starting count (GraNet's ``N0``)."""
         return size - math.floor((size - final_active) * self.progress(step) + 1e-9)
 
 
-def pruning_segments(schedule: PruningSchedule) -> list[tuple[int, float]]:
+def pruning_segments(
+    schedule: PruningSchedule, before_step: bool = False
+) -> list[tuple[int, float]]:
     """The run as ``(number of steps, pruning progress)`` pieces, in order, summing to
     ``total_steps``. Steps ``0 … t_0`` run dense; after a pruning at ``t_k`` the progress it set
-    holds for steps ``t_k + 1 … t_{k+1}`` (a pruning happens after that step's optimizer step)."""
+    holds for steps ``t_k + 1 … t_{k+1}`` (a pruning happens after that step's optimizer step).
+    ``before_step``: a pruning at ``t_k`` comes before that step's optimizer step (GraNet, whose
+    update spends a batch first), so its progress holds from step ``t_k`` on."""
     segments: list[tuple[int, float]] = []
-    last_step, progress = -1, 0.0
+    start, progress = 0, 0.0  # the first step at the current progress
     for step in schedule.pruning_steps():
-        if step >= schedule.total_steps - 1:
+        first = step if before_step else step + 1
+        if first >= schedule.total_steps:
             break
-        segments.append((step - last_step, progress))
-        last_step, progress = step, schedule.progress(step)
-    segments.append((schedule.total_steps - 1 - last_step, progress))
+        segments.append((first - start, progress))
+        start, progress = first, schedule.progress(step)
+    segments.append((schedule.total_steps - start, progress))
     return [(count, value) for count, value in segments if count > 0]

@@ -11,6 +11,7 @@ from .small_dense import SmallDense
 from .static import Static
 from .snip import SNIP
 from .pruning import Pruning
+from .granet import GraNet
 from .set import SET
 from .mest import MEST
 from .snfs import SNFS
@@ -27,6 +28,7 @@ __all__ = [
     "SNIP",
     "Chase",
     "Dense",
+    "GraNet",
     "Pruning",
     "RigL",
     "SRigL",

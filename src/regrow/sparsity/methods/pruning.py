@@ -115,19 +115,29 @@ class Pruning(Sparsifier):
 
 
 def pruning_mean_flops(
-    profile: Any, final_densities: Densities, schedule: PruningSchedule | None = None
+    profile: Any,
+    final_densities: Densities,
+    schedule: PruningSchedule | None = None,
+    initial_densities: Densities = None,
+    before_step: bool = False,
 ) -> float:
     """``mean_t f_S(s_t)``: forward FLOPs per sample averaged over every step of the run (SPEC §7);
     ``profile`` is a :class:`regrow.flops.FlopProfile` (anything with ``inference_flops``).
 
-    At progress ``g`` each layer has density ``1 − (1 − d_l) · g``, ``d_l`` its final density from
-    the distribution; the FLOPs are counted at those densities for each piece of
-    :func:`pruning_segments` and weighted by its number of steps.
+    At progress ``g`` each layer has density ``d0_l − (d0_l − d_l) · g``, ``d_l`` its final density
+    from the distribution and ``d0_l`` its initial one (``initial_densities``; ``None``: 1, dense
+    to sparse); the FLOPs are counted at those densities for each piece of
+    :func:`pruning_segments` (``before_step``: prunings that come before their step's optimizer
+    step) and weighted by its number of steps.
     """
     schedule = schedule or PruningSchedule()
     final = resolve_densities(final_densities)
+    given = resolve_densities(initial_densities)
+    initial = {name: given.get(name, 1.0) for name in final}
     total = 0.0
-    for count, progress in pruning_segments(schedule):
-        densities = {name: 1.0 - (1.0 - d) * progress for name, d in final.items()}
+    for count, progress in pruning_segments(schedule, before_step):
+        densities = {
+            name: initial[name] - (initial[name] - d) * progress for name, d in final.items()
+        }
         total += count * profile.inference_flops(densities)
     return total / schedule.total_steps
