@@ -208,6 +208,10 @@ def test_shipped_studies_plan_over_any_preset(name):
         assert not [r for r in plan.runs if r.name.startswith("small_dense_erk")]
         widths = {r.extra["model_width"] for r in plan.runs if "small_dense" in r.name}
         assert all(0 < w < 1 for w in widths)
+    if name == "dst_methods":  # 9 methods x 2 sparsities + Dense, 3 seeds; every method's defaults
+        assert len(plan.runs) == (9 * 2 + 1) * 3
+        methods = {plan.configs[r.name].sparsity.method for r in plan.runs}
+        assert {"granet", "mest", "chase", "srigl", "pruning", "dense"} <= methods
     if name == "sparse_init":  # 4 methods x 2 sparsities x both inits, 3 seeds
         assert len(plan.runs) == 4 * 2 * 2 * 3
         inits = {plan.configs[r.name].sparsity.init for r in plan.runs}
