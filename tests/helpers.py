@@ -173,3 +173,26 @@ def own_args(method: str, **values):
 
     names = regrow.get_method(method).Args.names()
     return {key: value for key, value in values.items() if key in names}
+
+
+def saved_and_loaded(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier) -> dict:
+    """The training state as a checkpoint holds it: written with ``torch.save`` and read back with
+    ``weights_only=True`` (keys ``model``, ``optimizer``, ``sparsifier``)."""
+    import io
+
+    buffer = io.BytesIO()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "sparsifier": sparsifier.state_dict(),
+    }
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier) -> None:
+    """Load :func:`saved_and_loaded`'s state into a freshly built model, optimizer, sparsifier."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    sparsifier.load_state_dict(state["sparsifier"])

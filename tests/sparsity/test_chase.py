@@ -4,7 +4,6 @@ across a resume), the output layer never losing one, the measured FLOP counter, 
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 import regrow
 from regrow.flops import TrainingFlopsCounter, profile_model
 from regrow.sparsity.methods.srigl import output_layer
-from tests.helpers import MODELS, OPTIMIZERS, batch, loss
+from tests.helpers import MODELS, OPTIMIZERS, batch, loss, restore, saved_and_loaded
 
 TOTAL = 200
 
@@ -224,25 +223,17 @@ def test_removed_channels_are_saved_and_stay_removed_after_a_resume() -> None:
     run(sp, "conv", 0, 75)  # mid-window: some channels removed, more to come
     middle = sp.removed_channels()
     assert 0 < sum(map(len, middle.values())) < sum(map(len, reference.removed_channels().values()))
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": sp.model.state_dict(), "opt": sp.optimizer.state_dict(), "sp": sp.state_dict()},
-        buffer,
-    )
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(sp.model, sp.optimizer, sp)
     again = make("conv")
-    again.model.load_state_dict(state["model"])
-    again.optimizer.load_state_dict(state["opt"])
-    again.load_state_dict(state["sp"])
+    restore(state, again.model, again.optimizer, again)
     assert again.removed_channels() == middle
     run(again, "conv", 75, TOTAL)
     assert again.removed_channels() == reference.removed_channels()
     for name in again.names:
         assert set(middle[name]) <= set(again.removed_channels()[name])
         assert torch.equal(again.masks[name], reference.masks[name])
-    broken = dict(state["sp"])
-    broken["method_state"] = {**state["sp"]["method_state"], "removed_channels": {}}
+    broken = dict(state["sparsifier"])
+    broken["method_state"] = {**state["sparsifier"]["method_state"], "removed_channels": {}}
     with pytest.raises(ValueError, match="removed_channels"):
         make("conv").load_state_dict(broken)
 

@@ -4,7 +4,6 @@ batch and the N − 1 batches before it (SPEC §3, §4); N = 1 is the paper's si
 from __future__ import annotations
 
 import functools
-import io
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 import regrow
 from regrow.flops.training import TrainingFlopsCounter, train_flops_per_sample
 from regrow.sparsity.schedules import drop_fraction
-from tests.helpers import MODELS, OPTIMIZERS, batch
+from tests.helpers import MODELS, OPTIMIZERS, batch, restore, saved_and_loaded
 from tests.sparsity.test_contract import test_contract as run_contract
 from tests.sparsity.test_methods import one_layer
 
@@ -173,17 +172,9 @@ def test_a_run_stopped_inside_a_window_resumes_bit_identically(method: str, stop
     model, optimizer, sp = build(method, grad_accumulation=3)
     feed(model, optimizer, sp, 0, stop)
     assert (sp.window_sum is not None) == (stop in (10, 11))
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sp": sp.state_dict()},
-        buffer,
-    )
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(model, optimizer, sp)
     model, optimizer, sp = build(method, init_seed=123, grad_accumulation=3)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    sp.load_state_dict(state["sp"])
+    restore(state, model, optimizer, sp)
     feed(model, optimizer, sp, stop, 40)
     for name, value in reference.items():
         assert torch.equal(value, model.state_dict()[name]), name

@@ -5,7 +5,6 @@ initial density, argument checks, the contract and resume at initial_density 0.5
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -16,7 +15,7 @@ from torch import nn
 import regrow
 from regrow.cli import main
 from regrow.flops import TrainingFlopsCounter, profile_model
-from tests.helpers import MODELS, OPTIMIZERS, batch
+from tests.helpers import MODELS, OPTIMIZERS, batch, restore, saved_and_loaded
 from tests.sparsity.test_contract import test_contract as contract
 
 TOTAL, DELTA_T, BEGIN, END = 120, 10, 10, 70
@@ -216,17 +215,7 @@ def test_the_contract_holds_from_half_density(model_name: str, optimizer_name: s
 
 
 def saved(sp: regrow.GraNet) -> dict:
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": sp.model.state_dict(),
-            "optimizer": sp.optimizer.state_dict(),
-            "sparsifier": sp.state_dict(),
-        },
-        buffer,
-    )
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+    return saved_and_loaded(sp.model, sp.optimizer, sp)
 
 
 @pytest.mark.parametrize("stop", [5, 11, 45, 90])  # before the first update, during, after
@@ -240,9 +229,7 @@ def test_resume_from_half_density_is_bit_identical(stop: int) -> None:
     state = saved(resumed)
     fresh = make("conv", initial_density=0.5, seed=2)
     torch.nn.init.normal_(next(fresh.model.parameters()))
-    fresh.model.load_state_dict(state["model"])
-    fresh.optimizer.load_state_dict(state["optimizer"])
-    fresh.load_state_dict(state["sparsifier"])
+    restore(state, fresh.model, fresh.optimizer, fresh)
     for index in range(stop, 140):
         feed(fresh, "conv", index)
     for (name, a), b in zip(

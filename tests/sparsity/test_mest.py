@@ -4,7 +4,6 @@ training FLOPs of the soft window, and bad arguments."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -13,7 +12,7 @@ from torch import nn
 
 import regrow
 from regrow.flops import TrainingFlopsCounter
-from tests.helpers import MODELS, OPTIMIZERS, batch, loss
+from tests.helpers import MODELS, OPTIMIZERS, batch, loss, restore, saved_and_loaded
 from tests.sparsity.test_contract import check_transition, snapshot
 
 
@@ -206,17 +205,9 @@ def test_a_soft_run_resumes_bit_identically_between_the_halves(stop: int) -> Non
     model, optimizer, sp = soft_conv()
     run(model, optimizer, sp, 0, stop, "conv")
     assert (sp.drop_at is not None) == (stop % 10 < 5)  # between a grow and its drop
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": model.state_dict(), "opt": optimizer.state_dict(), "sp": sp.state_dict()},
-        buffer,
-    )
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(model, optimizer, sp)
     model2, optimizer2, sp2 = soft_conv(init_seed=123)
-    model2.load_state_dict(state["model"])
-    optimizer2.load_state_dict(state["opt"])
-    sp2.load_state_dict(state["sp"])
+    restore(state, model2, optimizer2, sp2)
     assert sp2.drop_at == sp.drop_at and sp2.active_counts() == sp.active_counts()
     run(model2, optimizer2, sp2, stop, 70, "conv")
     for (name, a), b in zip(reference.items(), model2.state_dict().values(), strict=True):

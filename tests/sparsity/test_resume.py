@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import io
 
 import pytest
 import torch
 from torch import nn
 
 import regrow
-from tests.helpers import MODELS, OPTIMIZERS, batch, own_args
+from tests.helpers import MODELS, OPTIMIZERS, batch, own_args, restore, saved_and_loaded
 
 TOTAL = 60
 
@@ -58,22 +57,10 @@ def test_resume_is_bit_identical(method: str, stop: int) -> None:
     reference, step_count, last_update = uninterrupted(method)
     model, optimizer, sp = build(method, 0)
     run(model, optimizer, sp, 0, stop)
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "sparsifier": sp.state_dict(),
-        },
-        buffer,
-    )
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(model, optimizer, sp)
 
     model2, optimizer2, sp2 = build(method, init_seed=123)
-    model2.load_state_dict(state["model"])
-    optimizer2.load_state_dict(state["optimizer"])
-    sp2.load_state_dict(state["sparsifier"])
+    restore(state, model2, optimizer2, sp2)
     run(model2, optimizer2, sp2, stop, 70)
 
     for (name, a), b in zip(reference.items(), model2.state_dict().values(), strict=True):

@@ -5,7 +5,6 @@ kept at ``a · (B // a)``, its arguments, resume and the FLOP entry points."""
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import math
@@ -21,7 +20,7 @@ from regrow.sparsity.methods.srigl import (
     ablation_threshold,
     constant_fan_in_count,
 )
-from tests.helpers import MODELS, OPTIMIZERS, batch
+from tests.helpers import MODELS, OPTIMIZERS, batch, restore, saved_and_loaded
 
 
 def rows(mask: torch.Tensor) -> torch.Tensor:
@@ -273,23 +272,11 @@ def test_resume_with_ablated_neurons_is_bit_identical(stop: int) -> None:
     sp = build_resumable()
     run(sp, "conv", 0, stop)
     assert sp.active_counts() != sp.target_counts
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": sp.model.state_dict(),
-            "optimizer": sp.optimizer.state_dict(),
-            "sparsifier": sp.state_dict(),
-        },
-        buffer,
-    )
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(sp.model, sp.optimizer, sp)
     assert ablated_neurons(state["sparsifier"]["masks"]) == sp.ablated_neurons()
 
     fresh = build_resumable()
-    fresh.model.load_state_dict(state["model"])
-    fresh.optimizer.load_state_dict(state["optimizer"])
-    fresh.load_state_dict(state["sparsifier"])
+    restore(state, fresh.model, fresh.optimizer, fresh)
     assert fresh.ablated_neurons() == sp.ablated_neurons()
     assert fresh.active_counts() == sp.active_counts()
     run(fresh, "conv", stop, 110)
