@@ -12,7 +12,6 @@ from torch import nn
 
 import regrow
 from regrow.flops import TrainingFlopsCounter, profile_model
-from regrow.sparsity.methods.srigl import output_layer
 from tests.helpers import MODELS, OPTIMIZERS, batch, loss, restore, saved_and_loaded
 
 TOTAL = 200
@@ -46,7 +45,7 @@ def empty_rows(sp: regrow.Chase, name: str) -> set[int]:
 def test_total_is_kept_at_every_update_while_layers_and_channels_move(model_name) -> None:
     sp = make(model_name)
     budget = sum(sp.target_counts.values())
-    output = output_layer(sp.plan)
+    output = sp.plan.output_layer
     counts, removed = [], [sp.removed_channels()]
 
     def after_update() -> None:
@@ -207,7 +206,7 @@ def test_channels_of_smallest_umm_go_first_over_all_layers_down_to_each_minimum(
 def test_output_layer_never_loses_a_channel_even_at_high_channel_sparsity() -> None:
     sp = make("mlp", channel_sparsity=0.9, min_channel_fraction=0.0, sparsity=0.95)
     output = sp.names[-1]
-    assert output_layer(sp.plan) == output and output not in sp.eligible
+    assert sp.plan.output_layer == output and output not in sp.eligible
     run(sp, "mlp", 0, TOTAL)
     assert sp.removed_channels()[output] == []
     assert all(len(sp.removed[n]) - len(sp.removed_channels()[n]) >= 1 for n in sp.eligible)

@@ -388,6 +388,14 @@ class AllocationPlan:
         return [layer.name for layer in self.masked]
 
     @property
+    def output_layer(self) -> str | None:
+        """The output layer, if it is masked: the model's last candidate in registration order (its
+        rows are the classes or the vocabulary's logits); ``None`` when that layer is kept dense.
+        SRigL never ablates its neurons and Chase never removes its channels."""
+        output = self.layers[-1].name if self.layers else None
+        return output if output in self.names else None
+
+    @property
     def dense_names(self) -> list[str]:
         return [layer.name for layer in self.layers if layer.role == "dense"]
 

@@ -37,7 +37,6 @@ from ..layers import fan_in_shape, from_rows
 from ..plan import AllocationPlan
 from ..schedules import gmp_sparsity
 from ..selection import seeded_generator, topk_mask
-from .srigl import output_layer
 
 CHANNEL_SCHEDULES = ("cubic", "linear")
 
@@ -108,7 +107,7 @@ class Chase(GradientGrowthSparsifier):
         super().__init__(*args, **kwargs)
         assert self.total_steps is not None
         a = self.args
-        output = output_layer(self.plan)
+        output = self.plan.output_layer
         #: The layers that can lose channels: every sparse layer but the output layer.
         self.eligible = [name for name in self.names if name != output]
         self.removed = {

@@ -120,14 +120,6 @@ def constant_fan_in_plan(plan: AllocationPlan) -> AllocationPlan:
     return dataclasses.replace(plan, layers=tuple(layers))
 
 
-def output_layer(plan: AllocationPlan) -> str | None:
-    """The output layer of ``plan``, if it is sparse: the model's last candidate in registration
-    order (its rows are the classes or the vocabulary's logits); ``None`` when that layer is kept
-    dense."""
-    output = plan.layers[-1].name if plan.layers else None
-    return output if output in plan.names else None
-
-
 def ablation_threshold(min_salient_fraction: float, fan_in: int) -> int:
     """The fewest salient weights a neuron of constant fan-in ``k`` keeps to stay active:
     ``max(1, floor(γ_sal · k))``, rounded down as the SRigL reference computes it (at k = 7 and
@@ -184,7 +176,7 @@ class SRigL(GradientGrowthSparsifier):
     @property
     def output_layer(self) -> str | None:
         """The layer whose neurons are never ablated: the model's last candidate (the classes)."""
-        return output_layer(self.plan)
+        return self.plan.output_layer
 
     def initial_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
         """``count // out`` random positions in every row (``count`` is a multiple of ``out``)."""
