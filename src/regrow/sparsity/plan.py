@@ -386,7 +386,7 @@ class AllocationPlan:
         wanted = dict(densities)
         for name, shape in sparse_shapes.items():
             rounded = shape_of.for_layer(shape, name in transposed).round_count(counts[name])
-            if rounded != counts[name]:  # the density the masks will have
+            if shape_of.family != "unstructured":  # the density the masks will have, exactly
                 counts[name], densities[name] = rounded, rounded / math.prod(shape)
         _refuse_empty_layers(sparse_shapes, wanted, counts, sparsity, distribution)
         layers = tuple(

@@ -97,7 +97,11 @@ def parse_structure(text: str | Structure) -> Structure:
     block = re.fullmatch(r"block:(\d+)", value)
     if block and int(block[1]) >= 2:
         return Structure("block", block=int(block[1]))
-    raise ValueError(f"structure={text!r} is not a structure: allowed forms are {_FORMS}.")
+    # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124.
+    hint = (
+        " (an unquoted N:M in YAML is read as a number: quote it, '2:4')" if value.isdigit() else ""
+    )
+    raise ValueError(f"structure={text!r} is not a structure: allowed forms are {_FORMS}{hint}.")
 
 
 def _out_fan_in(shape: tuple[int, ...], transposed: bool) -> tuple[int, int]:
