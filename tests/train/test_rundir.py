@@ -172,6 +172,7 @@ def test_summary_records_the_run_and_one_meaning_per_metric_name(tmp_path: Path)
         "power": config.sparsity.power,
         "dense_layers": config.sparsity.dense_layers,
         "custom_densities": None,
+        "structure": "unstructured",
         "init": "dense",
         "model": config.model.name,
         "model_width": config.model.width,

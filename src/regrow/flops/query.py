@@ -161,9 +161,10 @@ def _plan_line(plan: AllocationPlan) -> str:
         return "allocation: no masks (every layer dense)"
     dense = ", ".join(plan.dense_names) or "none"
     custom = [layer.name for layer in plan.masked if layer.role == "custom"]
+    structure = "" if plan.structure == "unstructured" else f", structure {plan.structure}"
     text = (
-        f"allocation: {plan.distribution} at sparsity {plan.sparsity:g} (power {plan.power:g}); "
-        f"dense layers: {dense}"
+        f"allocation: {plan.distribution} at sparsity {plan.sparsity:g} (power {plan.power:g})"
+        f"{structure}; dense layers: {dense}"
     )
     return text + (f"; custom densities: {', '.join(custom)}" if custom else "")
 

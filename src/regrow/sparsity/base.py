@@ -39,7 +39,8 @@ from .initialization import check_init, scale_to_sparse_fan_in_
 from .layers import rows_view, transposed_parameters
 from .optim_state import check_optimizer, zero_state_
 from .plan import AllocationPlan
-from .selection import seeded_generator, topk_mask
+from .selection import seeded_generator
+from .structure import STRUCTURES, LayerStructure, Structure, parse_structure
 
 REINITS = ("zero", "kaiming")
 
@@ -141,6 +142,9 @@ class Sparsifier:
         sparse_layers: names of the tensors to make sparse instead of the default choice.
         plan: an :class:`~regrow.sparsity.plan.AllocationPlan` to use instead of the five keys
             above.
+        structure: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``), ``"kernel"`` or ``"block:B"``:
+            the masks' structure (SPEC §19, :mod:`regrow.sparsity.structure`); a method that
+            cannot keep it (:attr:`structures`) refuses it. Taken from ``plan`` when one is given.
         init: ``"dense"`` keeps the model's initial weights; ``"sparse_fan_in"`` rescales each
             output neuron's active weights to the variance of its sparse fan-in once the first
             masks are chosen (:mod:`regrow.sparsity.initialization`; no effect on full rows).
@@ -157,6 +161,8 @@ class Sparsifier:
     #: The method's own hyper-parameters (a frozen dataclass, validated on construction).
     Args: ClassVar[type[MethodArgs]] = MethodArgs
     traits: ClassVar[Traits] = Traits()
+    #: The structure families (:data:`~regrow.sparsity.structure.STRUCTURES`) the method keeps.
+    structures: ClassVar[tuple[str, ...]] = STRUCTURES
 
     def __init__(
         self,
@@ -172,6 +178,7 @@ class Sparsifier:
         custom_densities: Mapping[str, float] | None = None,
         sparse_layers: Sequence[str] | None = None,
         plan: AllocationPlan | None = None,
+        structure: str = "unstructured",
         init: str = "dense",
         elementwise_optimizer: bool = False,
         attach_hook: bool = True,
@@ -194,7 +201,9 @@ class Sparsifier:
             custom_densities,
             sparse_layers,
             masked=self.traits.masked,
+            structure=structure,
         )
+        self.structure = self._check_structure(structure, plan)
         # The model says which weights are stored [in, out] (Conv1D): their rows are columns.
         plan = plan.with_transposed(transposed_parameters(model))
         self.distribution_plan, self.plan = plan, self.adjust_plan(plan)
@@ -202,6 +211,9 @@ class Sparsifier:
 
         self.names = self.plan.names
         self._transposed = {layer.name for layer in self.plan.layers if layer.transposed}
+        self._structures = {
+            x.name: self.structure.for_layer(x.shape, x.transposed) for x in self.plan.masked
+        }
         self.params = self._sparse_parameters(model)
         check_optimizer(
             optimizer, dict(zip(self.names, self.params, strict=True)), elementwise_optimizer
@@ -225,6 +237,30 @@ class Sparsifier:
             else None
         )
         self.verify_masks_across_ranks("at construction")
+
+    def _check_structure(self, structure: str, plan: AllocationPlan) -> Structure:
+        """The plan's structure, which this method must keep (one ``ValueError`` line naming the
+        method, the structure and the methods that keep it, otherwise)."""
+        given, chosen = parse_structure(structure), parse_structure(plan.structure)
+        if given.family != "unstructured" and given != chosen:
+            raise ValueError(
+                f"structure={structure!r} differs from the plan's structure {plan.structure!r}: "
+                f"build the plan with structure={str(given)!r}, or leave structure out."
+            )
+        supported = self.supported_structures()
+        if chosen.family not in supported:
+            able = [name for name, cls in METHODS.items() if chosen.family in cls.structures]
+            raise ValueError(
+                f"{type(self).__name__} cannot keep structure={str(chosen)!r}: it supports "
+                f"{', '.join(supported)} here; methods that support {chosen.family}: "
+                f"{', '.join(able)}."
+            )
+        return chosen
+
+    def supported_structures(self) -> tuple[str, ...]:
+        """The structure families this method keeps with its arguments (default: the class's
+        :attr:`structures`; a method whose arguments rule one out narrows it)."""
+        return self.structures
 
     def _sparse_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The plan's tensors, checked to be parameters of ``model`` not yet masked."""
@@ -533,6 +569,12 @@ class Sparsifier:
                         f"rows hold {sorted(set(active.tolist()))} weights, not all "
                         f"{fan_in} (budget {self.target_counts[name]} over {active.numel()} rows)."
                     )
+        broken = self._broken_structure(new)
+        if broken:
+            raise RuntimeError(
+                f"{type(self).__name__} produced masks that break structure "
+                f"{str(self.structure)!r} in {', '.join(broken)} (docs/SPEC.md §19)."
+            )
         if rule in (None, "fan_in"):
             self.validate_masks(new)
             return
@@ -707,10 +749,42 @@ class Sparsifier:
 
     def initial_mask(self, param: torch.Tensor, count: int, name: str) -> torch.Tensor:
         """The mask a method that does not start dense begins with: ``count`` seeded random
-        positions (override for structure, e.g. a constant fan-in)."""
+        positions in the plan's structure (override for a method's own, e.g. a constant fan-in)."""
         generator = seeded_generator(self.seed, -1, name, param.device)
         scores = torch.rand(param.shape, generator=generator, device=param.device)
-        return topk_mask(scores, count, generator)
+        return self.select(name, scores, count, generator)
+
+    # ------------------------------------------------------------------------ structure
+    def layer_structure(self, name: str) -> LayerStructure:
+        """The structure of layer ``name`` (its unit, N:M groups; SPEC §19)."""
+        return self._structures[name]
+
+    def select(
+        self,
+        name: str,
+        scores: torch.Tensor,
+        count: int,
+        generator: torch.Generator,
+        excluded: torch.Tensor | None = None,
+        occupied: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The ``count`` highest ``scores`` of layer ``name`` as a mask of the plan's structure,
+        ``excluded`` never chosen, ``occupied`` (the positions a grow adds to) counted in an N:M
+        group's bound. Unstructured: exactly :func:`~regrow.sparsity.selection.topk_mask`. Every
+        selection of a method that keeps structures goes through here."""
+        return self._structures[name].select(scores, count, generator, excluded, occupied)
+
+    def round_count(self, name: str, count: int) -> int:
+        """``count`` rounded down to what layer ``name``'s structure holds exactly (whole units)."""
+        return self._structures[name].round_count(count)
+
+    def _broken_structure(self, masks: Sequence[torch.Tensor]) -> list[str]:
+        """The layers whose mask does not satisfy the plan's structure."""
+        return [
+            name
+            for name, mask in zip(self.names, masks, strict=True)
+            if not self._structures[name].check(mask)
+        ]
 
     # ------------------------------------------------------------------------ inspection
     def itop_rate(self) -> float:
@@ -754,7 +828,12 @@ class Sparsifier:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [
             f"{type(self).__name__}(sparsity={self.sparsity}, distribution={self.distribution!r}, "
-            f"step={self.step_count})"
+            + (
+                f"structure={str(self.structure)!r}, "
+                if self.structure.family != "unstructured"
+                else ""
+            )
+            + f"step={self.step_count})"
         ]
         for j, row in enumerate(rows):
             cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
@@ -805,6 +884,13 @@ class Sparsifier:
                 raise ValueError(
                     f"saved mask {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.masks[name].shape)}."
                 )
+        broken = self._broken_structure([saved[name] for name in self.names])
+        if broken:
+            raise ValueError(
+                f"saved masks of {', '.join(broken)} break this {type(self).__name__}'s structure "
+                f"{str(self.structure)!r}: load the state into a sparsifier built with the "
+                "structure it was saved with."
+            )
         self._check_saved_counts(state)
         for i, name in enumerate(self.names):
             mask = saved[name]

@@ -114,6 +114,7 @@ def layer_densities(
     distribution: str = "erk",
     power: float = 1.0,
     custom: Mapping[str, float] | None = None,
+    max_density: float = 1.0,
 ) -> dict[str, float]:
     """Density of each layer so that the layers together keep ``(1 - sparsity)`` of their weights.
 
@@ -122,6 +123,8 @@ def layer_densities(
     ``Σ d_l N_l = (1 - sparsity) Σ N_l`` (the non-zeros uniform density would give). A layer whose
     density would exceed 1 is made dense, its extra weights are paid for by the other layers, and ε
     is solved again (Evci et al. 2020, Appendix; SPEC §2). ``power=0`` makes ERK uniform.
+    ``max_density`` (an N:M structure's ``n/m``, SPEC §19) caps every layer the same way instead
+    of 1; the caller ensures ``1 - sparsity <= max_density``.
 
     Raises ``ValueError`` for a sparsity outside [0, 1), an unknown distribution, a power that is
     not a finite number, a custom density outside [0, 1] or a custom name not in ``shapes``.
@@ -146,12 +149,12 @@ def layer_densities(
         rest = [name for name in free if name not in dense]
         if not rest:
             break
-        remaining = budget - sum(sizes[name] for name in dense)
+        remaining = budget - sum(sizes[name] for name in dense) * max_density
         epsilon = remaining / sum(raw[name] * sizes[name] for name in rest)
         top = max(raw[name] for name in rest)
-        if epsilon * top <= 1.0:
+        if epsilon * top <= max_density:
             break
-        # Every layer at the maximum score would exceed density 1 first: make them dense.
+        # Every layer at the maximum score would exceed the cap first: cap them.
         dense.update(name for name in rest if math.isclose(raw[name], top, rel_tol=1e-12))
 
     densities: dict[str, float] = {}
@@ -159,9 +162,9 @@ def layer_densities(
         if name in custom:
             densities[name] = float(custom[name])
         elif name in dense:
-            densities[name] = 1.0
+            densities[name] = max_density
         else:
-            densities[name] = min(1.0, epsilon * raw[name])
+            densities[name] = min(max_density, epsilon * raw[name])
     return densities
 
 

@@ -20,7 +20,7 @@ from .base import REINITS, Sparsifier, Traits
 from .optim_state import momentum_like
 from .redistribution import REDISTRIBUTIONS, redistribute
 from .schedules import DROP_SCHEDULES, UpdateSchedule, drop_fraction
-from .selection import seeded_generator, topk_mask
+from .selection import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,14 @@ class DynamicSparsifier(Sparsifier, ABC):
                 f"delta_t <= {max(self.t_end - a.begin_step, 1)} here; lower delta_t or train "
                 "longer."
             )
+        units = {self.layer_structure(name).unit for name in self.names}
+        if a.redistribution != "none" and len(units) > 1:
+            raise ValueError(
+                f"redistribution={a.redistribution!r} moves weights between layers, but under "
+                f"structure={str(self.structure)!r} their units differ in size ({sorted(units)} "
+                "weights), so no exchange keeps the total: use redistribution='none', or a "
+                "structure whose unit is the same in every sparse layer (N:M, block:B)."
+            )
 
     def update_due(self, step: int) -> bool:
         return self.schedule.is_update_step(step)
@@ -100,20 +108,23 @@ class DynamicSparsifier(Sparsifier, ABC):
 
     def new_masks(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         fraction = self.drop_fraction(step)
-        kept, drops = [], []
+        kept = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
             mask, active = self.masks[name], self._active[i]
-            drop = math.floor(fraction * active)
+            drop = self.round_count(name, math.floor(fraction * active))  # whole units
             generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
             scores = self.drop_scores(step, i, grads[i])
-            kept.append(topk_mask(scores, active - drop, generator, excluded=~mask))
-            drops.append(drop)
+            kept.append(self.select(name, scores, active - drop, generator, excluded=~mask))
+        # What was dropped (whole units), so the grow restores the counts exactly.
+        sizes = torch.stack([k.sum() for k in kept]).tolist() if kept else []
+        drops = [active - size for active, size in zip(self._active, sizes, strict=True)]
         grow_counts = self._grow_counts(drops, kept, grads)
         new = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
             generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
             scores = self.grow_scores(step, i, grads[i])
-            new.append(kept[i] | topk_mask(scores, grow_counts[i], generator, excluded=kept[i]))
+            grown = self.select(name, scores, grow_counts[i], generator, kept[i], kept[i])
+            new.append(kept[i] | grown)
         return new
 
     def _grow_counts(
@@ -138,5 +149,12 @@ class DynamicSparsifier(Sparsifier, ABC):
             stats.append(
                 float(source.detach().float().abs().mul(mask).sum()) / max(self._active[i], 1)
             )
-        capacities = [p.numel() - int(k.sum()) for p, k in zip(self.params, kept, strict=True)]
-        return redistribute(sum(drops), stats, capacities)
+        # In units of the structure (equal in every layer, checked at construction); N:M caps a
+        # layer at n/m of its weights.
+        unit = self.layer_structure(self.names[0]).unit if self.names else 1
+        capacities = [
+            self.layer_structure(name).max_count() - int(k.sum())
+            for name, k in zip(self.names, kept, strict=True)
+        ]
+        counts = redistribute(sum(drops) // unit, stats, [c // unit for c in capacities])
+        return [count * unit for count in counts]

@@ -51,6 +51,7 @@ from .layers import (
     parameter_names,
     transposed_parameters,
 )
+from .structure import parse_structure
 
 __all__ = [
     "ATTENTION_WEIGHTS",
@@ -279,6 +280,29 @@ def _refuse_empty_layers(
         )
 
 
+def _check_structure_densities(
+    structure: Any, sparsity: float, custom: Mapping[str, float], masked: bool
+) -> float:
+    """The densest a layer may be under ``structure`` (N:M: ``n/m``); ``ValueError`` for a
+    sparsity or custom density that would need a denser layer."""
+    cap = structure.max_density
+    if not masked or cap >= 1.0:
+        return 1.0
+    if 1.0 - sparsity > cap + 1e-12:
+        raise ValueError(
+            f"sparsity={sparsity!r} is below what structure {str(structure)!r} allows: an N:M "
+            f"layer keeps at most {cap:g} of its weights, so allowed values are sparsity >= "
+            f"{1 - cap:g} (the distribution's densities are capped at {cap:g})."
+        )
+    over = {name: d for name, d in custom.items() if d > cap}
+    if over:
+        raise ValueError(
+            f"custom_densities {over} exceed {cap:g}, the most structure {str(structure)!r} "
+            f"allows: allowed densities are <= {cap:g}."
+        )
+    return cap
+
+
 @dataclass(frozen=True)
 class LayerAllocation:
     """One candidate tensor: ``sparse`` (its density from the distribution), ``custom`` (a density
@@ -311,6 +335,8 @@ class AllocationPlan:
     distribution: str
     power: float
     layers: tuple[LayerAllocation, ...]
+    #: ``sparsity.structure`` (SPEC §19): the counts are rounded to it.
+    structure: str = "unstructured"
 
     @classmethod
     def build(
@@ -323,15 +349,18 @@ class AllocationPlan:
         custom_densities: Mapping[str, float] | None = None,
         sparse_layers: Sequence[str] | None = None,
         masked: bool = True,
+        structure: str = "unstructured",
     ) -> AllocationPlan:
         """The plan for a model (or for ``name → shape`` of its candidates, in order).
 
         ``masked=False`` (Dense, Small-Dense) lists every candidate as dense. ``ValueError``
         names the argument for a value it does not allow, and refuses a plan without a sparse
         layer (a one-layer model keeps its only layer dense unless ``dense_layers=[]``) or with a
-        layer left no active weight (a sparsity too high for its size).
+        layer left no active weight (a sparsity too high for its size). ``structure`` (SPEC §19)
+        caps every density at N:M's ``n/m`` and rounds every count down to whole units.
         """
         sparsity = check_sparsity(sparsity)
+        shape_of = parse_structure(structure)
         distribution = check_distribution(distribution)
         power = check_power(power)
         custom = check_custom_densities(custom_densities)
@@ -351,9 +380,15 @@ class AllocationPlan:
                 f"{chosen}."
             )
         sparse_shapes = {name: shapes[name] for name in chosen}
-        densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom)
+        cap = _check_structure_densities(shape_of, sparsity, custom, masked)
+        densities = layer_densities(sparse_shapes, sparsity, distribution, power, custom, cap)
         counts = active_counts(sparse_shapes, densities)
-        _refuse_empty_layers(sparse_shapes, densities, counts, sparsity, distribution)
+        wanted = dict(densities)
+        for name, shape in sparse_shapes.items():
+            rounded = shape_of.for_layer(shape, name in transposed).round_count(counts[name])
+            if shape_of.family != "unstructured":  # the density the masks will have, exactly
+                counts[name], densities[name] = rounded, rounded / math.prod(shape)
+        _refuse_empty_layers(sparse_shapes, wanted, counts, sparsity, distribution)
         layers = tuple(
             LayerAllocation(
                 name,
@@ -367,7 +402,7 @@ class AllocationPlan:
             else LayerAllocation(name, shape, "dense", 1.0, math.prod(shape), name in transposed)
             for name, shape in shapes.items()
         )
-        return cls(sparsity if masked else 0.0, distribution, float(power), layers)
+        return cls(sparsity if masked else 0.0, distribution, float(power), layers, str(shape_of))
 
     def with_transposed(self, transposed: Collection[str]) -> AllocationPlan:
         """This plan with exactly the layers named in ``transposed`` read as ``[in, out]`` (the
@@ -418,6 +453,7 @@ class AllocationPlan:
             "sparsity": self.sparsity,
             "distribution": self.distribution,
             "power": self.power,
+            "structure": self.structure,
             "layers": [
                 {
                     "name": x.name,
@@ -432,14 +468,21 @@ class AllocationPlan:
             ],
         }
 
+    def units(self) -> dict[str, str]:
+        """Each masked layer's unit under :attr:`structure` (``2:4``, ``3x3 kernel``,
+        ``4x4 block``, ``element`` with the reason where the structure does not divide it)."""
+        structure = parse_structure(self.structure)
+        return {x.name: structure.for_layer(x.shape, x.transposed).describe() for x in self.masked}
+
     def __str__(self) -> str:
         rows = [("layer", "shape", "role", "density", "active", "size")]
+        units = self.units() if self.structure != "unstructured" else {}
         for x in self.layers:
             rows.append(
                 (
                     x.name,
                     "x".join(map(str, x.shape)) + (" (in x out)" if x.transposed else ""),
-                    x.role,
+                    x.role + (f", {units[x.name]}" if x.name in units else ""),
                     f"{x.density:.4f}",
                     f"{x.active:,}",
                     f"{x.size:,}",
@@ -459,7 +502,8 @@ class AllocationPlan:
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
         lines = [
             f"AllocationPlan(sparsity={self.sparsity:g}, distribution={self.distribution!r}, "
-            f"power={self.power:g})"
+            f"power={self.power:g}"
+            + (f", structure={self.structure!r})" if self.structure != "unstructured" else ")")
         ]
         for j, row in enumerate(rows):
             cells = [c.ljust(w) for c, w in zip(row[:3], widths[:3], strict=True)]

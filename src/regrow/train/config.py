@@ -26,6 +26,7 @@ from ..sparsity import METHODS, Sparsifier, get_method
 from ..sparsity.base import sparse_start_methods
 from ..sparsity.distributions import DISTRIBUTIONS
 from ..sparsity.initialization import INITS
+from ..sparsity.structure import parse_structure
 from ..util.yamlfile import package_folder, read_named, shipped_names, yaml_problem
 from .config_errors import (
     ConfigError,
@@ -192,6 +193,10 @@ class SparsityConfig:
         f"{_choices(INITS)}: the model's initial weights, or each neuron's rescaled to the "
         "variance of its sparse fan-in once the first masks are chosen",
     )
+    structure: str = described(
+        "unstructured",
+        "unstructured | N:M (e.g. 2:4) | kernel | block:B: the masks' structure (docs/SPEC.md §19)",
+    )
     init_masks: str | None = described(
         None, "start from the masks of this run directory's checkpoint (null: the method's own)"
     )
@@ -225,6 +230,7 @@ class SparsityConfig:
             "power": self.power,
             "dense_layers": self.dense_layers,
             "custom_densities": dict(self.custom_densities) or None,
+            "structure": self.structure,
         }
 
 
@@ -458,12 +464,28 @@ def validate(config: RunConfig) -> None:
     except (ValueError, TypeError) as error:
         raise ConfigError(f"sparsity.args: {error}") from None
     _validate_init_masks(config.sparsity, cls)
+    _validate_structure(config.sparsity, cls)
     for name, density in config.sparsity.custom_densities.items():
         if not 0 <= density <= 1:
             raise ConfigError(
                 f"sparsity.custom_densities.{name}={density!r} is out of range: allowed values "
                 "are 0 <= x <= 1."
             )
+
+
+def _validate_structure(s: SparsityConfig, cls: Any) -> None:
+    """``sparsity.structure``: a structure's form, and one the method's class keeps (arguments
+    that rule one out, e.g. Pruning's scope=global, are refused when the sparsifier is built)."""
+    try:
+        structure = parse_structure(s.structure)
+    except ValueError as error:
+        raise ConfigError(f"sparsity.{error}") from None
+    if structure.family not in cls.structures:
+        able = [name for name, c in METHODS.items() if structure.family in c.structures]
+        raise ConfigError(
+            f"sparsity.structure={s.structure!r} is not kept by sparsity.method={s.method}: "
+            f"methods that keep {structure.family} are {', '.join(able)}."
+        )
 
 
 def _validate_init_masks(s: SparsityConfig, cls: Any) -> None:

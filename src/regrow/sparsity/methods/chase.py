@@ -100,6 +100,8 @@ class Chase(GradientGrowthSparsifier):
     """
 
     name = "chase"
+    # Its drop and grow rank single weights over all layers at once (SPEC §19).
+    structures = ("unstructured",)
     Args = ChaseArgs
     args: ChaseArgs
 

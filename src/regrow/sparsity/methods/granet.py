@@ -19,7 +19,7 @@ from ..args import MethodArgs, arg, at_least, in_range
 from ..base import Sparsifier, Traits, register, sparse_start_methods
 from ..plan import AllocationPlan
 from ..schedules import DROP_SCHEDULES, PruningSchedule, drop_fraction
-from ..selection import seeded_generator, topk_mask
+from ..selection import seeded_generator
 from .pruning import pruning_mean_flops
 
 
@@ -152,8 +152,11 @@ class GraNet(Sparsifier):
         if start is None:
             return {name: p.numel() for name, p in zip(self.names, self.params, strict=True)}
         counts = start.active_counts()
-        # Never below the budget, even where the two plans' densities round apart.
-        return {name: max(counts[name], k) for name, k in self.target_counts.items()}
+        # Never below the budget, even where the two plans' densities round apart; whole units.
+        return {
+            name: self.round_count(name, max(counts[name], k))
+            for name, k in self.target_counts.items()
+        }
 
     def update_due(self, step: int) -> bool:
         if self.schedule.is_pruning_step(step):
@@ -166,7 +169,9 @@ class GraNet(Sparsifier):
         """Active weights of each layer after an update at ``step``:
         ``N0 − floor((N0 − K)(1 − (1 − p)^3))``."""
         return {
-            name: self.schedule.active_count(step, self.initial_active[name], k)
+            name: self.round_count(
+                name, self.schedule.active_count(step, self.initial_active[name], k)
+            )
             for name, k in self.target_counts.items()
         }
 
@@ -185,15 +190,16 @@ class GraNet(Sparsifier):
         new = []
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
             count = min(counts[name], self._active[i])
-            moved = math.floor(fraction * count)
+            moved = self.round_count(name, math.floor(fraction * count))
             # Pruning to `count` and then dropping `moved` more by |w| keeps the largest
             # `count - moved` |w|: one choice. Every position not kept may grow, the ones just
             # pruned or dropped included (as RigL's, SPEC §4).
             generator = seeded_generator(self.seed, step, "prune/" + name, p.device)
-            kept = topk_mask(p.abs(), count - moved, generator, excluded=~self.masks[name])
+            kept = self.select(name, p.abs(), count - moved, generator, excluded=~self.masks[name])
             scores = torch.zeros_like(p) if grads[i] is None else grads[i].abs()
             generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
-            new.append(kept | topk_mask(scores, moved, generator, excluded=kept))
+            grow = count - int(kept.sum())  # what was pruned or dropped beyond `count`
+            new.append(kept | self.select(name, scores, grow, generator, kept, kept))
         return new
 
     def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:

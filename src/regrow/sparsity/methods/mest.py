@@ -21,7 +21,7 @@ from ..base import Sparsifier, register
 from ..dynamic import DynamicArgs
 from ..plan import AllocationPlan
 from ..schedules import DROP_SCHEDULES, UpdateSchedule, drop_fraction
-from ..selection import seeded_generator, topk_mask
+from ..selection import seeded_generator
 from .set import SET
 
 MEMORY_BOUNDS = ("hard", "soft")
@@ -138,6 +138,11 @@ class MEST(SET):
         """The soft memory bound: grow and drop are two mask updates ``soft_steps`` apart."""
         return self.args.memory_bound == "soft"
 
+    def supported_structures(self) -> tuple[str, ...]:
+        # The soft bound's grow half takes a layer above its budget, which an N:M layer at n/m
+        # has no room for (SPEC §19).
+        return tuple(s for s in self.structures if not (self.soft and s == "N:M"))
+
     @property
     def soft_steps(self) -> int:
         return soft_steps_of(self.args)
@@ -214,7 +219,7 @@ class MEST(SET):
             count = soft_extra(ratio, self._active[i], p.numel(), self.args.margin)
             generator = seeded_generator(self.seed, step, "grow/" + name, p.device)
             scores = self.grow_scores(step, i, grads[i])
-            new.append(mask | topk_mask(scores, count, generator, excluded=mask))
+            new.append(mask | self.select(name, scores, count, generator, mask, mask))
         return new
 
     def _drop_half(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -224,7 +229,8 @@ class MEST(SET):
         for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
             generator = seeded_generator(self.seed, step, "drop/" + name, p.device)
             scores = self.drop_scores(step, i, grads[i])
-            new.append(topk_mask(scores, budget[name], generator, excluded=~self.masks[name]))
+            mask = self.masks[name]
+            new.append(self.select(name, scores, budget[name], generator, excluded=~mask))
         return new
 
     def validate_masks(self, new: list[torch.Tensor]) -> None:

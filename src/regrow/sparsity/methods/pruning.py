@@ -13,6 +13,7 @@ from ..distributions import Densities, resolve_densities
 from ..plan import AllocationPlan
 from ..schedules import PruningSchedule, pruning_segments
 from ..selection import seeded_generator, topk_mask
+from ..structure import STRUCTURES
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,20 @@ class Pruning(Sparsifier):
             )
         return pruning_mean_flops(profile, plan, cls.schedule_for(args, total_steps))
 
+    def supported_structures(self) -> tuple[str, ...]:
+        # One threshold over all layers compares single weights: no structure (SPEC §19).
+        return STRUCTURES if self.args.scope == "layer" else ("unstructured",)
+
     def update_due(self, step: int) -> bool:
         return self.schedule.is_pruning_step(step)
 
     def scheduled_counts(self, step: int) -> dict[str, int]:
-        """Active weights of each layer after a layer-scope pruning step at ``step``."""
+        """Active weights of each layer after a layer-scope pruning step at ``step`` (rounded down
+        to the structure's units, SPEC §19)."""
         return {
-            name: self.schedule.active_count(step, p.numel(), self.target_counts[name])
+            name: self.round_count(
+                name, self.schedule.active_count(step, p.numel(), self.target_counts[name])
+            )
             for name, p in zip(self.names, self.params, strict=True)
         }
 
@@ -97,7 +105,7 @@ class Pruning(Sparsifier):
         for name, p, active in zip(self.names, self.params, self._active, strict=True):
             generator = seeded_generator(self.seed, step, "prune/" + name, p.device)
             count = min(counts[name], active)
-            new.append(topk_mask(p.abs(), count, generator, excluded=~self.masks[name]))
+            new.append(self.select(name, p.abs(), count, generator, excluded=~self.masks[name]))
         return new
 
     def _global_masks(self, step: int) -> list[torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..base import Sparsifier, Traits, register
-from ..selection import seeded_generator, topk_mask
+from ..selection import seeded_generator
 
 
 @register
@@ -25,5 +25,5 @@ class SNIP(Sparsifier):
         for name, p, g in zip(self.names, self.params, grads, strict=True):
             scores = torch.zeros_like(p) if g is None else (g.float() * p.float()).abs()
             generator = seeded_generator(self.seed, step, "snip/" + name, p.device)
-            new.append(topk_mask(scores, self.target_counts[name], generator))
+            new.append(self.select(name, scores, self.target_counts[name], generator))
         return new

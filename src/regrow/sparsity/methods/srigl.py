@@ -163,6 +163,9 @@ class SRigL(GradientGrowthSparsifier):
     """
 
     name = "srigl"
+    # A constant fan-in is a structure of its own; units or N:M groups on top of it would leave
+    # rows no count they could all hold (SPEC §19).
+    structures = ("unstructured",)
     Args = SRigLArgs
     args: SRigLArgs
 
