@@ -212,6 +212,10 @@ def test_shipped_studies_plan_over_any_preset(name):
         assert len(plan.runs) == (9 * 2 + 1) * 3
         methods = {plan.configs[r.name].sparsity.method for r in plan.runs}
         assert {"granet", "mest", "chase", "srigl", "pruning", "dense"} <= methods
+    if name == "structures":  # 2 methods x 4 structures x 2 sparsities, 3 seeds
+        assert len(plan.runs) == 2 * 4 * 2 * 3
+        structures = {plan.configs[r.name].sparsity.structure for r in plan.runs}
+        assert structures == {"unstructured", "2:4", "kernel", "block:4"}  # strings, not 124
     if name == "sparse_init":  # 4 methods x 2 sparsities x both inits, 3 seeds
         assert len(plan.runs) == 4 * 2 * 2 * 3
         inits = {plan.configs[r.name].sparsity.init for r in plan.runs}
