@@ -38,32 +38,17 @@ from .arguments import check_objects, check_total_steps, method_args_of, whole_n
 from .initialization import check_init, scale_to_sparse_fan_in_
 from .layers import rows_view, transposed_parameters
 from .optim_state import check_optimizer, zero_state_
+from .persistence import Checkpointing
 from .plan import AllocationPlan
+from .registry import METHODS as METHODS  # re-exported: the registry is read through base
+from .registry import register as register
+from .registry import sparse_start_methods as sparse_start_methods
+from .registry import unmasked_methods as unmasked_methods
 from .selection import seeded_generator
+from .starting import StartFromMasks
 from .structure import STRUCTURES, LayerStructure, Structure, parse_structure
 
 REINITS = ("zero", "kaiming")
-
-#: Every registered method, by lower-case name. Filled by :func:`register`.
-METHODS: dict[str, type[Sparsifier]] = {}
-
-
-def register(cls: type[Sparsifier]) -> type[Sparsifier]:
-    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a class attribute `name` to be registered.")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def sparse_start_methods() -> list[str]:
-    """Registered methods that start from sparse masks (so can start from another run's)."""
-    return [n for n, c in METHODS.items() if c.traits.masked and not c.traits.starts_dense]
-
-
-def unmasked_methods() -> list[str]:
-    """Registered methods that train without masks (the dense baselines)."""
-    return [n for n, c in METHODS.items() if not c.traits.masked]
 
 
 def get_method(name: str) -> type[Sparsifier]:
@@ -124,7 +109,7 @@ class BatchReport:
     masks_changed: bool = False
 
 
-class Sparsifier:
+class Sparsifier(StartFromMasks, Checkpointing):
     """Base of every method. See the module docstring for the training-loop contract.
 
     Args:
@@ -598,121 +583,6 @@ class Sparsifier:
             )
         self.validate_masks(new)
 
-    #: How :meth:`start_from_masks` uses the masks it is given.
-    START_MODES = ("exact", "shuffle_within_layers")
-
-    @torch.no_grad()
-    def start_from_masks(
-        self,
-        masks: Mapping[str, torch.Tensor],
-        mode: str = "exact",
-        *,
-        seed: int | None = None,
-        weights: Mapping[str, torch.Tensor] | None = None,
-    ) -> None:
-        """Start training (at step 0) from given masks instead of this method's initial ones:
-        the masks of another run (a lottery ticket, RigL re-initialised from its final topology).
-
-        Args:
-            masks: parameter name → bool mask, one for every sparse tensor of this sparsifier
-                and no other, each of its tensor's shape.
-            mode: ``"exact"`` installs them as given; ``"shuffle_within_layers"`` permutes each
-                layer's mask with a generator seeded by (``seed``, layer): every layer keeps its
-                active count, the positions change.
-            seed: seeds the shuffle (default: the sparsifier's seed).
-            weights: parameter name → the values to start from where a mask is active (e.g. the
-                model's initial parameters, copied before this sparsifier was built, which zeroed
-                them outside its own initial masks); default: the parameters' current values.
-                Needed with ``init="sparse_fan_in"``, which rescales them to the new masks.
-
-        The masks are installed through the same path as a mask update (SPEC §4.3), so weights
-        and optimizer state are zero wherever a connection is inactive. Afterwards the method
-        runs as usual from these masks (a dynamic method conserves their per-layer counts).
-        ``ValueError`` names the first layer whose name or shape differs.
-        """
-        self._check_start_masks(masks, mode)
-        if self.init == "sparse_fan_in" and weights is None:
-            raise ValueError(
-                "init='sparse_fan_in' rescales the initial weights to the masks' fan-ins, and "
-                "the current ones were already rescaled to this sparsifier's own masks: pass "
-                "weights= (the model's parameters copied before the sparsifier was built)."
-            )
-        base_seed = self.seed if seed is None else int(seed)
-        new = []
-        for name, param in zip(self.names, self.params, strict=True):
-            mask = masks[name].to(param.device)
-            if mode == "shuffle_within_layers":
-                generator = seeded_generator(base_seed, -1, f"shuffle/{name}", param.device)
-                order = torch.randperm(mask.numel(), generator=generator, device=param.device)
-                mask = mask.reshape(-1)[order].view(mask.shape)
-            new.append(mask.clone())
-        if weights is not None:
-            for name, param in zip(self.names, self.params, strict=True):
-                if name not in weights or tuple(weights[name].shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"weights: no tensor of shape {tuple(param.shape)} for {name}."
-                    )
-                param.copy_(weights[name])
-        # Every connection counts as active before the install, so each weight survives exactly
-        # where its new mask is active; the count rule applies from these masks on.
-        before, started = list(self._active), self.start_counts
-        for i, mask in enumerate(new):
-            self.masks[self.names[i]].fill_(True)
-            self._active[i] = int(mask.sum())
-        try:
-            self._apply_masks(new, 0)
-        except RuntimeError as error:  # the method's own structure (e.g. SRigL's fan-in)
-            for i, name in enumerate(self.names):  # nothing changed: the checks come first
-                self.masks[name].copy_(self._mask_values[i].bool())
-            self._active[:] = before
-            self.start_counts = started
-            self.mask_weights()
-            raise ValueError(f"these masks do not suit {type(self).__name__}: {error}") from None
-        self.start_counts = self.active_counts()
-        self._initialize_for_masks()
-
-    def _check_start_masks(self, masks: Mapping[str, torch.Tensor], mode: str) -> None:
-        """What :meth:`start_from_masks` refuses, each as one ``ValueError`` naming the layer."""
-        kind = type(self).__name__
-        if not isinstance(masks, Mapping):
-            raise ValueError(
-                f"masks={masks!r} is not a mapping: pass parameter name -> bool mask, e.g. "
-                "torch.load(checkpoint)['sparsifier']['masks']."
-            )
-        if not self.traits.masked or self.traits.starts_dense:
-            why = "trains without masks" if not self.traits.masked else "starts dense"
-            raise ValueError(
-                f"{kind} {why}, so it cannot start from given masks: use a method that starts "
-                f"from sparse masks ({', '.join(sparse_start_methods())})."
-            )
-        if self.step_count != 0 or self.last_update_step is not None:
-            raise ValueError(
-                f"start_from_masks is for step 0, but this {kind} is at step {self.step_count}: "
-                "call it right after building the sparsifier, before training."
-            )
-        if mode not in self.START_MODES:
-            raise ValueError(f"mode={mode!r}: allowed values are {', '.join(self.START_MODES)}.")
-        for name in self.names:
-            if name not in masks:
-                raise ValueError(
-                    f"layer {name} ({'x'.join(map(str, self.masks[name].shape))}) has no mask in "
-                    f"the masks given, which are for layers {sorted(masks)}."
-                )
-            given = tuple(masks[name].shape)
-            if given != tuple(self.masks[name].shape):
-                raise ValueError(
-                    f"layer {name}: the mask given has shape {given}, this sparsifier's "
-                    f"parameter {tuple(self.masks[name].shape)}."
-                )
-            if masks[name].dtype != torch.bool:
-                raise ValueError(f"layer {name}: the mask given is {masks[name].dtype}, not bool.")
-        extra = [name for name in masks if name not in self.masks]
-        if extra:
-            raise ValueError(
-                f"layer {extra[0]} has a mask in the masks given but is not a sparse tensor of "
-                f"this {kind} (its sparse tensors: {self.names})."
-            )
-
     def mask_checksums(self) -> torch.Tensor:
         """Per layer ``(active count, position-weighted sum)`` as int64 ``[layers, 2]``: equal on
         two ranks only if their masks are (up to a hash collision)."""
@@ -842,151 +712,6 @@ class Sparsifier:
             if j in (0, len(rows) - 2):
                 lines.append("-" * (sum(widths) + 8))
         return "\n".join(lines)
-
-    # ----------------------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Masks, step counter, schedule position and method state (SPEC §9)."""
-        return {
-            "method": self.name,
-            "step_count": self.step_count,
-            "last_update_step": self.last_update_step,
-            "pending_update": self.pending_update,
-            "masks": {name: mask.clone() for name, mask in self.masks.items()},
-            "ever_active": dict(
-                zip(self.names, (m.clone() for m in self._ever_active), strict=True)
-            ),
-            "method_state": self.method_state(),
-            "target_counts": dict(self.target_counts),
-            "start_counts": None if self.start_counts is None else dict(self.start_counts),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` into this sparsifier (built on the same model layout and
-        allocation). ``ValueError``, with nothing loaded, for a state of another method, other
-        layers or shapes, or masks whose active counts contradict this sparsifier's allocation
-        (see :meth:`_check_saved_counts`)."""
-        if state.get("method") != self.name:
-            raise ValueError(
-                f"this state is from method {state.get('method')!r}, not {self.name!r}: load it into "
-                f"a {get_method(state['method']).__name__ if state.get('method') in METHODS else 'matching'} sparsifier."
-            )
-        saved = state["masks"]
-        if sorted(saved) != sorted(self.names):
-            raise ValueError(
-                f"the saved masks are for layers {sorted(saved)}, this sparsifier has {sorted(self.names)}."
-            )
-        for name in self.names:
-            mask = saved[name]
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-                kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-                raise ValueError(f"saved mask {name} is {kind}, not a bool tensor.")
-            if tuple(mask.shape) != tuple(self.masks[name].shape):
-                raise ValueError(
-                    f"saved mask {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.masks[name].shape)}."
-                )
-        broken = self._broken_structure([saved[name] for name in self.names])
-        if broken:
-            raise ValueError(
-                f"saved masks of {', '.join(broken)} break this {type(self).__name__}'s structure "
-                f"{str(self.structure)!r}: load the state into a sparsifier built with the "
-                "structure it was saved with."
-            )
-        self._check_saved_counts(state)
-        for i, name in enumerate(self.names):
-            mask = saved[name]
-            self.masks[name].copy_(mask)
-            self._mask_values[i].copy_(mask)
-            self._active[i] = int(mask.sum())
-            # Older checkpoints did not keep the union of masks: it starts from the current ones.
-            self._ever_active[i].copy_(state.get("ever_active", saved)[name])
-        self.start_counts = state.get("start_counts")
-        self.step_count = int(state["step_count"])
-        self.last_update_step = state["last_update_step"]
-        self.pending_update = bool(state["pending_update"])
-        self.load_method_state(state["method_state"])
-        self.verify_masks_across_ranks("after load_state_dict")
-
-    def _check_saved_counts(self, state: Mapping[str, Any]) -> None:
-        """The saved masks' active counts must be what this sparsifier's allocation and the
-        method's declared rule allow (``ValueError`` naming the layer and both counts):
-
-        - the state's own allocation (``target_counts``) must be this sparsifier's;
-        - before the first mask update every mask holds its start count: a method that starts
-          dense its :meth:`initial_counts` (full, unless it starts below), another the plan's or
-          that of the masks :meth:`start_from_masks` installed;
-        - after it, the method's :meth:`count_rule`: ``"layer"`` every layer's start count,
-          ``"total"`` (redistribution) their sum, ``"fan_in"`` a constant fan-in within each
-          layer's budget; ``None`` (Pruning, SNIP) nothing beyond the allocation.
-
-        A state saved before these counts were recorded (no ``start_counts`` key) is checked only
-        for what holds whatever masks it started from: full masks before the first update of a
-        method that starts dense, and SRigL's constant fan-in.
-        """
-        kind = type(self).__name__
-        self._check_saved_allocation(state.get("target_counts"))
-        counts = {name: int(state["masks"][name].sum()) for name in self.names}
-        sizes = {name: self.masks[name].numel() for name in self.names}
-        if "start_counts" not in state:
-            start = None
-        else:
-            start = {k: int(v) for k, v in (state["start_counts"] or self.initial_counts()).items()}
-
-        def refuse(name: str, expected: str) -> None:
-            raise ValueError(
-                f"saved mask {name} has {counts[name]} active weights of {sizes[name]}, but this "
-                f"{kind}'s allocation (sparsity {self.sparsity:g}, {self.distribution}) gives it "
-                f"{expected}: the state does not belong to this sparsifier; load the one saved "
-                "with it, or build the sparsifier with the settings the state was saved with."
-            )
-
-        if state.get("last_update_step") is None:  # no update yet (a postponed one changed nothing)
-            # A method that starts dense never starts from given masks, so its own initial counts
-            # (full, or GraNet's at a lower initial density) hold even without start_counts.
-            initial = self.initial_counts() if self.traits.starts_dense else {}
-            for name in initial:
-                if counts[name] != initial[name]:
-                    full = initial[name] == sizes[name]
-                    why = f"full: {kind} starts dense" if full else f"{kind}'s initial count"
-                    refuse(name, f"{initial[name]} ({why})")
-            for name in self.names:
-                if start and counts[name] != start[name]:
-                    refuse(name, f"{start[name]}")
-            return
-        rule = self.count_rule()
-        if rule == "fan_in":
-            for name in self.names:
-                active = self.rows(name, state["masks"][name]).sum(dim=1)
-                active = active[active > 0]
-                fan_in = self.target_counts[name] // max(active.numel(), 1)
-                if not bool((active == fan_in).all()):
-                    refuse(
-                        name, f"a constant fan-in within its budget of {self.target_counts[name]}"
-                    )
-        elif start is None:
-            return
-        elif rule == "layer":
-            for name in self.names:
-                if counts[name] != start[name]:
-                    refuse(name, f"{start[name]} ({kind} keeps every layer's count)")
-        elif rule == "total" and sum(counts.values()) != sum(start.values()):
-            name = next(n for n in self.names if counts[n] != start[n])
-            refuse(
-                name,
-                f"a share of {sum(start.values())} weights over all layers, which these masks "
-                f"sum to {sum(counts.values())}",
-            )
-
-    def _check_saved_allocation(self, saved_targets: Mapping[str, Any] | None) -> None:
-        """A state's own allocation (``target_counts``, when it has one) must be this one's."""
-        for name in self.names if saved_targets is not None else []:
-            if int(saved_targets.get(name, -1)) != self.target_counts[name]:
-                raise ValueError(
-                    f"this state was saved by a sparsifier whose allocation gives layer {name} "
-                    f"{saved_targets.get(name)} active weights, but this {type(self).__name__}'s "
-                    f"allocation gives it {self.target_counts[name]}: load it into a sparsifier "
-                    "built with the same sparsity, distribution, power, dense_layers and "
-                    "custom_densities."
-                )
 
     def remove(self) -> None:
         """Detach the optimizer hook (the masks stay registered on the model)."""
