@@ -30,7 +30,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
             "active weights stored; regrow.export.load_compressed gives back the state_dict bit "
             "for bit), model.pt (a torch.fx GraphModule of plain PyTorch modules: dead neurons "
             "removed, batch norm folded where it follows a conv/linear, each sparse layer dense, "
-            "CSR, condensed, ELL or embedding bag as timed fastest at --batch-size; a language "
+            "CSR, condensed, ELL, embedding bag or BSR as timed fastest at --batch-size; a language "
             "model also gets its cached one-token decode step, model.decode; load it with "
             "torch.load(path, weights_only=False), eval mode only) and export.json (sizes, "
             "per-layer choices, the output check). What the rewrite does: docs/EXPORT.md."
@@ -150,9 +150,11 @@ def add_format_arguments(parser: argparse.ArgumentParser, modes: tuple[str, ...]
         "--formats",
         choices=modes,
         default="auto",
-        help="auto: each sparse layer dense, CSR, condensed, ELL or embedding bag, whichever "
-        "timed fastest (default); dense: none sparse; csr / condensed / embedding_bag: every "
-        "layer that can take that form (condensed: ELL where the fan-in varies)",
+        help="auto: each sparse layer dense, CSR, condensed, ELL, embedding bag, BSR or "
+        "semi-structured, whichever timed fastest (default); dense: none sparse; csr / condensed "
+        "/ embedding_bag / bsr / semi_structured: every layer that can take that form (condensed: "
+        "ELL where the fan-in varies; bsr: a weight in blocks; semi_structured: a 2:4 linear "
+        "layer, on a CUDA device only)",
     )
     parser.add_argument(
         "--compiled",

@@ -3,8 +3,9 @@
 - :mod:`.compress`: the compressed checkpoint (bit-packed masks, active values only), loaded back
   bit-exactly by :func:`load_compressed`.
 - :mod:`.inference`: the inference model, plain PyTorch modules (torch.fx graph): dead neurons
-  removed, batch norm folded (:mod:`.passes`), CSR linear / 1×1 conv layers where they time
-  faster (:mod:`.csr`); :mod:`.graph` holds the fx helpers they share.
+  removed, batch norm folded (:mod:`.passes`), sparse layers in the form that times fastest
+  (:mod:`.formats`: CSR :mod:`.csr`, condensed / ELL / embedding bag :mod:`.condensed`, BSR and
+  semi-structured 2:4 :mod:`.structured`); :mod:`.graph` holds the fx helpers they share.
 - :mod:`.artifacts`: run directory → masked model → export directory (``regrow export``).
 - :mod:`.bench`: dense vs masked vs exported latency, side by side (``regrow bench-inference``).
 

@@ -8,9 +8,11 @@ sparse tensor per call, so the module copies, moves and saves like any other.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 from .graph import foldable, rank_of
 
@@ -81,11 +83,28 @@ def eligible(node: fx.Node, module: nn.Module) -> bool:
 def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
     """Rewrite ``node`` (a linear / 1×1 conv call) into the calls of :func:`csr_linear` /
     :func:`csr_conv1x1`, with the CSR arrays (and bias column) as buffers of the graph module."""
-    arrays = csr_arrays(module.weight)
+    replace_with_compressed(
+        graph_module, node, module, csr_arrays(module.weight), torch.sparse_csr_tensor, "csr"
+    )
+
+
+def replace_with_compressed(
+    graph_module: fx.GraphModule,
+    node: fx.Node,
+    module: nn.Module,
+    arrays: Arrays,
+    constructor: Callable[..., torch.Tensor],
+    form: str,
+    pad_columns: int = 1,
+) -> None:
+    """Rewrite ``node`` into ``addmm(bias column, W, input columns)`` with ``W`` built per call by
+    ``constructor(crow, col, values, size)`` (CSR or BSR) from ``arrays``, buffers of the graph
+    module named after ``form``; ``pad_columns > 1`` pads the input columns with zeros to a
+    multiple of it (and drops the padded outputs), for a kernel that is fast only there."""
     size = (module.weight.shape[0], module.weight[0].numel())
     bias = None if module.bias is None else module.bias.detach().reshape(-1, 1).clone()
     graph = graph_module.graph
-    prefix = str(node.target).replace(".", "_") + "_csr"
+    prefix = str(node.target).replace(".", "_") + "_" + form
     names = {}
     for suffix, tensor in zip(("crow", "col", "values", "bias"), (*arrays, bias), strict=True):
         if tensor is not None:
@@ -95,7 +114,7 @@ def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Mod
     with graph.inserting_before(node):
         crow, col, values = (graph.get_attr(names[s]) for s in ("crow", "col", "values"))
         weight = graph.call_function(
-            torch.sparse_csr_tensor, (crow, col, values, size), {"check_invariants": False}
+            constructor, (crow, col, values, size), {"check_invariants": False}
         )
         if isinstance(module, nn.Conv2d):
             if tuple(module.stride) != (1, 1):
@@ -107,10 +126,18 @@ def replace_with_csr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Mod
         else:
             flat = graph.call_method("reshape", (x, -1, size[1]))
             columns = graph.call_method("t", (flat,))
+        if pad_columns > 1:
+            count = graph.call_method("size", (columns, 1))
+            padding = graph.call_function(
+                operator.mod, (graph.call_function(operator.neg, (count,)), pad_columns)
+            )
+            columns = graph.call_function(F.pad, (columns, (0, padding)))
         if bias is None:
             out = graph.call_function(torch.sparse.mm, (weight, columns))
         else:
             out = graph.call_function(torch.addmm, (graph.get_attr(names["bias"]), weight, columns))
+        if pad_columns > 1:
+            out = graph.call_function(operator.getitem, (out, (slice(None), slice(None, count))))
         if isinstance(module, nn.Conv2d):
             out = graph.call_method("reshape", (out, -1, n, h, w))
             out = graph.call_method("transpose", (out, 0, 1))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .graph import checked_difference
+from .graph import TOLERANCE, checked_difference
 from .passes import drop_identities
 
 #: The context already in the cache when a decode step is timed, as a fraction of the model's
@@ -92,11 +92,16 @@ def decode_all(model: Any, tokens: torch.Tensor, split: int) -> torch.Tensor:
     return torch.cat(outputs, dim=1)
 
 
-def check_decode(reference: nn.Module, exported: fx.GraphModule, tokens: torch.Tensor) -> float:
+def check_decode(
+    reference: nn.Module,
+    exported: fx.GraphModule,
+    tokens: torch.Tensor,
+    tolerance: float = TOLERANCE,
+) -> float:
     """The largest difference between the masked model's logits of ``tokens`` and the exported
     decode step's, fed a prefix and then token by token (``RuntimeError`` past the tolerance)."""
     tokens = tokens[:, : min(tokens.shape[1], 12)]
     with torch.inference_mode():
         expected = reference(tokens)
         got = decode_all(exported, tokens, split=max(1, tokens.shape[1] // 2))
-    return checked_difference(expected, got, "the exported decode step's logits")
+    return checked_difference(expected, got, "the exported decode step's logits", tolerance)

@@ -1,7 +1,8 @@
 """Which form each layer of the inference model takes: dense, CSR (:mod:`.csr`), condensed / ELL
-or embedding bag (:mod:`.condensed`), chosen by measured time on the layer's own input at the
-export's batch size (``"auto"``) or forced (``"dense"``, ``"csr"``, ``"condensed"``,
-``"embedding_bag"``).
+or embedding bag (:mod:`.condensed`), BSR or semi-structured 2:4 (:mod:`.structured`, where the
+weight's non-zeros have that structure and the export's device runs the kernel), chosen by
+measured time on the layer's own input at the export's batch size (``"auto"``) or forced (any
+other of :data:`FORMAT_MODES`).
 
 A candidate is timed as a one-layer graph module rewritten exactly as the model's layer would be,
 so what is timed is what runs; with ``compiled=True`` each candidate is timed under
@@ -20,11 +21,13 @@ from typing import Any, Protocol
 import torch
 from torch import fx, nn
 
-from . import condensed, csr
+from . import condensed, csr, structured
 from .graph import shape_of, submodules
-from .timing import interleaved_seconds, median
+from .timing import interleaved_seconds, median, synchronized
 
-FORMAT_MODES = ("auto", "dense", "csr", "condensed", "embedding_bag")
+FORMAT_MODES = ("auto", "dense", "csr", "condensed", "embedding_bag", "bsr", "semi_structured")
+#: Forms that run only on some devices, with what each needs.
+DEVICE_FORMS = {"semi_structured": "a CUDA device of compute capability 8.0 (Ampere) or newer"}
 #: ``"auto"`` makes a layer sparse only when its timed call takes at most this × the dense one.
 MARGIN = 0.9
 #: Layers denser than this are never tried in a sparse form (dense kernels win there).
@@ -41,8 +44,35 @@ class FormatChoice(Protocol):
     times_ms: dict[str, float] | None
 
 
-def candidates(node: fx.Node, module: nn.Module, mode: str, compiled: bool) -> dict[str, Rewrite]:
-    """The sparse forms ``node`` (a call of ``module``) may take in ``mode``, by format name."""
+def available_modes(device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """The values of :data:`FORMAT_MODES` that can run on ``device``."""
+    device = torch.device(device)
+    supported = {"semi_structured": structured.semi_structured_supported(device)}
+    return tuple(mode for mode in FORMAT_MODES if supported.get(mode, True))
+
+
+def check_mode(mode: str, device: torch.device | str = "cpu") -> None:
+    """``ValueError`` (one line) unless ``mode`` is a form that can run on ``device``."""
+    allowed = available_modes(device)
+    if mode in allowed:
+        return
+    if mode in DEVICE_FORMS:
+        raise ValueError(
+            f"formats={mode!r}: not available on this device ({torch.device(device)}; it needs "
+            f"{DEVICE_FORMS[mode]}); allowed values here are {', '.join(allowed)}"
+        )
+    raise ValueError(f"formats={mode!r}: allowed values are {', '.join(allowed)}")
+
+
+def candidates(
+    node: fx.Node,
+    module: nn.Module,
+    mode: str,
+    compiled: bool,
+    device: torch.device | str = "cpu",
+) -> dict[str, Rewrite]:
+    """The sparse forms ``node`` (a call of ``module``) may take in ``mode`` on ``device``, by
+    format name (the structured forms only where the weight has their structure)."""
     found: dict[str, Rewrite] = {}
     if mode in ("auto", "csr") and not (compiled and mode == "auto") and csr.eligible(node, module):
         found["csr"] = csr.replace_with_csr
@@ -51,6 +81,16 @@ def candidates(node: fx.Node, module: nn.Module, mode: str, compiled: bool) -> d
         found[packed.format] = partial(condensed.replace_with_packed, packed=packed)
     if mode in ("auto", "embedding_bag") and condensed.eligible(node, module):
         found["embedding_bag"] = condensed.replace_with_bag
+    # torch.compile does not fuse sparse-tensor kernels either: like CSR, not timed compiled.
+    eager = not (compiled and mode == "auto")
+    if mode in ("auto", "bsr") and eager and structured.bsr_eligible(node, module, device):
+        found["bsr"] = structured.replace_with_bsr
+    if (
+        mode in ("auto", "semi_structured")
+        and eager
+        and structured.semi_structured_eligible(node, module, device)
+    ):
+        found["semi_structured"] = structured.replace_with_semi_structured
     return found
 
 
@@ -60,9 +100,10 @@ def choose_formats(
     layers: Mapping[str, FormatChoice],
     rounds: int,
     compiled: bool = False,
+    device: torch.device | str = "cpu",
 ) -> None:
-    """Rewrite each layer of ``layers`` into the form ``mode`` gives it (see the module
-    docstring), recording ``format`` and, when timed, ``times_ms``."""
+    """Rewrite each layer of ``layers`` into the form ``mode`` gives it on ``device`` (see the
+    module docstring), recording ``format`` and, when timed, ``times_ms``."""
     if mode == "dense":
         return
     modules = submodules(graph_module)
@@ -73,14 +114,14 @@ def choose_formats(
         module, layer = modules[node.target], layers[node.target]
         if mode == "auto" and layer.density > MAX_DENSITY:
             continue
-        forms = candidates(node, module, mode, compiled)
+        forms = candidates(node, module, mode, compiled, device)
         if not forms:
             continue
         if mode == "auto":
             shape = shape_of(node.args[0])
-            key = (shape, _signature(module), compiled)
+            key = (shape, _signature(module), compiled, tuple(forms))
             if key not in cache:
-                cache[key] = time_forms(module, shape, forms, rounds, compiled)
+                cache[key] = time_forms(module, shape, forms, rounds, compiled, device)
             layer.times_ms = cache[key]
             best = min(forms, key=lambda name: layer.times_ms[name])
             if not layer.times_ms[best] <= MARGIN * layer.times_ms["dense"]:
@@ -127,17 +168,18 @@ def time_forms(
     forms: Mapping[str, Rewrite],
     rounds: int,
     compiled: bool,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Median ms per call of ``module`` dense and in each of ``forms``, side by side, on a random
-    input of ``shape`` (compiled when ``compiled``)."""
-    x = torch.randn(shape)
+    input of ``shape`` on ``device`` (compiled when ``compiled``)."""
+    x = torch.randn(shape, device=device)
     calls: dict[str, Callable[[], Any]] = {}
     dense, _ = one_layer(module)
-    calls["dense"] = lambda: dense(x)
+    calls["dense"] = synchronized(partial(dense, x), device)
     for name, rewrite in forms.items():
         graph_module = one_layer_in(module, rewrite)
         run = torch.compile(graph_module, dynamic=False) if compiled else graph_module
-        calls[name] = lambda run=run: run(x)
+        calls[name] = synchronized(partial(run, x), device)
     with torch.inference_mode():
         seconds = interleaved_seconds(calls, rounds=rounds, block_seconds=0.002)
     return {name: median(values) * 1e3 for name, values in seconds.items()}

@@ -33,16 +33,18 @@ _INPLACE_FUNCTIONS = {torch.relu_}
 _ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 
 
-def checked_difference(expected: torch.Tensor, got: torch.Tensor, what: str) -> float:
+def checked_difference(
+    expected: torch.Tensor, got: torch.Tensor, what: str, tolerance: float = TOLERANCE
+) -> float:
     """The largest absolute difference of the masked model's and the export's outputs;
-    ``RuntimeError`` naming ``what`` differs if it exceeds :data:`TOLERANCE` × (1 + the largest
-    expected output)."""
+    ``RuntimeError`` naming ``what`` differs if it exceeds ``tolerance`` (default
+    :data:`TOLERANCE`) × (1 + the largest expected output)."""
     if expected.shape != got.shape:
         raise RuntimeError(f"export changed the output shape: {expected.shape} → {got.shape}")
     if not expected.numel():
         return 0.0
     diff = float((expected - got).abs().max())
-    bound = TOLERANCE * (1.0 + float(expected.abs().max()))
+    bound = tolerance * (1.0 + float(expected.abs().max()))
     if not diff <= bound:
         raise RuntimeError(
             f"{what} differ from the masked model's by {diff:.3g} (> {bound:.3g}): this is a bug "

@@ -19,11 +19,17 @@ from torch import fx, nn
 
 from ..sparsity.masks import strip_masks
 from . import decode
-from .formats import FORMAT_MODES, MARGIN, choose_formats
+from .formats import MARGIN, check_mode, choose_formats
 from .graph import TOLERANCE as TOLERANCE
 from .graph import checked_difference, finish, propagate_shapes
 from .passes import drop_identities, fold_batch_norms, remove_dead_channels
-from .timing import interleaved_seconds, median
+from .timing import interleaved_seconds, median, synchronized
+
+#: The output check's tolerance when a layer runs in fp16 (the semi-structured form): fp16 keeps
+#: 11 significant bits, so each product and sum is off by up to about 1e-3 relative.
+FP16_TOLERANCE = 1e-2
+#: Forms computed in fp16.
+FP16_FORMS = ("semi_structured",)
 
 
 @dataclass
@@ -34,7 +40,9 @@ class LayerReport:
     shape_before: list[int]  #: the weight's shape in the masked model
     shape_after: list[int]  #: … in the exported one (out and in channels shrunk)
     density: float  #: nonzero fraction of the exported weight
-    format: str  #: ``"dense"``, ``"csr"``, ``"condensed"`` or ``"ell"``
+    #: ``"dense"``, ``"csr"``, ``"condensed"``, ``"ell"``, ``"embedding_bag"``, ``"bsr"`` or
+    #: ``"semi_structured"``
+    format: str
     folded_batch_norm: str | None = None  #: the batch norm folded into it
     #: the export-time timing, ms per call of each form tried (``"dense"`` included), when it ran
     times_ms: dict[str, float] | None = None
@@ -105,11 +113,12 @@ def export_model(
     """The inference model of the masked ``model`` (see the module docstring) and its report.
 
     ``input_shape`` is one sample's shape; ``batch_size`` the batch the forms are timed at;
-    ``formats``: ``"auto"`` (timed), or ``"dense"``, ``"csr"``, ``"condensed"`` (every layer
-    that can take it); ``compiled``: time the forms under ``torch.compile`` (for a model that
-    will be compiled)."""
-    if formats not in FORMAT_MODES:
-        raise ValueError(f"formats={formats!r}: allowed values are {', '.join(FORMAT_MODES)}")
+    ``formats``: ``"auto"`` (timed), or one form of
+    :data:`~regrow.export.formats.FORMAT_MODES` for every layer that can take it (a device form,
+    ``"semi_structured"``, only where the model's device runs it); ``compiled``: time the forms
+    under ``torch.compile`` (for a model that will be compiled). The export runs on the device of
+    ``model``'s parameters."""
+    check_mode(formats, model_device(model))
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size!r}: allowed values are >= 1")
     training = model.training
@@ -117,6 +126,11 @@ def export_model(
         return _export(model.eval(), input_shape, batch_size, formats, rounds, compiled)
     finally:
         model.train(training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def trace(model: nn.Module, what: str = "forward") -> fx.GraphModule:
@@ -145,7 +159,8 @@ def _export(
     plain = strip_masks(model).eval()
     graph_module = trace(plain)
     decoder = trace(plain, "decode") if decode.can_decode(plain) else None
-    example = model_batch(plain, input_shape, batch_size)
+    device = model_device(plain)
+    example = model_batch(plain, input_shape, batch_size).to(device)
     report = ExportReport(batch_size, formats, compiled, torch.get_num_threads(), list(input_shape))
     before = {
         name: list(m.weight.shape)
@@ -153,7 +168,7 @@ def _export(
         if isinstance(m, (nn.Linear, nn.Conv2d))
     }
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
         drop_identities(graph_module)
         propagate_shapes(graph_module, example)
         kept_dead, removed = remove_dead_channels(graph_module)
@@ -168,7 +183,7 @@ def _export(
             decoder = decode.rebind(decoder, graph_module, folded)
         layers = _layer_reports(graph_module, before, folded)
         graph_module, report.model_ms = _choose(
-            graph_module, (example,), layers, formats, rounds, compiled
+            graph_module, (example,), layers, formats, rounds, compiled, device
         )
         report.layers = list(layers.values())
         if decoder is not None:
@@ -176,16 +191,18 @@ def _export(
             propagate_shapes(decoder, *step)
             decode_layers = _layer_reports(decoder, before, folded)
             decoder, report.decode_model_ms = _choose(
-                decoder, step, decode_layers, formats, rounds, compiled
+                decoder, step, decode_layers, formats, rounds, compiled, device
             )
             report.decode_layers = list(decode_layers.values())
             decode.attach(graph_module, decoder, plain)
         for parameter in graph_module.parameters():
             parameter.requires_grad_(False)
-        check = model_batch(plain, input_shape, max(batch_size, 4), seed=1)
-        report.max_abs_diff = check_outputs(model, graph_module, check)
+        check = model_batch(plain, input_shape, max(batch_size, 4), seed=1).to(device)
+        every = report.layers + (report.decode_layers or [])
+        tolerance = FP16_TOLERANCE if any(x.format in FP16_FORMS for x in every) else TOLERANCE
+        report.max_abs_diff = check_outputs(model, graph_module, check, tolerance)
         if decoder is not None:
-            report.decode_max_abs_diff = decode.check_decode(model, graph_module, check)
+            report.decode_max_abs_diff = decode.check_decode(model, graph_module, check, tolerance)
     return graph_module, report
 
 
@@ -196,13 +213,14 @@ def _choose(
     formats: str,
     rounds: int,
     compiled: bool,
+    device: torch.device | str = "cpu",
 ) -> tuple[fx.GraphModule, dict[str, float] | None]:
     """Give each layer its form (:func:`~regrow.export.formats.choose_formats`); with
     ``"auto"``, keep the sparse forms only if the whole graph is faster with them by
     :data:`~regrow.export.formats.MARGIN` (else every layer is dense again). Returns the graph
     module and the whole-graph timings (``None`` when not timed)."""
     all_dense = copy.deepcopy(graph_module) if formats == "auto" else None
-    choose_formats(graph_module, formats, layers, rounds, compiled)
+    choose_formats(graph_module, formats, layers, rounds, compiled, device)
     finish(graph_module)
     if all_dense is None or all(layer.format == "dense" for layer in layers.values()):
         return graph_module, None
@@ -214,7 +232,7 @@ def _choose(
         runs = {name: torch.compile(run, dynamic=False) for name, run in runs.items()}
     with torch.inference_mode():
         seconds = interleaved_seconds(
-            {name: partial(run, *inputs) for name, run in runs.items()},
+            {name: synchronized(partial(run, *inputs), device) for name, run in runs.items()},
             rounds=rounds,
             block_seconds=0.01,
             max_block=1000,
@@ -227,14 +245,16 @@ def _choose(
     return all_dense, model_ms
 
 
-def check_outputs(reference: nn.Module, exported: nn.Module, batch: torch.Tensor) -> float:
+def check_outputs(
+    reference: nn.Module, exported: nn.Module, batch: torch.Tensor, tolerance: float = TOLERANCE
+) -> float:
     """The largest absolute difference between the two models' outputs on ``batch`` (eval mode);
-    ``RuntimeError`` if it exceeds :data:`TOLERANCE` × (1 + the largest reference output)."""
+    ``RuntimeError`` if it exceeds ``tolerance`` × (1 + the largest reference output)."""
     reference.eval()
     exported.eval()
     with torch.inference_mode():
         expected, got = reference(batch), exported(batch)
-    return checked_difference(expected, got, "the exported model's outputs")
+    return checked_difference(expected, got, "the exported model's outputs", tolerance)
 
 
 def _layer_reports(

@@ -46,6 +46,21 @@ def interleaved_seconds(
     return seconds
 
 
+def synchronized(call: Callable[[], Any], device: Any = "cpu") -> Callable[[], Any]:
+    """``call``, waiting for its kernels to finish on a CUDA ``device`` (which runs them
+    asynchronously: timing the launch alone would time nothing)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        def run() -> Any:
+            result = call()
+            torch.cuda.synchronize(device)
+            return result
+
+        return run
+    return call
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
