@@ -20,9 +20,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from regrow.export.csr import replace_with_csr
+from regrow.export.csr import csr_arrays, replace_with_csr
 from regrow.export.formats import one_layer, one_layer_in
-from regrow.export.structured import bsr_arrays, replace_with_bsr
+from regrow.export.structured import replace_with_bsr
 from regrow.export.timing import interleaved_seconds, median
 
 LAYERS = ((4096, 4096), (768, 3072))  # (out, in)
@@ -45,7 +45,7 @@ def block_layer(out_features: int, in_features: int, b: int, sparsity: float) ->
 
 def unpadded(layer: nn.Linear, b: int):
     """The BSR product without the padding of the input columns (for comparison only)."""
-    crow, col, values = bsr_arrays(layer.weight, b)
+    crow, col, values = csr_arrays(layer.weight, b)
     size = tuple(layer.weight.shape)
 
     def run(x: torch.Tensor) -> torch.Tensor:

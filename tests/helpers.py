@@ -196,3 +196,16 @@ def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, spa
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     sparsifier.load_state_dict(state["sparsifier"])
+
+
+def train_steps(model, optimizer, sparsifier, model_name: str, first: int, last: int, each=None):
+    """Feed batches ``first .. last-1`` of ``model_name`` through the two-line loop
+    (``if sparsifier.step(): optimizer.step()``); ``each(index)`` after every batch."""
+    for index in range(first, last):
+        x, y = batch(model_name, index)
+        optimizer.zero_grad()
+        loss(model, x, y).backward()
+        if sparsifier.step():
+            optimizer.step()
+        if each is not None:
+            each(index)

@@ -16,13 +16,13 @@ from torch import nn
 
 import regrow
 from regrow.export import export_model
+from regrow.export.csr import csr_arrays
 from regrow.export.formats import FORMAT_MODES, available_modes, candidates, one_layer, one_layer_in
 from regrow.export.graph import propagate_shapes
 from regrow.export.inference import FP16_TOLERANCE
 from regrow.export.structured import (
     BSR_COLUMNS,
     block_size,
-    bsr_arrays,
     bsr_linear,
     is_two_four,
     replace_with_bsr,
@@ -87,7 +87,7 @@ def test_bsr_linear_equals_the_masked_layer(b, shape, bias):
     with torch.inference_mode():
         expected, got = layer(x), graph_module(x)
         column = None if layer.bias is None else layer.bias.reshape(-1, 1)
-        direct = bsr_linear(x, *bsr_arrays(layer.weight, b), (24, 48), column)
+        direct = bsr_linear(x, *csr_arrays(layer.weight, b), (24, 48), column)
     assert got.shape == expected.shape and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(direct, expected, rtol=1e-5, atol=1e-5)

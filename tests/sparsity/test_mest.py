@@ -12,7 +12,7 @@ from torch import nn
 
 import regrow
 from regrow.flops import TrainingFlopsCounter
-from tests.helpers import MODELS, OPTIMIZERS, batch, loss, restore, saved_and_loaded
+from tests.helpers import MODELS, OPTIMIZERS, restore, saved_and_loaded, train_steps
 from tests.sparsity.test_contract import check_transition, snapshot
 
 
@@ -53,17 +53,6 @@ def test_the_drop_removes_the_lowest_importance(grad_weight: float) -> None:
     assert sp.active_counts() == {"0.weight": 4}
 
 
-def run(model, optimizer, sp, first: int, last: int, model_name: str, each=None) -> None:
-    for index in range(first, last):
-        x, y = batch(model_name, index)
-        optimizer.zero_grad()
-        loss(model, x, y).backward()
-        if sp.step():
-            optimizer.step()
-        if each is not None:
-            each(index)
-
-
 def build(model_name="mlp", optimizer_name="sgd_nesterov", total=120, sparsity=0.8, **args):
     model = MODELS[model_name][0]()
     optimizer = OPTIMIZERS[optimizer_name](model.parameters())
@@ -86,7 +75,7 @@ def test_the_mutation_ratio_decays_in_steps() -> None:
         if sp.last_update_step == index:
             dropped[index] = sp.last_update_stats["dropped"]
 
-    run(model, optimizer, sp, 0, 200, "mlp", record)
+    train_steps(model, optimizer, sp, "mlp", 0, 200, record)
     assert sorted(dropped) == list(range(0, 151, 10))
     for step, count in dropped.items():
         ratio = 0.4 * 0.5 ** (step // 50)
@@ -103,7 +92,7 @@ def test_the_hard_bound_keeps_every_layer_count_after_every_update() -> None:
         if sp.last_update_step == index:
             updates.append(index)
 
-    run(model, optimizer, sp, 0, 120, "mlp", check)
+    train_steps(model, optimizer, sp, "mlp", 0, 120, check)
     assert updates == list(range(0, 91, 10)) and sp.count_rule() == "layer"
 
 
@@ -139,7 +128,7 @@ def test_the_soft_bound_grows_first_then_drops_back_to_the_budget(margin: float)
             halves.append((index, "drop"))
         masks.update(new)
 
-    run(model, optimizer, sp, 0, 120, "mlp", check)
+    train_steps(model, optimizer, sp, "mlp", 0, 120, check)
     grows = list(range(0, 91, 10))
     assert halves == sorted([(s, "grow") for s in grows] + [(s + 4, "drop") for s in grows])
     assert sp.active_counts() == budget and sp.drop_at is None
@@ -166,7 +155,7 @@ def test_the_soft_bound_keeps_the_contract(model_name: str, optimizer_name: str)
             assert all(torch.all(s[~mask] == 0) for s in states), name
 
     optimizer.register_step_post_hook(check)
-    run(model, optimizer, sp, 0, 60, model_name)
+    train_steps(model, optimizer, sp, model_name, 0, 60)
     assert len(changed) == 10 and all(c > 0 for c in changed)
     assert sp.active_counts() == sp.target_counts
 
@@ -199,17 +188,17 @@ def soft_conv(init_seed: int = 0):
 @pytest.mark.parametrize("stop", [2, 12, 14, 15])
 def test_a_soft_run_resumes_bit_identically_between_the_halves(stop: int) -> None:
     model, optimizer, sp = soft_conv()
-    run(model, optimizer, sp, 0, 70, "conv")
+    train_steps(model, optimizer, sp, "conv", 0, 70)
     reference = model.state_dict()
 
     model, optimizer, sp = soft_conv()
-    run(model, optimizer, sp, 0, stop, "conv")
+    train_steps(model, optimizer, sp, "conv", 0, stop)
     assert (sp.drop_at is not None) == (stop % 10 < 5)  # between a grow and its drop
     state = saved_and_loaded(model, optimizer, sp)
     model2, optimizer2, sp2 = soft_conv(init_seed=123)
     restore(state, model2, optimizer2, sp2)
     assert sp2.drop_at == sp.drop_at and sp2.active_counts() == sp.active_counts()
-    run(model2, optimizer2, sp2, stop, 70, "conv")
+    train_steps(model2, optimizer2, sp2, "conv", stop, 70)
     for (name, a), b in zip(reference.items(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -223,7 +212,7 @@ def test_the_closed_form_flops_count_the_soft_window_as_measured() -> None:
     def count(index: int) -> None:
         counter.count_batch(sp, samples=1)
 
-    run(model, optimizer, sp, 0, total, "mlp", count)
+    train_steps(model, optimizer, sp, "mlp", 0, total, count)
     measured_extra = counter.train_flops / (3 * total) - base
     soft = regrow.method_training_flops("mest", sp.args, counter.profile, sp.plan, total)
     hard = regrow.method_training_flops(

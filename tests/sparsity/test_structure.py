@@ -21,11 +21,10 @@ from regrow.sparsity.structure import parse_structure
 from tests.helpers import (
     MODELS,
     OPTIMIZERS,
-    batch,
-    loss,
     own_args,
     restore,
     saved_and_loaded,
+    train_steps,
     wrn22_2_shapes,
 )
 
@@ -198,17 +197,6 @@ def build(method: str, model_name: str, structure: str, **extra):
     return model, optimizer, sp
 
 
-def train(model, optimizer, sp, model_name: str, first: int, last: int, check=None) -> None:
-    for index in range(first, last):
-        x, y = batch(model_name, index)
-        optimizer.zero_grad()
-        loss(model, x, y).backward()
-        if sp.step():
-            optimizer.step()
-        if check is not None:
-            check()
-
-
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("method", SUPPORTING)
 def test_every_update_keeps_the_structure_and_the_count_rule(method: str, structure: str) -> None:
@@ -235,7 +223,7 @@ def test_every_update_keeps_the_structure_and_the_count_rule(method: str, struct
         seen["previous"] = counts
 
     check()
-    train(model, optimizer, sp, model_name, 0, STEPS + 10, check)
+    train_steps(model, optimizer, sp, model_name, 0, STEPS + 10, lambda _: check())
     assert seen["updates"] > 0 or not any(sp.update_due(s) for s in range(STEPS))
     assert sp.active_counts() == sp.target_counts, "the run ends at the plan's budgets"
     if structure == "2:4":  # at the budget every group holds at most n
@@ -258,14 +246,14 @@ def test_the_registry_contract_holds_with_a_structure(method: str) -> None:
 def test_resume_is_bit_identical(method: str, structure: str) -> None:
     model_name = "conv" if structure != "block:2" else "mlp"
     model, optimizer, sp = build(method, model_name, structure)
-    train(model, optimizer, sp, model_name, 0, 60)
+    train_steps(model, optimizer, sp, model_name, 0, 60)
     reference = model.state_dict()
     model, optimizer, sp = build(method, model_name, structure)
-    train(model, optimizer, sp, model_name, 0, 17)
+    train_steps(model, optimizer, sp, model_name, 0, 17)
     state = saved_and_loaded(model, optimizer, sp)
     model2, optimizer2, sp2 = build(method, model_name, structure)
     restore(state, model2, optimizer2, sp2)
-    train(model2, optimizer2, sp2, model_name, 17, 60)
+    train_steps(model2, optimizer2, sp2, model_name, 17, 60)
     for (name, a), b in zip(reference.items(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -273,7 +261,7 @@ def test_resume_is_bit_identical(method: str, structure: str) -> None:
 def test_redistribution_moves_whole_units_when_every_layer_has_the_same() -> None:
     model, optimizer, sp = build("snfs", "conv", "2:4", redistribution="momentum")
     total = sum(sp.active_counts().values())
-    train(model, optimizer, sp, "conv", 0, STEPS)
+    train_steps(model, optimizer, sp, "conv", 0, STEPS)
     assert sum(sp.active_counts().values()) == total
     assert all(satisfies(m, "2:4") for m in sp.masks.values())
 
@@ -317,7 +305,7 @@ def test_a_plan_of_another_structure_is_refused() -> None:
 # ----------------------------------------------------------------------------- FLOPs, config
 def test_inference_flops_of_a_structured_run_count_its_masks_elements() -> None:
     model, optimizer, sp = build("rigl", "conv", "kernel")
-    train(model, optimizer, sp, "conv", 0, 20)
+    train_steps(model, optimizer, sp, "conv", 0, 20)
     profile = profile_model(model, MODELS["conv"][1])
     by_mask = {n: int(m.sum()) / m.numel() for n, m in sp.masks.items()}
     assert profile.inference_flops(sp) == profile.inference_flops(by_mask)

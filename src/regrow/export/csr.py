@@ -19,9 +19,11 @@ from .graph import foldable, rank_of
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def csr_arrays(weight: torch.Tensor) -> Arrays:
-    """Row pointers and column indices (int32) and values of ``weight`` as a 2-d CSR matrix."""
-    matrix = weight.detach().reshape(weight.shape[0], -1).to_sparse_csr()
+def csr_arrays(weight: torch.Tensor, block: int | None = None) -> Arrays:
+    """Row pointers and column indices (int32) and values of ``weight`` as a 2-d CSR matrix, or
+    with ``block`` as a BSR matrix of ``block × block`` blocks (values ``[blocks, b, b]``)."""
+    matrix = weight.detach().reshape(weight.shape[0], -1)
+    matrix = matrix.to_sparse_csr() if block is None else matrix.to_sparse_bsr((block, block))
     return (
         matrix.crow_indices().to(torch.int32),
         matrix.col_indices().to(torch.int32),

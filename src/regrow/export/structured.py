@@ -54,17 +54,6 @@ def block_size(weight: torch.Tensor) -> int | None:
     return None
 
 
-def bsr_arrays(weight: torch.Tensor, b: int) -> csr.Arrays:
-    """Block row pointers and block column indices (int32) and the ``[blocks, b, b]`` values of
-    ``weight`` as a 2-d BSR matrix."""
-    matrix = weight.detach().reshape(weight.shape[0], -1).to_sparse_bsr((b, b))
-    return (
-        matrix.crow_indices().to(torch.int32),
-        matrix.col_indices().to(torch.int32),
-        matrix.values().clone(),
-    )
-
-
 def bsr_linear(
     x: torch.Tensor,
     crow: torch.Tensor,
@@ -114,7 +103,7 @@ def replace_with_bsr(graph_module: fx.GraphModule, node: fx.Node, module: nn.Mod
     module."""
     b = block_size(module.weight)
     assert b is not None, "replace_with_bsr needs a weight in blocks (bsr_eligible)"
-    arrays = bsr_arrays(module.weight, b)
+    arrays = csr.csr_arrays(module.weight, b)
     csr.replace_with_compressed(
         graph_module, node, module, arrays, torch.sparse_bsr_tensor, "bsr", BSR_COLUMNS
     )
