@@ -15,6 +15,7 @@ from torch import nn
 import regrow
 from regrow.export import export_model
 from regrow.export.condensed import (
+    LANES,
     bag_arrays,
     bag_linear,
     index_dtype,
@@ -55,7 +56,8 @@ def test_packed_layer_equals_the_masked_layer(case, bias):
     packed = pack_rows(weight)
     assert packed.format == (form if any(fan_ins) else "ell")
     assert packed.indices.dtype == index_dtype(in_features)
-    assert packed.values.shape[1] == max(max(fan_ins), 1)  # padded to the longest row only
+    longest = max(max(fan_ins), 1)  # padded to the longest row, rounded up to whole lanes only
+    assert packed.values.shape[1] == -(-longest // LANES) * LANES
     assert packed.values.shape[0] == max(sum(k > 0 for k in fan_ins), 1)  # empty rows not stored
     b = torch.randn(len(fan_ins)) if bias else None
     for shape in ((3, in_features), (2, 5, in_features), (in_features,)):
@@ -151,7 +153,7 @@ def assert_rows_within_fan_in(model: nn.Module, exported: nn.Module, layers) -> 
         assert layer.format in ("condensed", "ell"), layer.name
         values = getattr(exported, f"{layer.name.replace('.', '_')}_{layer.format}_values")
         mask = model.get_submodule(layer.name).weight_mask
-        assert values.shape[1] <= int(mask.sum(1).max()), layer.name
+        assert values.shape[1] <= -(-int(mask.sum(1).max()) // LANES) * LANES, layer.name
 
 
 def test_srigl_conv_net_export_equals_the_masked_model():

@@ -66,12 +66,12 @@ def step_inputs(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, torch.
 
 def new_cache_graph(model: nn.Module) -> fx.GraphModule:
     """A graph module ``new_cache(batch)`` that returns zeros shaped as ``model.new_cache(batch)``
-    (a tuple of tensors whose dimension 1 is the batch)."""
+    (a tuple of tensors whose dimension 0 is the batch)."""
     graph = fx.Graph()
     batch = graph.placeholder("batch")
     zeros = []
     for tensor in model.new_cache(1):
-        size = (tensor.shape[0], batch, *tensor.shape[2:])
+        size = (batch, *tensor.shape[1:])
         zeros.append(graph.call_function(torch.zeros, (size,), {"dtype": tensor.dtype}))
     graph.output(tuple(zeros))
     return fx.GraphModule(nn.Module(), graph, class_name="NewCache")

@@ -68,19 +68,21 @@ class CausalAttention(nn.Module):
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         return self.dropout(self._merge(self.sdpa(q, k, v)))
 
-    def decode(self, x: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
+    def decode(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int
+    ) -> torch.Tensor:
         """Attention of the new positions ``x`` (``[B, T, C]``) over the ``position`` cached
-        ones and themselves (causal); writes their keys and values into ``cache``
-        (``[2, B, heads, max_time, C / heads]``) at ``position`` … ``position + T - 1``."""
+        ones and themselves (causal); writes their keys and values into ``keys`` / ``values``
+        (each ``[B, heads, max_time, C / heads]``) at ``position`` … ``position + T - 1``."""
         time = x.shape[1]
         end = position + time
-        cache[0].narrow(2, position, time).copy_(self._split(self.key(x)))
-        cache[1].narrow(2, position, time).copy_(self._split(self.value(x)))
-        keys, values = cache[0].narrow(2, 0, end), cache[1].narrow(2, 0, end)
+        keys.narrow(2, position, time).copy_(self._split(self.key(x)))
+        values.narrow(2, position, time).copy_(self._split(self.value(x)))
         # New token i (at position + i) sees cached and new positions up to its own.
         allowed = x.new_ones((time, end), dtype=torch.bool).tril(position)
         q = self._split(self.query(x))
-        return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed))
+        past_keys, past_values = keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        return self._merge(F.scaled_dot_product_attention(q, past_keys, past_values, allowed))
 
 
 class Block(nn.Module):
@@ -97,8 +99,10 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.dropout(self.proj(F.gelu(self.fc(self.norm2(x)))))
 
-    def decode(self, x: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
-        x = x + self.attn.decode(self.norm1(x), cache, position)
+    def decode(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int
+    ) -> torch.Tensor:
+        x = x + self.attn.decode(self.norm1(x), keys, values, position)
         return x + self.proj(F.gelu(self.fc(self.norm2(x))))
 
 
@@ -173,13 +177,15 @@ class CharGPT(nn.Module):
         return self.tokens.num_embeddings
 
     def new_cache(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
-        """An empty key/value cache for :meth:`decode`: one ``[2, batch, heads, block_size,
-        head_dim]`` tensor of zeros per block, on the model's device and in its dtype (a tensor
-        per block, so that a compiled step writes each in place)."""
+        """An empty key/value cache for :meth:`decode`: per block its keys, then its values, each
+        a ``[batch, heads, block_size, head_dim]`` tensor of zeros on the model's device and in
+        its dtype. Separate tensors, so that a compiled step writes each in place: with one
+        tensor per block (or for all blocks), ``torch.compile`` copies the whole of it at every
+        step (0.5 ms of a 12-layer model's decode step per block on this repository's CPU)."""
         attention = self.blocks[0].attn
         weight = attention.key.weight
-        shape = (2, batch, attention.heads, self.block_size, self.d_model // attention.heads)
-        return tuple(weight.new_zeros(shape) for _ in self.blocks)
+        shape = (batch, attention.heads, self.block_size, self.d_model // attention.heads)
+        return tuple(weight.new_zeros(shape) for _ in range(2 * len(self.blocks)))
 
     def decode(
         self, tokens: torch.Tensor, cache: tuple[torch.Tensor, ...], position: int
@@ -194,7 +200,7 @@ class CharGPT(nn.Module):
         positions = torch.arange(position, position + time, device=tokens.device)
         x = self.tokens(tokens) + self.positions(positions)
         for index, block in enumerate(self.blocks):
-            x = block.decode(x, cache[index], position)
+            x = block.decode(x, cache[2 * index], cache[2 * index + 1], position)
         return self.head(self.norm(x))
 
 
