@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -21,8 +22,10 @@ from regrow.export.condensed import (
     index_dtype,
     pack_rows,
     packed_linear,
+    replace_with_packed,
 )
 from regrow.export.decode import decode_all
+from regrow.export.formats import one_layer_in
 from regrow.models import char_gpt, get_model
 from tests.export.test_export import assert_same_outputs, batch, one_thread  # noqa: F401
 from tests.helpers import conv_net
@@ -69,6 +72,26 @@ def test_packed_layer_equals_the_masked_layer(case, bias):
         bag = bag_linear(x, *bag_arrays(weight), b)  # the same rows, through embedding_bag
         assert bag.shape == expected.shape
         torch.testing.assert_close(bag, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_condensed_1x1_conv_equals_the_conv(stride, bias):
+    """A 1×1 conv in the condensed form (channels moved last, after the stride) gives the conv's
+    output, eager and compiled, with an empty output channel not stored."""
+    conv = nn.Conv2d(12, 6, 1, stride=stride, bias=bias).eval()
+    with torch.no_grad():
+        conv.weight.copy_(weight_with_fan_ins([3, 3, 0, 3, 3, 3], 12).view(6, 12, 1, 1))
+    packed = pack_rows(conv.weight)
+    assert packed.format == "condensed" and packed.values.shape[0] == 5
+    layer = one_layer_in(conv, partial(replace_with_packed, packed=packed))
+    x = torch.randn(2, 12, 5, 7)
+    with torch.no_grad():
+        expected = conv(x)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        if stride == 2 and bias:  # one compiled case: the form is meant to run compiled
+            compiled = torch.compile(layer, dynamic=False)
+            torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_index_type_is_the_smallest_that_holds_the_inputs():

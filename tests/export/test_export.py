@@ -28,8 +28,9 @@ from regrow.export import (
     strip_masks,
     unpack_bits,
 )
+from regrow.export import formats as export_formats
 from regrow.export.compress import save_compressed
-from regrow.export.inference import TOLERANCE
+from regrow.export.inference import TOLERANCE, kept_run
 from regrow.models import get_model
 from regrow.sparsity.masks import register_masks
 from regrow.train import load_config, train
@@ -168,6 +169,35 @@ def test_mlp_exported_outputs_match(sparsity, formats):
         }
         assert chosen == expected
     assert "regrow" not in exported.code
+
+
+def test_auto_also_times_the_whole_graph_with_every_layer_sparse(monkeypatch):
+    """A layer that loses to dense timed alone may win inside the model: "auto" times the whole
+    graph dense, with the per-layer choices and with every layer sparse, and keeps the layer
+    forms of the contender it keeps."""
+    model = masked(get_model("digits_mlp"), 0.9, dense_layers=[])
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    first = model.get_submodule(names[0]).weight.shape
+    assert all(model.get_submodule(name).weight.shape != first for name in names[1:])
+
+    def timed(module, shape, forms, rounds, compiled, device="cpu"):  # only the first layer wins
+        sparse = 0.5 if module.weight.shape == first else 2.0
+        return {"dense": 1.0, **dict.fromkeys(forms, sparse)}
+
+    monkeypatch.setattr(export_formats, "time_forms", timed)
+    exported, report = export_model(model, (64,), batch_size=1, formats="auto", rounds=2)
+    assert set(report.model_ms) == {"dense", "sparse", "all_sparse"}
+    kept = kept_run(report.model_ms)
+    expected = {"dense": set(), "sparse": {names[0]}, "all_sparse": set(names)}[kept]
+    assert set(report.sparse_layers()) == expected
+    assert_same_outputs(model, exported, batch((64,), 9))
+
+
+def test_the_kept_graph_is_the_faster_sparse_one_within_the_margin():
+    assert kept_run({"dense": 1.0, "sparse": 0.8, "all_sparse": 0.5}) == "all_sparse"
+    assert kept_run({"dense": 1.0, "sparse": 0.8, "all_sparse": 0.95}) == "sparse"
+    assert kept_run({"dense": 1.0, "all_sparse": 0.89}) == "all_sparse"
+    assert kept_run({"dense": 1.0, "sparse": 0.95}) == "dense"  # MARGIN: 0.9
 
 
 def test_mlp_ablated_neurons_are_removed_and_their_bias_folded():

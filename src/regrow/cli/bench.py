@@ -187,7 +187,7 @@ class BenchReport:
             f"exported: sparse layers: {_forms(self.sparse_layers())}; neurons removed: "
             f"{removed}" + (f" ({per_layer})" if removed else ""),
         ]
-        lines += _whole_model_line(export.get("model_ms"), "whole-model", self.sparse_layers())
+        lines += _whole_model_line(export.get("model_ms"), "whole-model")
         if self.note:
             lines.append(self.note)
         lines.append(format_table(self.timings))
@@ -201,7 +201,7 @@ class BenchReport:
                 f"decode step: one new token per sample after {context} cached tokens "
                 f"(key/value cache); sparse layers: {_forms(decode_layers)}",
             ]
-            lines += _whole_model_line(export.get("decode_model_ms"), "decode-step", decode_layers)
+            lines += _whole_model_line(export.get("decode_model_ms"), "decode-step")
             lines.append(format_table(self.decode_timings, decoding=True))
         return "\n".join(lines)
 
@@ -214,11 +214,9 @@ def _forms(layers: dict[str, str]) -> str:
     return ", ".join(f"{n} {form}" for form, n in counts.items()) or "none"
 
 
-def _whole_model_line(timing: dict[str, float] | None, what: str, kept: dict) -> list[str]:
+def _whole_model_line(timing: dict[str, float] | None, what: str) -> list[str]:
     if not timing:
         return []
-    return [
-        f"export-time {what} check: {timing['sparse']:.4g} ms with the sparse forms its "
-        f"per-layer timing picked, {timing['dense']:.4g} ms without"
-        + ("" if kept else " (so: none)")
-    ]
+    from ..export.inference import describe_whole_graph
+
+    return [f"export-time {what} check: {describe_whole_graph(timing)}"]

@@ -66,6 +66,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Handle ``regrow export``."""
     from ..export import export_run, load_run
     from ..export.artifacts import check_out_dir
+    from ..export.inference import describe_whole_graph
     from ..train.checkpoint import resume_command
 
     def work() -> int:
@@ -120,16 +121,12 @@ def run_export(args: argparse.Namespace) -> int:
             + (f" ({', '.join(folded)})" if folded else "")
             + "; any other batch norm is kept, in eval mode (running statistics)"
         )
-        for what, timing, decoding in (
-            ("whole model", report.model_ms, False),
-            ("decode step", report.decode_model_ms, True),
+        for what, timing in (
+            ("whole model", report.model_ms),
+            ("decode step", report.decode_model_ms),
         ):
             if timing is not None:
-                kept = "kept" if report.sparse_layers(decoding) else "dropped: every layer dense"
-                print(
-                    f"  {what} at batch {args.batch_size}: {timing['sparse']:.4g} ms with the "
-                    f"sparse forms, {timing['dense']:.4g} ms without ({kept})"
-                )
+                print(f"  {what} at batch {args.batch_size}: {describe_whole_graph(timing)}")
         for name, (count, why) in report.kept_dead.items():
             print(f"  {name}: {count} dead output channel(s) kept at full size: {why}")
         print(f"  outputs match the masked model: max |difference| {report.max_abs_diff:.3g}")

@@ -65,9 +65,9 @@ class Packed:
 
 
 def pack_rows(weight: torch.Tensor) -> Packed:
-    """``weight`` (``[out, in]``, zeros where inactive) as :class:`Packed`, rows' indices in
-    ascending order."""
-    weight = weight.detach()
+    """``weight`` (``[out, in]``, or a 1×1 conv's ``[out, in, 1, 1]``; zeros where inactive) as
+    :class:`Packed`, rows' indices in ascending order."""
+    weight = weight.detach().flatten(1)
     out_features, in_features = weight.shape
     counts = (weight != 0).sum(1)
     active = (counts > 0).nonzero().flatten()
@@ -226,17 +226,19 @@ def replace_with_bag(graph_module: fx.GraphModule, node: fx.Node, module: nn.Lin
     graph.erase_node(node)
 
 
-def eligible(node: fx.Node, module: nn.Module) -> bool:
-    """A linear layer called on one tensor argument."""
+def bag_eligible(node: fx.Node, module: nn.Module) -> bool:
+    """A linear layer called on one tensor argument (the embedding bag's layers)."""
     single = len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
     return single and isinstance(module, nn.Linear)
 
 
 def replace_with_packed(
-    graph_module: fx.GraphModule, node: fx.Node, module: nn.Linear, packed: Packed
+    graph_module: fx.GraphModule, node: fx.Node, module: nn.Module, packed: Packed
 ) -> None:
-    """Rewrite ``node`` (a linear call) into :func:`packed_linear`'s calls, its arrays (and bias)
-    buffers of the graph module."""
+    """Rewrite ``node`` (a linear or 1×1 conv call, :func:`regrow.export.csr.eligible`) into
+    :func:`packed_linear`'s calls, its arrays (and bias) buffers of the graph module. A 1×1 conv is
+    the linear layer over its channels: the input's channels moved last (after its stride), the
+    output's moved back."""
     graph = graph_module.graph
     prefix = str(node.target).replace(".", "_") + "_" + packed.format
     bias = None if module.bias is None else module.bias.detach().clone()
@@ -251,7 +253,13 @@ def replace_with_packed(
             names[suffix] = f"{prefix}_{suffix}"
             graph_module.register_buffer(names[suffix], tensor)
     x = node.args[0]
+    conv = isinstance(module, nn.Conv2d)
     with graph.inserting_before(node):
+        if conv:
+            if tuple(module.stride) != (1, 1):
+                step = (slice(None), slice(None), *(slice(None, None, s) for s in module.stride))
+                x = graph.call_function(operator.getitem, (x, step))
+            x = graph.call_method("movedim", (x, 1, -1))
         x = _materialized(graph, x)
         lanes = (len(packed.values), -1, LANES)
         indices = graph.call_method("long", (graph.get_attr(names["indices"]),))
@@ -265,5 +273,7 @@ def replace_with_packed(
             out = graph.call_function(operator.getitem, (out, (Ellipsis, rows)))
         if "bias" in names:
             out = graph.call_function(operator.add, (out, graph.get_attr(names["bias"])))
+        if conv:
+            out = graph.call_method("movedim", (out, -1, 1))
     node.replace_all_uses_with(out)
     graph.erase_node(node)

@@ -8,7 +8,8 @@ A candidate is timed as a one-layer graph module rewritten exactly as the model'
 so what is timed is what runs; with ``compiled=True`` each candidate is timed under
 ``torch.compile`` (where the condensed gather-multiply-sum fuses into one loop; CSR, which
 ``torch.compile`` does not fuse, is then not a candidate). A sparse form is chosen only if it takes
-at most :data:`MARGIN` × the dense time.
+at most :data:`MARGIN` × the dense time (or, with ``margin=None``, whenever the layer can take
+one: the export's second contender, :func:`regrow.export.inference.export_model`).
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ def candidates(
     found: dict[str, Rewrite] = {}
     if mode in ("auto", "csr") and not (compiled and mode == "auto") and csr.eligible(node, module):
         found["csr"] = csr.replace_with_csr
-    if mode in ("auto", "condensed") and condensed.eligible(node, module):
+    if mode in ("auto", "condensed") and csr.eligible(node, module):
         packed = condensed.pack_rows(module.weight)
         found[packed.format] = partial(condensed.replace_with_packed, packed=packed)
-    if mode in ("auto", "embedding_bag") and condensed.eligible(node, module):
+    if mode in ("auto", "embedding_bag") and condensed.bag_eligible(node, module):
         found["embedding_bag"] = condensed.replace_with_bag
     # torch.compile does not fuse sparse-tensor kernels either: like CSR, not timed compiled.
     eager = not (compiled and mode == "auto")
@@ -101,9 +102,12 @@ def choose_formats(
     rounds: int,
     compiled: bool = False,
     device: torch.device | str = "cpu",
+    margin: float | None = MARGIN,
 ) -> None:
     """Rewrite each layer of ``layers`` into the form ``mode`` gives it on ``device`` (see the
-    module docstring), recording ``format`` and, when timed, ``times_ms``."""
+    module docstring), recording ``format`` and, when timed, ``times_ms`` (a layer timed already
+    keeps its timings). With ``margin=None`` every layer ``"auto"`` may make sparse takes its
+    fastest sparse form, faster than dense or not."""
     if mode == "dense":
         return
     modules = submodules(graph_module)
@@ -118,13 +122,15 @@ def choose_formats(
         if not forms:
             continue
         if mode == "auto":
-            shape = shape_of(node.args[0])
-            key = (shape, _signature(module), compiled, tuple(forms))
-            if key not in cache:
-                cache[key] = time_forms(module, shape, forms, rounds, compiled, device)
-            layer.times_ms = cache[key]
-            best = min(forms, key=lambda name: layer.times_ms[name])
-            if not layer.times_ms[best] <= MARGIN * layer.times_ms["dense"]:
+            if layer.times_ms is None:
+                shape = shape_of(node.args[0])
+                key = (shape, _signature(module), compiled, tuple(forms))
+                if key not in cache:
+                    cache[key] = time_forms(module, shape, forms, rounds, compiled, device)
+                layer.times_ms = cache[key]
+            times = layer.times_ms
+            best = min(forms, key=lambda name: times[name])
+            if margin is not None and not times[best] <= margin * times["dense"]:
                 continue
         else:
             best = next(iter(forms))

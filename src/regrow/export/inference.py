@@ -216,18 +216,32 @@ def _choose(
     device: torch.device | str = "cpu",
 ) -> tuple[fx.GraphModule, dict[str, float] | None]:
     """Give each layer its form (:func:`~regrow.export.formats.choose_formats`); with
-    ``"auto"``, keep the sparse forms only if the whole graph is faster with them by
-    :data:`~regrow.export.formats.MARGIN` (else every layer is dense again). Returns the graph
-    module and the whole-graph timings (``None`` when not timed)."""
-    all_dense = copy.deepcopy(graph_module) if formats == "auto" else None
-    choose_formats(graph_module, formats, layers, rounds, compiled, device)
-    finish(graph_module)
-    if all_dense is None or all(layer.format == "dense" for layer in layers.values()):
+    ``"auto"``, time the whole graph three ways — every layer dense, each layer in the form its
+    own timing picked (``sparse``), every layer that can be sparse in its fastest sparse form
+    (``all_sparse``) — and keep the faster sparse graph if it takes at most
+    :data:`~regrow.export.formats.MARGIN` × the dense one (else every layer is dense again).
+    Returns the graph module and the whole-graph timings (``None`` when not timed)."""
+    if formats != "auto":
+        choose_formats(graph_module, formats, layers, rounds, compiled, device)
+        finish(graph_module)
         return graph_module, None
-    # Layers timed alone can mislead (call overheads, caches): keep the sparse forms only if
-    # the whole model is faster with them too.
-    finish(all_dense)
-    runs = {"dense": all_dense, "sparse": graph_module}
+    all_dense, all_sparse = _sharing_copy(graph_module), _sharing_copy(graph_module)
+    choose_formats(graph_module, formats, layers, rounds, compiled, device)
+    chosen = {name: layer.format for name, layer in layers.items()}
+    # A layer timed alone runs with its weights in cache and pays a call's overhead; inside a
+    # model whose weights do not fit in cache, a sparse form that lost alone can win (a decode
+    # step's 768 × 768 attention layers): the whole graph decides.
+    choose_formats(all_sparse, formats, layers, rounds, compiled, device, margin=None)
+    everything = {name: layer.format for name, layer in layers.items()}
+    runs = {"dense": all_dense, "sparse": graph_module, "all_sparse": all_sparse}
+    if all(form == "dense" for form in everything.values()):
+        return graph_module, None
+    if everything == chosen:
+        del runs["all_sparse"]
+    elif all(form == "dense" for form in chosen.values()):
+        del runs["sparse"]
+    for run in runs.values():
+        finish(run)
     if compiled:
         runs = {name: torch.compile(run, dynamic=False) for name, run in runs.items()}
     with torch.inference_mode():
@@ -238,11 +252,43 @@ def _choose(
             max_block=1000,
         )
     model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
-    if model_ms["sparse"] <= MARGIN * model_ms["dense"]:
-        return graph_module, model_ms
-    for layer in layers.values():
-        layer.format = "dense"
-    return all_dense, model_ms
+    best = kept_run(model_ms)
+    picked = {"dense": dict.fromkeys(layers, "dense"), "sparse": chosen, "all_sparse": everything}
+    for name, layer in layers.items():
+        layer.format = picked[best][name]
+    module = {"dense": all_dense, "sparse": graph_module, "all_sparse": all_sparse}[best]
+    return module, model_ms
+
+
+#: The whole-graph contenders of ``"auto"`` (``ExportReport.model_ms`` keys), in words.
+WHOLE_GRAPH_RUNS = {
+    "dense": "every layer dense",
+    "sparse": "each layer in the form its own timing picked",
+    "all_sparse": "every layer that can be sparse in its fastest sparse form",
+}
+
+
+def kept_run(model_ms: dict[str, float]) -> str:
+    """The contender the export keeps: the faster sparse graph if it takes at most
+    :data:`~regrow.export.formats.MARGIN` × the dense one, else ``"dense"``."""
+    best = min((name for name in model_ms if name != "dense"), key=model_ms.__getitem__)
+    return best if model_ms[best] <= MARGIN * model_ms["dense"] else "dense"
+
+
+def describe_whole_graph(model_ms: dict[str, float]) -> str:
+    """One line of ``model_ms``: each contender's ms and which one was kept."""
+    times = [
+        f"{model_ms[k]:.4g} ms {what}" for k, what in WHOLE_GRAPH_RUNS.items() if k in model_ms
+    ]
+    return "; ".join(times) + f" (kept: {WHOLE_GRAPH_RUNS[kept_run(model_ms)]})"
+
+
+def _sharing_copy(graph_module: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``graph_module``'s graph over the same submodules: a form rewrites the graph
+    and adds buffers, never changing a module, so the contenders share the weights (a deep copy
+    would also save them twice when it is the one kept)."""
+    graph = copy.deepcopy(graph_module.graph)
+    return fx.GraphModule(graph_module, graph, class_name=type(graph_module).__name__)
 
 
 def check_outputs(
