@@ -12,7 +12,8 @@ rounds, :mod:`regrow.export.bench`):
   condensed under ``torch.compile``).
 - **decode**: a language model's one-token decode step with its key/value cache (context half
   its block), dense vs exported, at batch 1 both under ``torch.compile``, at batch 32 both eager
-  (where CSR, which does not compile, is the sparse form that pays), per thread count. ``--lm-runs`` names SRigL runs of the ``charlm_large`` preset (made by
+  (where CSR and the embedding bag, which do not compile, are the sparse forms that pay), per
+  thread count. ``--lm-runs`` names SRigL runs of the ``charlm_large`` preset (made by
   ``regrow train --preset charlm_large`` with ``sparsity.method=srigl``; the speed depends on the
   masks' structure, not on the training, so a short run serves); without it the CPU preset's
   model ``char_gpt`` with random SRigL masks stands in.

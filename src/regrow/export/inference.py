@@ -65,8 +65,8 @@ class ExportReport:
     removed_channels: dict[str, int] = field(default_factory=dict)  #: producer → channels removed
     max_abs_diff: float | None = None
     decode_max_abs_diff: float | None = None
-    #: ``"auto"`` with sparse layers chosen: the whole model's ms per batch with them
-    #: (``sparse``) and with every layer dense (``dense``); they stay only if that is faster too
+    #: ``"auto"`` where some layer can be sparse: the whole model's ms per batch for each contender
+    #: of :data:`WHOLE_GRAPH_RUNS` timed (:func:`kept_run` says which was kept)
     model_ms: dict[str, float] | None = None
     decode_model_ms: dict[str, float] | None = None  #: the same for one decode step
 
