@@ -9,7 +9,7 @@ so what is timed is what runs; with ``compiled=True`` each candidate is timed un
 ``torch.compile`` (where the condensed gather-multiply-sum fuses into one loop; CSR, which
 ``torch.compile`` does not fuse, is then not a candidate). A sparse form is chosen only if it takes
 at most :data:`MARGIN` × the dense time (or, with ``margin=None``, whenever the layer can take
-one: the export's second contender, :func:`regrow.export.inference.export_model`).
+one: the export's ``all_sparse`` whole-graph contender, :func:`regrow.export.inference.export_model`).
 """
 
 from __future__ import annotations

@@ -225,23 +225,24 @@ def _choose(
         choose_formats(graph_module, formats, layers, rounds, compiled, device)
         finish(graph_module)
         return graph_module, None
-    all_dense, all_sparse = _sharing_copy(graph_module), _sharing_copy(graph_module)
-    choose_formats(graph_module, formats, layers, rounds, compiled, device)
-    chosen = {name: layer.format for name, layer in layers.items()}
-    # A layer timed alone runs with its weights in cache and pays a call's overhead; inside a
-    # model whose weights do not fit in cache, a sparse form that lost alone can win (a decode
-    # step's 768 × 768 attention layers): the whole graph decides.
-    choose_formats(all_sparse, formats, layers, rounds, compiled, device, margin=None)
-    everything = {name: layer.format for name, layer in layers.items()}
-    runs = {"dense": all_dense, "sparse": graph_module, "all_sparse": all_sparse}
-    if all(form == "dense" for form in everything.values()):
+    graphs = {name: _sharing_copy(graph_module) for name in ("dense", "all_sparse")}
+    graphs["sparse"] = graph_module
+    forms = {"dense": dict.fromkeys(layers, "dense")}
+    for name, margin in (("sparse", MARGIN), ("all_sparse", None)):
+        # A layer timed alone runs with its weights in cache and pays a call's overhead; inside a
+        # model whose weights do not fit in cache, a sparse form that lost alone can win (a
+        # decode step's 768 × 768 attention layers): the whole graph decides.
+        choose_formats(graphs[name], formats, layers, rounds, compiled, device, margin)
+        forms[name] = {layer_name: layer.format for layer_name, layer in layers.items()}
+    for graph in graphs.values():
+        finish(graph)
+    distinct: dict[str, dict[str, str]] = {}  # contenders with the same forms are timed once
+    for name, picked in forms.items():
+        if picked not in distinct.values():
+            distinct[name] = picked
+    if len(distinct) == 1:  # no layer can take a sparse form
         return graph_module, None
-    if everything == chosen:
-        del runs["all_sparse"]
-    elif all(form == "dense" for form in chosen.values()):
-        del runs["sparse"]
-    for run in runs.values():
-        finish(run)
+    runs = {name: graphs[name] for name in distinct}
     if compiled:
         runs = {name: torch.compile(run, dynamic=False) for name, run in runs.items()}
     with torch.inference_mode():
@@ -253,11 +254,9 @@ def _choose(
         )
     model_ms = {k: median(v) * 1e3 for k, v in seconds.items()}
     best = kept_run(model_ms)
-    picked = {"dense": dict.fromkeys(layers, "dense"), "sparse": chosen, "all_sparse": everything}
     for name, layer in layers.items():
-        layer.format = picked[best][name]
-    module = {"dense": all_dense, "sparse": graph_module, "all_sparse": all_sparse}[best]
-    return module, model_ms
+        layer.format = forms[best][name]
+    return graphs[best], model_ms
 
 
 #: The whole-graph contenders of ``"auto"`` (``ExportReport.model_ms`` keys), in words.
