@@ -91,6 +91,25 @@ def test_condensed_1x1_conv_equals_the_conv(stride, bias):
         torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_packed_layer_reads_its_indices_without_a_bounds_check():
+    """The gather goes through ``_unsafe_index``: the loop ``torch.compile`` writes for the layer
+    tests no index, where ``x[..., indices]`` tests and branches on every weight it reads (the
+    1.4–1.6× of docs/EXPORT.md). The plain gather's code, compiled the same way, has the check, so
+    the assertion would catch it coming back."""
+    from torch._inductor.utils import run_and_get_code
+
+    packed = pack_rows(weight_with_fan_ins([7, 0, 7, 7], 300))
+    x = torch.randn(2, 300)
+    arrays = (packed.values, packed.indices, packed.rows, None)
+    torch._dynamo.reset()
+    got, code = run_and_get_code(torch.compile(packed_linear, dynamic=False), x, *arrays)
+    torch.testing.assert_close(got, packed_linear(x, *arrays), rtol=1e-5, atol=1e-5)
+    checked = torch.compile(lambda x, i: x[..., i.long()], dynamic=False)
+    _, checked_code = run_and_get_code(checked, x, packed.indices)
+    assert "index out of bounds" in "".join(checked_code)
+    assert "index out of bounds" not in "".join(code)
+
+
 def test_index_type_is_the_smallest_that_holds_the_inputs():
     assert index_dtype(256) == torch.uint8 and index_dtype(257) == torch.uint16
     assert index_dtype(65536) == torch.uint16 and index_dtype(65537) == torch.int32

@@ -11,7 +11,8 @@ back over its outputs (``rows`` maps each output to its active row, or to a zero
 output keeps the layer's width. Indices are stored in the smallest unsigned type that holds the
 input size (uint8, uint16, else int32): at batch 1 the layer is limited by the bytes it reads.
 Rows are padded (index 0, value 0) to a multiple of :data:`LANES` and summed in that many
-independent partial sums (:func:`lane_sum`).
+independent partial sums (:func:`lane_sum`); the gather is ATen's unchecked index
+(:func:`unchecked_columns`).
 
 In the graph the layer is spelled out in ``torch`` calls on buffers of the graph module (no regrow
 import at load time); :func:`packed_linear` is the same computation as one function. Eager PyTorch
@@ -41,10 +42,10 @@ def index_dtype(size: int) -> torch.dtype:
 LANES = 4
 """Partial sums per row. The loop ``torch.compile`` writes for a gather-multiply-sum is scalar
 (inductor does not vectorise a load through uint16 indices) and adds every product into one
-accumulator, so the add's latency, not memory, bounds it: about 1 ns per weight on this
-repository's CPU. Summing ``LANES`` interleaved products first gives the processor independent adds
-to overlap: 0.5–0.6 ns per weight, a 4,096 → 4,096 layer at 90 % 2.1× → 3.9× dense (8 lanes
-measure the same, 16 worse; docs/EXPORT.md)."""
+accumulator, so the add's latency, not memory, bounds it. Summing ``LANES`` interleaved products
+first gives the processor independent adds to overlap: a 4,096 → 4,096 layer at 90 % went
+2.1× → 3.9× dense on this repository's CPU (8 lanes measure the same, 16 worse; with the bounds
+check gone, :func:`unchecked_columns`, 2 and 8 lanes still measure no better; docs/EXPORT.md)."""
 
 
 @dataclass
@@ -98,11 +99,27 @@ def packed_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """``x @ W.T + b`` with ``W`` packed (:func:`pack_rows`); ``x``: ``[..., in]``."""
+    flat = materialized(x).reshape(-1, x.shape[-1])
     lanes = indices.long().view(indices.shape[0], -1, LANES)
-    out = lane_sum(materialized(x)[..., lanes] * values.view(lanes.shape))
+    out = lane_sum(unchecked_columns(flat, lanes) * values.view(lanes.shape))
     if rows is not None:
-        out = F.pad(out, (0, 1))[..., rows.long()]
+        out = unchecked_columns(F.pad(out, (0, 1)), rows.long())
+    out = out.view(*x.shape[:-1], out.shape[-1])
     return out if bias is None else out + bias
+
+
+def unchecked_columns(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``flat[:, index]`` (``flat``: ``[samples, columns]``) as ATen's ``_unsafe_index``: the
+    same gather, which ``torch.compile`` writes without a bounds check per element. The indices are
+    the export's own, in range by construction; checked, the loop of a condensed layer tests and
+    branches on every weight it reads, and runs 1.4–1.6× slower (docs/EXPORT.md). Eager PyTorch
+    runs it as ``flat[:, index]``."""
+    return UNSAFE_INDEX(flat, [None, index])
+
+
+UNSAFE_INDEX = torch.ops.aten._unsafe_index.Tensor
+"""The ATen op of :func:`unchecked_columns`, called by name in the export's graph (plain
+PyTorch at load time)."""
 
 
 def lane_sum(products: torch.Tensor) -> torch.Tensor:
@@ -254,23 +271,28 @@ def replace_with_packed(
             graph_module.register_buffer(names[suffix], tensor)
     x = node.args[0]
     conv = isinstance(module, nn.Conv2d)
+    out_features, in_features = module.weight.shape[:2]
     with graph.inserting_before(node):
         if conv:
             if tuple(module.stride) != (1, 1):
                 step = (slice(None), slice(None), *(slice(None, None, s) for s in module.stride))
                 x = graph.call_function(operator.getitem, (x, step))
             x = graph.call_method("movedim", (x, 1, -1))
-        x = _materialized(graph, x)
+        size = graph.call_method("size", (x,))
+        flat = graph.call_method("reshape", (_materialized(graph, x), -1, in_features))
         lanes = (len(packed.values), -1, LANES)
         indices = graph.call_method("long", (graph.get_attr(names["indices"]),))
         indices = graph.call_method("view", (indices, *lanes))
-        gathered = graph.call_function(operator.getitem, (x, (Ellipsis, indices)))
+        gathered = graph.call_function(UNSAFE_INDEX, (flat, [None, indices]))
         values = graph.call_method("view", (graph.get_attr(names["values"]), *lanes))
         out = _lane_sum(graph, graph.call_function(torch.mul, (gathered, values)))
         if "rows" in names:
             rows = graph.call_method("long", (graph.get_attr(names["rows"]),))
             out = graph.call_function(F.pad, (out, (0, 1)))
-            out = graph.call_function(operator.getitem, (out, (Ellipsis, rows)))
+            out = graph.call_function(UNSAFE_INDEX, (out, [None, rows]))
+        leading = graph.call_function(operator.getitem, (size, slice(None, -1)))
+        shape = graph.call_function(operator.add, (leading, (out_features,)))
+        out = graph.call_method("view", (out, shape))
         if "bias" in names:
             out = graph.call_function(operator.add, (out, graph.get_attr(names["bias"])))
         if conv:
