@@ -288,3 +288,25 @@ def test_compiled_decode_benchmark_also_times_the_dense_step_eager(srigl_transfo
     assert [t.name for t in timings] == ["dense", "masked", "exported", "dense (eager)"]
     assert all(t.median_ms > 0 and t.samples_per_second > 0 for t in timings)
     assert timings[0].speedup == 1.0
+
+
+def test_decode_timing_holds_the_asked_context_in_the_cache(srigl_transformer, monkeypatch):
+    from regrow.export import bench
+    from regrow.export.decode import TIMED_CONTEXT, step_inputs
+
+    block = srigl_transformer.block_size
+    tokens, _, position = step_inputs(srigl_transformer, 3, context=0.25)
+    assert tokens.shape == (3, 1) and position == block // 4
+    assert step_inputs(srigl_transformer, 3)[2] == int(block * TIMED_CONTEXT)
+    positions = []
+
+    def recording(model, batch_size, context=TIMED_CONTEXT):
+        inputs = step_inputs(model, batch_size, context)
+        positions.append(inputs[2])
+        return inputs
+
+    monkeypatch.setattr(bench, "step_inputs", recording)
+    models = {"dense": srigl_transformer}
+    bench.measure_decode(models, 1, rounds=1, warmup=1, block_seconds=0.001, context=1 / 8)
+    bench.measure_decode(models, 1, rounds=1, warmup=1, block_seconds=0.001)
+    assert positions == [block // 8, int(block * TIMED_CONTEXT)]

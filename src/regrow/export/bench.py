@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decode import step_inputs
+from .decode import TIMED_CONTEXT, step_inputs
 from .inference import model_batch, strip_masks
 from .timing import interleaved_seconds, median, quartiles
 
@@ -98,10 +98,12 @@ def measure_decode(
     block_seconds: float = 0.05,
     baseline: str = "dense",
     compiled: bool = False,
+    context: float = TIMED_CONTEXT,
 ) -> list[Timing]:
     """Time one decode step of each of ``models`` (each with ``decode`` and ``new_cache``): one
-    token per sample after a cached context (see the module docstring)."""
-    tokens, _, position = step_inputs(models[baseline], batch_size)
+    token per sample after ``context`` of the longest context in the cache (see the module
+    docstring)."""
+    tokens, _, position = step_inputs(models[baseline], batch_size, context)
     steps = {
         name: (model, _maybe_compiled(model.decode, compiled)) for name, model in models.items()
     }

@@ -55,12 +55,14 @@ def rebind(
     return fx.GraphModule(exported, decoder.graph, class_name="Decode")
 
 
-def step_inputs(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def step_inputs(
+    model: nn.Module, batch_size: int, context: float = TIMED_CONTEXT
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One decode step's inputs: a token per sample, a cache, and the context already in it
-    (:data:`TIMED_CONTEXT` of the model's ``block_size``)."""
+    (``context`` of the model's ``block_size``)."""
     generator = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, model.vocab_size, (batch_size, 1), generator=generator)
-    position = int(model.block_size * TIMED_CONTEXT)
+    position = int(model.block_size * context)
     return tokens, model.new_cache(batch_size), position
 
 
