@@ -144,16 +144,11 @@ class FusedAttention(CausalAttention):
     it out (faster in a sparse step here), but a dense step can be faster with the fused kernel
     (about 5–10 % compiled on this CPU): the benchmark takes the faster dense step of the two."""
 
-    def decode(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int
+    @staticmethod
+    def cached_attention(
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor
     ) -> torch.Tensor:
-        time = x.shape[1]
-        end = position + time
-        keys.narrow(2, position, time).copy_(self._split(self.key(x)))
-        values.narrow(2, position, time).copy_(self._split(self.value(x)))
-        allowed = x.new_ones((time, end), dtype=torch.bool).tril(position)
-        q, past = self._split(self.query(x)), (keys.narrow(2, 0, end), values.narrow(2, 0, end))
-        return self._merge(F.scaled_dot_product_attention(q, *past, attn_mask=allowed))
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
 
 
 def with_fused_attention(model: nn.Module) -> nn.Module:

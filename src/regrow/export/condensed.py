@@ -231,16 +231,19 @@ def replace_with_bag(graph_module: fx.GraphModule, node: fx.Node, module: nn.Lin
             (graph.get_attr(get["columns"]), table, graph.get_attr(get["offsets"])),
             {"mode": "sum", "per_sample_weights": graph.get_attr(get["values"])},
         )
-        size = graph.call_method("size", (x,))
-        shape = graph.call_function(
-            operator.add,
-            (graph.call_function(operator.getitem, (size, slice(None, -1))), (out_features,)),
-        )
+        shape = _size_with_last(graph, x, out_features)
         out = graph.call_method("reshape", (graph.call_method("t", (out,)), shape))
         if "bias" in get:
             out = graph.call_function(operator.add, (out, graph.get_attr(get["bias"])))
     node.replace_all_uses_with(out)
     graph.erase_node(node)
+
+
+def _size_with_last(graph: fx.Graph, x: fx.Node, last: int) -> fx.Node:
+    """A node of ``x.size()[:-1] + (last,)``: a layer's output shape from its input's."""
+    size = graph.call_method("size", (x,))
+    leading = graph.call_function(operator.getitem, (size, slice(None, -1)))
+    return graph.call_function(operator.add, (leading, (last,)))
 
 
 def bag_eligible(node: fx.Node, module: nn.Module) -> bool:
@@ -278,7 +281,7 @@ def replace_with_packed(
                 step = (slice(None), slice(None), *(slice(None, None, s) for s in module.stride))
                 x = graph.call_function(operator.getitem, (x, step))
             x = graph.call_method("movedim", (x, 1, -1))
-        size = graph.call_method("size", (x,))
+        shape = _size_with_last(graph, x, out_features)
         flat = graph.call_method("reshape", (_materialized(graph, x), -1, in_features))
         lanes = (len(packed.values), -1, LANES)
         indices = graph.call_method("long", (graph.get_attr(names["indices"]),))
@@ -290,8 +293,6 @@ def replace_with_packed(
             rows = graph.call_method("long", (graph.get_attr(names["rows"]),))
             out = graph.call_function(F.pad, (out, (0, 1)))
             out = graph.call_function(UNSAFE_INDEX, (out, [None, rows]))
-        leading = graph.call_function(operator.getitem, (size, slice(None, -1)))
-        shape = graph.call_function(operator.add, (leading, (out_features,)))
         out = graph.call_method("view", (out, shape))
         if "bias" in names:
             out = graph.call_function(operator.add, (out, graph.get_attr(names["bias"])))

@@ -82,14 +82,21 @@ class CausalAttention(nn.Module):
         # New token i (at position + i) sees cached and new positions up to its own.
         allowed = x.new_ones((time, end), dtype=torch.bool).tril(position)
         q = self._split(self.query(x))
-        past_keys, past_values = keys.narrow(2, 0, end), values.narrow(2, 0, end)
-        # Written out rather than F.scaled_dot_product_attention: for a few new tokens over a
-        # cache its CPU kernel costs about 150 µs a call at GPT-2-small size (12 a step), where
-        # these ops, which torch.compile fuses, cost a fraction (a 12-block decode step 5 ms
-        # faster compiled, dense or sparse; docs/EXPORT.md).
-        scores = (q @ past_keys.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        past = keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        return self._merge(self.cached_attention(q, *past, allowed))
+
+    @staticmethod
+    def cached_attention(
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        """Softmax attention of ``q`` over the cached ``keys`` / ``values`` where ``allowed``.
+        Written out rather than ``F.scaled_dot_product_attention``: for a few new tokens over a
+        cache its CPU kernel costs about 150 µs a call at GPT-2-small size (12 a step), where
+        these ops, which ``torch.compile`` fuses, cost a fraction (a 12-block decode step 5 ms
+        faster compiled, dense or sparse; docs/EXPORT.md)."""
+        scores = (q @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
         scores = scores.masked_fill(allowed.logical_not(), float("-inf"))
-        return self._merge(torch.softmax(scores, -1) @ past_values)
+        return torch.softmax(scores, -1) @ values
 
 
 class Block(nn.Module):
