@@ -206,8 +206,9 @@ def test_ablation_keeps_enough_neurons_for_the_layers_budget() -> None:
     """Every row but the first falls below the threshold (4 salient weights: γ_sal = 1), but a
     budget of 32 over rows of 16 needs two active neurons: the most salient other one stays."""
     model, sp, g_hidden, g_output = concentrated_case(1, alpha=0.9, min_salient_fraction=1.0)
-    # 28 weights are dropped, only the first row's 4 are kept; of the 28 grown, 12 fill the first
-    # row and 16 go to these small gradients: 3 salient weights in rows 1 and 2, 2 in the others.
+    # 28 weights are dropped, only the first row's 4 are kept; of the 28 largest gradients, 16
+    # are the first row's and 12 of these 16 small ones: at most 3 salient weights in rows 1 and
+    # 2, at most 2 in the others.
     g_hidden[1:, :2] = 1e-3
     g_hidden[1:3, 2] = 1e-3
     update(model, sp, g_hidden, g_output)
@@ -321,3 +322,26 @@ def test_a_neuron_at_the_rounded_down_threshold_stays_active() -> None:
     scores = torch.zeros(4, 14)
     alive = sp._surviving_neurons(10, "hidden.weight", kept, scores, grow=0)
     assert alive.tolist() == [True, True, True, False]
+
+
+def test_saliency_counts_the_largest_gradients_over_the_whole_layer_as_the_reference() -> None:
+    """The reference's salient set is the kept weights united with the K largest |∇L| over every
+    position, kept ones included. Here both of those gradients sit on row 0's kept weights, so
+    rows 2 and 3 keep 1 salient weight (< 2 at fan-in 7) and go; drawing the K from the positions
+    not kept would have handed one to each of them, and they would have stayed."""
+    hidden, _ = concentrated(4, 14, 4, seed=0)
+    output, _ = concentrated(4, 8, 4, seed=1)
+    model = TwoLayers(hidden, output)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sp = regrow.SRigL(
+        model, optimizer, sparsity=0.5, distribution="uniform", total_steps=100, delta_t=10,
+        dense_layers=[],
+    )  # fmt: skip
+    kept = torch.zeros(4, 14, dtype=torch.bool)
+    for row, count in enumerate((7, 4, 1, 1)):
+        kept[row, :count] = True
+    scores = torch.zeros(4, 14)
+    scores[0, :2] = 10.0  # the two largest gradients: on kept weights
+    scores[2:, 5] = 1.0  # the next ones: a position not kept in each weak row
+    alive = sp._surviving_neurons(10, "hidden.weight", kept, scores, grow=2)
+    assert alive.tolist() == [True, True, False, False]

@@ -19,8 +19,10 @@ gradient, or its mean over ``grad_accumulation`` batches, like RigL). With ``n``
 and drop fraction ``f``, ``K = floor(f · n)``:
 
 1. *Saliency* (``ablation=True``). The weights RigL would keep (the ``n − K`` largest ``|w|`` of
-   the active ones, over the layer) or grow (the ``K`` largest ``|∇L|`` of the others) are
-   salient. A neuron with fewer than ``max(1, floor(γ_sal · k))`` salient weights
+   the active ones, over the layer) and the ``K`` largest ``|∇L|`` over the whole layer, active
+   positions included, are salient: the union the reference's ``_get_neurons_to_ablate`` counts
+   (a large gradient on a kept weight adds nothing, so the grown picks do not spill onto weak
+   neurons as they would if drawn from the others only). A neuron with fewer than ``max(1, floor(γ_sal · k))`` salient weights
    (:func:`ablation_threshold`; ``min_salient_fraction``; ``k`` the layer's initial fan-in, as the
    reference's ``use_sparse_const_fan_in_for_ablation``, and rounded down as its code does)
    is ablated: its row is emptied. Ablation is decided anew at every update, so a neuron whose
@@ -232,8 +234,8 @@ class SRigL(GradientGrowthSparsifier):
         if not self.args.ablation or name == self.output_layer:
             return torch.ones(out, dtype=torch.bool, device=kept.device)
         generator = seeded_generator(self.seed, step, "salient/" + name, kept.device)
-        grown = topk_mask(scores, grow, generator, excluded=kept)
-        salient = (kept | grown).sum(dim=1)
+        # Over every position, kept ones included, as the reference counts saliency.
+        salient = (kept | topk_mask(scores, grow, generator)).sum(dim=1)
         threshold = ablation_threshold(
             self.args.min_salient_fraction, self.target_counts[name] // out
         )
