@@ -129,6 +129,15 @@ def ablation_threshold(min_salient_fraction: float, fan_in: int) -> int:
     return max(1, int(min_salient_fraction * fan_in))
 
 
+def salient_counts(
+    kept: torch.Tensor, scores: torch.Tensor, grow: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Each row's salient weights (``kept``, ``scores``: ``[out, fan_in]``): the kept ones united
+    with the ``grow`` highest ``scores`` over the whole layer, kept positions included, as the
+    reference counts them (ties in ``generator``'s order)."""
+    return (kept | topk_mask(scores, grow, generator)).sum(dim=1)
+
+
 def ablated_neurons(
     masks: Mapping[str, torch.Tensor], transposed: Collection[str] = ()
 ) -> dict[str, list[int]]:
@@ -234,8 +243,7 @@ class SRigL(GradientGrowthSparsifier):
         if not self.args.ablation or name == self.output_layer:
             return torch.ones(out, dtype=torch.bool, device=kept.device)
         generator = seeded_generator(self.seed, step, "salient/" + name, kept.device)
-        # Over every position, kept ones included, as the reference counts saliency.
-        salient = (kept | topk_mask(scores, grow, generator)).sum(dim=1)
+        salient = salient_counts(kept, scores, grow, generator)
         threshold = ablation_threshold(
             self.args.min_salient_fraction, self.target_counts[name] // out
         )
