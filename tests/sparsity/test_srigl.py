@@ -304,17 +304,22 @@ def test_the_ablation_threshold_is_the_references_rounded_down(fan_in: int, expe
     assert ablation_threshold(1.0, fan_in) == fan_in
 
 
-def test_a_neuron_at_the_rounded_down_threshold_stays_active() -> None:
-    """Fan-in 7 at γ = 0.3: rows with 7, 3, 2 and 1 salient weights; the one with 2 stays (the
-    real-valued 2.1 ablated it), the one with 1 goes."""
+def fan_in_seven() -> regrow.SRigL:
+    """SRigL over a 4 × 14 hidden layer at 50 %: a constant fan-in of 7, threshold 2 at γ = 0.3."""
     hidden, _ = concentrated(4, 14, 4, seed=0)
     output, _ = concentrated(4, 8, 4, seed=1)
     model = TwoLayers(hidden, output)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    sp = regrow.SRigL(
+    return regrow.SRigL(
         model, optimizer, sparsity=0.5, distribution="uniform", total_steps=100, delta_t=10,
         dense_layers=[],
     )  # fmt: skip
+
+
+def test_a_neuron_at_the_rounded_down_threshold_stays_active() -> None:
+    """Fan-in 7 at γ = 0.3: rows with 7, 3, 2 and 1 salient weights; the one with 2 stays (the
+    real-valued 2.1 ablated it), the one with 1 goes."""
+    sp = fan_in_seven()
     assert sp.target_counts["hidden.weight"] == 4 * 7
     kept = torch.zeros(4, 14, dtype=torch.bool)
     for row, salient in enumerate((7, 3, 2, 1)):
@@ -329,14 +334,7 @@ def test_saliency_counts_the_largest_gradients_over_the_whole_layer_as_the_refer
     position, kept ones included. Here both of those gradients sit on row 0's kept weights, so
     rows 2 and 3 keep 1 salient weight (< 2 at fan-in 7) and go; drawing the K from the positions
     not kept would have handed one to each of them, and they would have stayed."""
-    hidden, _ = concentrated(4, 14, 4, seed=0)
-    output, _ = concentrated(4, 8, 4, seed=1)
-    model = TwoLayers(hidden, output)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    sp = regrow.SRigL(
-        model, optimizer, sparsity=0.5, distribution="uniform", total_steps=100, delta_t=10,
-        dense_layers=[],
-    )  # fmt: skip
+    sp = fan_in_seven()
     kept = torch.zeros(4, 14, dtype=torch.bool)
     for row, count in enumerate((7, 4, 1, 1)):
         kept[row, :count] = True
