@@ -8,9 +8,10 @@ SRigL ablates a neuron when fewer than ``max(1, floor(γ_sal · k))`` of its wei
 batch (the first ``--batch-size`` images, not augmented, the model in training mode), and for
 each drop fraction ``f`` counts, per neuron, the salient weights an update at ``f`` would see:
 the ``n − floor(f · n)`` largest ``|w|`` of the active ones united with the ``floor(f · n)``
-largest ``|∇L|`` over the whole layer. It prints, per layer, the threshold, the least salient
-neuron's count, their ratio (below 1: that neuron would go) and how many neurons are under the
-threshold; the output layer, never ablated, is left out. Image runs only (digits, CIFAR).
+largest ``|∇L|`` over the whole layer. It prints, per layer, the neurons already ablated, the
+threshold (``k``: the layer's budget over its neurons), the least salient active neuron's count,
+their ratio (below 1: that neuron would go) and how many active neurons are under the threshold;
+the output layer, never ablated, is left out. Image runs only (digits, CIFAR).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def fractions(text: str) -> list[float]:
     return values
 
 
-def dense_gradients(run_dir: str, root: str | None, batch_size: int) -> tuple[dict, dict, float]:
-    """The run's parameters (their ``.grad``: one training batch's dense gradient) and masks, by
-    name, and the run's γ_sal."""
+def dense_gradients(
+    run_dir: str, root: str | None, batch_size: int
+) -> tuple[dict, dict, dict, float]:
+    """The run's parameters (their ``.grad``: one training batch's dense gradient), masks and
+    budgets, by name, and the run's γ_sal."""
     masked = load_run(run_dir)
     saved = load_checkpoint(RunDir(run_dir).checkpoint_path)
     config = yaml.safe_load(saved["config"]) or {}
@@ -56,6 +59,7 @@ def dense_gradients(run_dir: str, root: str | None, batch_size: int) -> tuple[di
     )
     if not isinstance(data, DatasetSplits):
         sys.exit(f"{run_dir}: a {data_config.get('name')} run; this script reads image runs only")
+    torch.manual_seed(0)  # the model's dropout, if any: the same batch, the same gradient
     model = masked.model.train()
     images = normalize(data.train_x[:batch_size], data.mean, data.std)
     F.cross_entropy(model(images), data.train_y[:batch_size]).backward()
@@ -65,8 +69,11 @@ def dense_gradients(run_dir: str, root: str | None, batch_size: int) -> tuple[di
         for name, mask in model.named_buffers()
         if name.endswith("_mask")
     }
+    budgets = saved.get("sparsifier", {}).get("target_counts")
+    if saved.get("sparsifier", {}).get("method") != "srigl" or not budgets:
+        sys.exit(f"{run_dir}: not an SRigL run (sparsity.method=srigl)")
     gamma = config.get("sparsity", {}).get("args", {}).get("min_salient_fraction", 0.3)
-    return params, masks, float(gamma)
+    return params, masks, budgets, float(gamma)
 
 
 def main() -> None:
@@ -78,15 +85,17 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        params, masks, gamma = dense_gradients(args.run_dir, args.data_root, args.batch_size)
+        params, masks, budgets, gamma = dense_gradients(
+            args.run_dir, args.data_root, args.batch_size
+        )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"srigl_saliency_margin.py: {error}")
     names = list(masks)[:-1]  # the output layer is never ablated
     generator = torch.Generator().manual_seed(0)
     for fraction in args.drop_fractions:
         print(f"\ndrop fraction {fraction}, γ_sal {gamma} (the run's)")
-        print("| layer | neurons | fan-in k | threshold | least salient | ratio | under |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| layer | neurons | ablated | k | threshold | least salient | ratio | under |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             weight, mask = params[name].detach(), masks[name]
             active = int(mask.sum())
@@ -95,13 +104,14 @@ def main() -> None:
             counts = salient_counts(
                 rows_view(kept), rows_view(params[name].grad.abs()), drop, generator
             )
-            fan_in = active // weight.shape[0]
+            alive = rows_view(mask).any(dim=1)
+            fan_in = budgets[name] // weight.shape[0]
             threshold = ablation_threshold(gamma, fan_in)
-            least = int(counts.min())
-            under = int((counts < threshold).sum())
+            least = int(counts[alive].min())
+            under = int((counts[alive] < threshold).sum())
             print(
-                f"| {name} | {weight.shape[0]} | {fan_in} | {threshold} | {least} | "
-                f"{least / threshold:.2f} | {under} |"
+                f"| {name} | {weight.shape[0]} | {int((~alive).sum())} | {fan_in} | {threshold} "
+                f"| {least} | {least / threshold:.2f} | {under} |"
             )
 
 
