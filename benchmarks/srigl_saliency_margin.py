@@ -50,6 +50,9 @@ def dense_gradients(
     budgets, by name, and the run's γ_sal."""
     masked = load_run(run_dir)
     saved = load_checkpoint(RunDir(run_dir).checkpoint_path)
+    budgets = saved.get("sparsifier", {}).get("target_counts")
+    if saved.get("sparsifier", {}).get("method") != "srigl" or not budgets:
+        sys.exit(f"{run_dir}: not an SRigL run (sparsity.method=srigl)")
     config = yaml.safe_load(saved["config"]) or {}
     data_config = config.get("data", {})
     data = load_dataset(
@@ -69,9 +72,6 @@ def dense_gradients(
         for name, mask in model.named_buffers()
         if name.endswith("_mask")
     }
-    budgets = saved.get("sparsifier", {}).get("target_counts")
-    if saved.get("sparsifier", {}).get("method") != "srigl" or not budgets:
-        sys.exit(f"{run_dir}: not an SRigL run (sparsity.method=srigl)")
     gamma = config.get("sparsity", {}).get("args", {}).get("min_salient_fraction", 0.3)
     return params, masks, budgets, float(gamma)
 

@@ -108,6 +108,11 @@ def packed_linear(
     return out if bias is None else out + bias
 
 
+UNSAFE_INDEX = torch.ops.aten._unsafe_index.Tensor
+"""The ATen op of :func:`unchecked_columns`, called by name in the export's graph (plain
+PyTorch at load time)."""
+
+
 def unchecked_columns(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``flat[:, index]`` (``flat``: ``[samples, columns]``) as ATen's ``_unsafe_index``: the
     same gather, which ``torch.compile`` writes without a bounds check per element. The indices are
@@ -115,11 +120,6 @@ def unchecked_columns(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     branches on every weight it reads, and runs 1.4–1.6× slower (docs/EXPORT.md). Eager PyTorch
     runs it as ``flat[:, index]``."""
     return UNSAFE_INDEX(flat, [None, index])
-
-
-UNSAFE_INDEX = torch.ops.aten._unsafe_index.Tensor
-"""The ATen op of :func:`unchecked_columns`, called by name in the export's graph (plain
-PyTorch at load time)."""
 
 
 def lane_sum(products: torch.Tensor) -> torch.Tensor:

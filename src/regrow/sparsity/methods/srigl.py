@@ -18,16 +18,17 @@ for small layers.) :attr:`SRigL.plan`, ``target_counts`` and ``regrow flops`` us
 gradient, or its mean over ``grad_accumulation`` batches, like RigL). With ``n`` active weights
 and drop fraction ``f``, ``K = floor(f · n)``:
 
-1. *Saliency* (``ablation=True``). The weights RigL would keep (the ``n − K`` largest ``|w|`` of
-   the active ones, over the layer) and the ``K`` largest ``|∇L|`` over the whole layer, active
-   positions included, are salient: the union the reference's ``_get_neurons_to_ablate`` counts
-   (a large gradient on a kept weight adds nothing, so the grown picks do not spill onto weak
-   neurons as they would if drawn from the others only). A neuron with fewer than ``max(1, floor(γ_sal · k))`` salient weights
-   (:func:`ablation_threshold`; ``min_salient_fraction``; ``k`` the layer's initial fan-in, as the
-   reference's ``use_sparse_const_fan_in_for_ablation``, and rounded down as its code does)
-   is ablated: its row is emptied. Ablation is decided anew at every update, so a neuron whose
-   gradient becomes salient again comes back. At least ``ceil(B / fan_in)`` neurons stay active
-   (the most salient), so that the fan-in fits in a row.
+1. *Saliency* (``ablation=True``, :func:`salient_counts`). The weights RigL would keep (the
+   ``n − K`` largest ``|w|`` of the active ones, over the layer) and the ``K`` largest ``|∇L|`` over the
+   whole layer, active positions included, are salient: the union the reference's
+   ``_get_neurons_to_ablate`` counts (a large gradient on a kept weight adds nothing, so the grown
+   picks do not spill onto weak neurons as they would if drawn from the others only). A neuron with
+   fewer than ``max(1, floor(γ_sal · k))`` salient weights (:func:`ablation_threshold`;
+   ``min_salient_fraction``; ``k`` the layer's initial fan-in, as the reference's
+   ``use_sparse_const_fan_in_for_ablation``, and rounded down as its code does) is ablated: its row
+   is emptied. Ablation is decided anew at every update, so a neuron whose gradient becomes salient
+   again comes back. At least ``ceil(B / fan_in)`` neurons stay active (the most salient), so that
+   the fan-in fits in a row.
 2. *Fan-in.* With ``a`` active neurons the fan-in is ``k' = B // a``: the layer holds
    ``a · k' <= B`` weights, its budget up to what a constant fan-in allows.
 3. *Drop* the ``K`` smallest ``|w|`` over the layer (as RigL) and every weight of an ablated
